@@ -1,0 +1,36 @@
+"""What every command needs: the settings, the Kafka bootstrap, a console."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+
+from deploy.settings import Settings
+from deploy.stack import kafka_bootstrap
+
+console = Console(stderr=True)
+out = Console()
+
+
+def load_settings() -> Settings:
+    return Settings()
+
+
+def require_bootstrap(settings: Settings) -> str:
+    bootstrap = kafka_bootstrap(settings)
+    if bootstrap is None:
+        console.print(
+            "[red]No Kafka broker.[/red] Start the local stack with `tracestream stack up`, "
+            "or point TRACESTREAM_KAFKA_BOOTSTRAP at your cluster (host:port)."
+        )
+        raise typer.Exit(2)
+    return bootstrap
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

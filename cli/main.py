@@ -1,0 +1,18 @@
+"""Entry point: `tracestream COMMAND`."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import demo, ingest, stack, worker
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
+app.add_typer(stack.app, name="stack")
+app.command()(ingest.generate)
+app.command()(ingest.publish)
+app.command(name="worker")(worker.worker)
+app.command()(worker.stats)
+app.command()(demo.demo)
+
+if __name__ == "__main__":
+    app()

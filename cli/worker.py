@@ -1,0 +1,65 @@
+"""`tracestream worker` and `tracestream stats`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from cli.common import configure_logging, console, load_settings, out, require_bootstrap
+from deploy.settings import Settings
+from streams.stats import lag_stats, warehouse_stats
+from streams.worker import run_worker
+from warehouse.client import Warehouse
+
+
+def worker(
+    until_caught_up: bool = typer.Option(
+        False, "--until-caught-up", help="Exit once every processor has committed what the log held at start."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
+) -> None:
+    """Run the processors: validate, materialize, materialize-dlq (and the /stats endpoint)."""
+    configure_logging(verbose)
+    settings = load_settings()
+    run_worker(settings, require_bootstrap(settings), until_caught_up=until_caught_up,
+               loglevel="info" if verbose else "warning")
+
+
+def fetch_stats(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """Stats from the running worker if there is one (it owns an embedded warehouse), else directly."""
+    try:
+        response = httpx.get(f"http://{settings.web_host}:{settings.web_port}/stats", timeout=10)
+        response.raise_for_status()
+        return response.json()
+    except httpx.ConnectError:
+        pass
+    body = warehouse_stats(Warehouse.connect(settings))
+    body["lag"] = asyncio.run(lag_stats(settings, bootstrap))
+    return body
+
+
+def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """What the warehouse holds: traces by source and version, dead letters by reason, lag."""
+    settings = load_settings()
+    body = fetch_stats(settings, require_bootstrap(settings))
+    if as_json:
+        out.print_json(json.dumps(body))
+        return
+    out.print(f"warehouse {body['warehouse']}: {body['traces']} traces, {body['dead_letters']} dead letters")
+    out.print(_table("traces", ["source", "trace_version", "schema_version", "count"], body["traces_by_source"]))
+    out.print(_table("dead letters", ["stage", "reason", "count"], body["dead_letters_by_reason"]))
+    out.print(_table("consumer lag", ["group", "topic", "partition", "committed", "end", "lag"], body["lag"]))
+
+
+def _table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column in {"count", "partition", "committed", "end", "lag"} else "left")
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    return table

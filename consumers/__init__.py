@@ -1,0 +1,1 @@
+"""The subscription side: reading topics, offsets and consumer-group lag."""

@@ -1,0 +1,1 @@
+"""Settings, the local stack launcher and the command line."""

@@ -1,0 +1,80 @@
+"""The one settings object. Read at each entry point, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseSettings):
+    """Topic names; a prefix lets tests and tenants share one cluster."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    raw: str = "traces.raw"
+    valid: str = "traces.valid"
+    dlq: str = "traces.dlq"
+    datasets: str = "datasets.events"
+    runs: str = "runs.events"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, from ``TRACESTREAM_*`` environment variables.
+
+    Build it once per process (CLI command, worker, test session) and pass it
+    down; library code never reads the environment itself.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TRACESTREAM_", frozen=True)
+
+    home: Path = Field(
+        default=Path(".tracestream"),
+        description="Folder for the local stack: broker data, warehouse data, caches, logs.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "tracestream",
+        description="Download cache shared by every stack on this machine (the broker's jars).",
+    )
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port of an existing Kafka cluster; when unset the local broker is used.",
+    )
+    kafka_version: str = Field(default="4.3.1", description="org.apache.kafka:kafka_2.13 version for the local broker.")
+    kafka_heap_mb: int = Field(default=768, description="JVM heap of the local broker, in MiB.")
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="http(s)://user:pass@host:port/db of a ClickHouse server; when unset the embedded chDB engine is used.",
+    )
+    clickhouse_database: str = Field(default="tracestream", description="ClickHouse database holding the tables.")
+    topic_prefix: str = Field(default="", description="Prepended to every topic name.")
+    partitions: int = Field(default=4, description="Partitions of the topics tracestream creates.")
+    app_id: str = Field(default="tracestream", description="faust app id; also the processors' consumer group.")
+    web_host: str = Field(default="127.0.0.1", description="Interface of the worker's HTTP endpoint.")
+    web_port: int = Field(default=6066, description="Port of the worker's HTTP endpoint (stats while chDB is owned).")
+    max_event_bytes: int = Field(default=1024 * 1024, description="Largest trace event accepted, in bytes.")
+    materialize_batch_size: int = Field(default=2000, description="Rows per ClickHouse insert.")
+    materialize_batch_seconds: float = Field(default=0.2, description="Longest wait to fill an insert batch.")
+    warehouse_retry_max_seconds: float = Field(default=5.0, description="Ceiling of the backoff while the warehouse is down.")
+    commit_interval_seconds: float = Field(default=1.0, description="How often processors commit their Kafka offsets.")
+
+    @property
+    def topics(self) -> Topics:
+        p = self.topic_prefix
+        return Topics(
+            raw=f"{p}traces.raw",
+            valid=f"{p}traces.valid",
+            dlq=f"{p}traces.dlq",
+            datasets=f"{p}datasets.events",
+            runs=f"{p}runs.events",
+        )
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "warehouse"
+

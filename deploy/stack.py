@@ -1,0 +1,123 @@
+"""The local stack behind ``tracestream stack up|down|status`` and ``tracestream demo``.
+
+Kafka is either the user's cluster (``TRACESTREAM_KAFKA_BOOTSTRAP``) or the
+local broker this module starts detached, so it outlives the CLI command
+that started it; any later process finds it through ``broker.json`` in the
+broker's data folder. The warehouse is only described here: it is embedded
+chDB, owned by the process that opens it, or the configured ClickHouse server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from deploy.kafka import BrokerError, LocalKafkaBroker, ensure_topics, read_broker_state
+from deploy.settings import Settings
+
+__all__ = ["StackStatus", "kafka_bootstrap", "stack_down", "stack_status", "stack_topics", "stack_up"]
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """Where the parts of the stack are, as seen from this process."""
+
+    kafka_bootstrap: str | None
+    """Where clients connect; None when the local broker is not running."""
+    kafka_managed: bool
+    """True for the local broker tracestream starts; False for the user's cluster."""
+    kafka_pid: int | None
+    """The local broker's JVM pid while it runs."""
+    kafka_version: str | None
+    """The local broker's Kafka version while it runs (unknown for a user's cluster)."""
+    clickhouse: str
+    """``chdb:<path>`` for the embedded engine, or the server URL without its password."""
+
+    @property
+    def kafka_up(self) -> bool:
+        """Whether there is a Kafka to talk to (for a user's cluster: configured, not probed)."""
+        return self.kafka_bootstrap is not None
+
+
+def kafka_bootstrap(settings: Settings) -> str | None:
+    """The bootstrap clients should use: the configured cluster, else the running local broker, else None."""
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    state = read_broker_state(settings.kafka_dir)
+    return state.bootstrap if state else None
+
+
+def stack_topics(settings: Settings) -> dict[str, int]:
+    """The topics tracestream writes, each with ``settings.partitions`` partitions."""
+    topics = settings.topics
+    names = (topics.raw, topics.valid, topics.dlq, topics.datasets, topics.runs)
+    return {name: settings.partitions for name in names}
+
+
+def stack_up(settings: Settings, timeout_s: float = 60) -> StackStatus:
+    """Start what the local stack needs and return where it is.
+
+    With ``TRACESTREAM_KAFKA_BOOTSTRAP`` set, Kafka is the user's and nothing
+    is started. Otherwise the local broker is started detached (it keeps
+    running after this process exits) and tracestream's topics are created
+    on it. Calling it again while the broker runs changes nothing.
+
+    Raises:
+        deploy.kafka.BrokerError: the broker could not be fetched or started.
+    """
+    if not settings.kafka_bootstrap:
+        ensure_topics(_start_local_broker(settings, timeout_s), stack_topics(settings), timeout_s=timeout_s)
+    return stack_status(settings)
+
+
+def _start_local_broker(settings: Settings, timeout_s: float) -> str:
+    """Start the local broker detached unless it runs already; return its bootstrap."""
+    running = LocalKafkaBroker.attach(settings)
+    if running is not None:
+        return running.start()  # returns the bootstrap of a running broker
+    try:
+        return LocalKafkaBroker(settings).start(timeout_s=timeout_s, detach=True)
+    except BrokerError:
+        running = LocalKafkaBroker.attach(settings)  # a concurrent `stack up` won the race
+        if running is None:
+            raise
+        return running.start()
+
+
+def stack_down(settings: Settings, timeout_s: float = 30) -> StackStatus:
+    """Stop the local broker if it runs (its data stays); a user's cluster is never touched."""
+    broker = LocalKafkaBroker.attach(settings)
+    if broker is not None:
+        broker.stop(timeout_s=timeout_s)
+    return stack_status(settings)
+
+
+def stack_status(settings: Settings) -> StackStatus:
+    """Describe the stack without starting or probing anything."""
+    clickhouse = _describe_clickhouse(settings)
+    if settings.kafka_bootstrap:
+        return StackStatus(settings.kafka_bootstrap, False, None, None, clickhouse)
+    state = read_broker_state(settings.kafka_dir)
+    if state is None:
+        return StackStatus(None, True, None, None, clickhouse)
+    return StackStatus(state.bootstrap, True, state.pid, state.version, clickhouse)
+
+
+def _describe_clickhouse(settings: Settings) -> str:
+    if not settings.clickhouse_url:
+        return f"chdb:{settings.warehouse_dir.expanduser().resolve()}"
+    return _redact_password(settings.clickhouse_url)
+
+
+def _redact_password(url: str) -> str:
+    """The URL with its password replaced, so status output can be pasted anywhere."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,1 @@
+"""Contracts: Avro schemas, the codec, the schema registry, validation rules."""

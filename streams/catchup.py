@@ -1,0 +1,43 @@
+"""Decide when a backfill is done, from committed offsets on the broker.
+
+Stage by stage: validate must commit up to the traces.raw high watermarks seen
+at start; then the materializers must commit up to the traces.valid and
+traces.dlq high watermarks seen once validate is done; then once more for
+traces.dlq, which the materializer itself may have written to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import TopicPartition
+
+from consumers.lag import committed_offsets, end_offsets
+from deploy.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def wait_until_committed(
+    bootstrap: str, group: str, targets: dict[TopicPartition, int], *, poll_seconds: float = 0.25
+) -> None:
+    """Return once ``group`` has committed at least ``targets`` on every partition."""
+    while True:
+        committed = await committed_offsets(bootstrap, group)
+        behind = {tp: end for tp, end in targets.items() if committed.get(tp, 0) < end}
+        if not behind:
+            return
+        log.debug("waiting for %s on %s", group, behind)
+        await asyncio.sleep(poll_seconds)
+
+
+async def wait_until_caught_up(settings: Settings, bootstrap: str, *, poll_seconds: float = 0.25) -> None:
+    """Block until every processor has committed what was in the log when this was called."""
+    topics = settings.topics
+    group = settings.app_id
+    raw_targets = await end_offsets(bootstrap, [topics.raw])
+    await wait_until_committed(bootstrap, group, raw_targets, poll_seconds=poll_seconds)
+    for stage in ([topics.valid, topics.dlq], [topics.dlq]):
+        targets = await end_offsets(bootstrap, stage)
+        await wait_until_committed(bootstrap, group, targets, poll_seconds=poll_seconds)

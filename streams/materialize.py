@@ -1,0 +1,214 @@
+"""The materialize stage: decoded events become warehouse rows, written with retry.
+
+A batch is written whole or retried; nothing here commits Kafka offsets. The
+faust agent acks a batch only after ``BatchWriter.write`` returns, so an offset
+is committed only once its row is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from streams.coordinates import Coordinates
+from streams.validate import DEAD_LETTER, TRACE, Rejected, dead_letter
+from warehouse.client import Warehouse
+from warehouse.errors import WarehouseRejected, WarehouseUnavailable
+from warehouse.tables import column_names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    """One consumed Kafka record, as the materializer needs it."""
+
+    at: Coordinates
+    key: bytes | None
+    value: bytes
+    writer_version: int | None = None
+
+
+@dataclass
+class Batch:
+    """Column-oriented rows for one table, plus the events that could not become rows."""
+
+    table: str
+    columns: list[list[Any]]
+    events: list[InboundEvent] = field(default_factory=list)
+    """The events behind the rows, row for row."""
+    rejected: list[Rejected] = field(default_factory=list)
+    """Events that could not become rows, as dead letters."""
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def span(self) -> str:
+        return f"{self.events[0].at}..{self.events[-1].at}" if self.events else "(empty)"
+
+
+def _empty(table: str) -> list[list[Any]]:
+    return [[] for _ in column_names(table)]
+
+
+def trace_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) -> Batch:
+    """Decode traces.valid events into `traces` columns; undecodable ones become dead letters."""
+    batch = Batch("traces", _empty("traces"))
+    (trace_id, trace_version, schema_version, prompt, step_index, step_type, step_content, final_answer,
+     meta, source, created_at, score, model, topic, partition, offset, ingested_at) = batch.columns
+    for event in events:
+        try:
+            record, writer = codec.decode_latest(event.value, TRACE)
+        except DecodeError as exc:
+            batch.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
+            continue
+        steps = record["steps"]
+        trace_id.append(record["trace_id"])
+        trace_version.append(record["trace_version"])
+        schema_version.append(event.writer_version or writer.version)
+        prompt.append(record["prompt"])
+        step_index.append([s["i"] for s in steps])
+        step_type.append([s["type"] for s in steps])
+        step_content.append([s["content"] for s in steps])
+        final_answer.append(record["final_answer"])
+        meta.append(record["meta"])
+        source.append(record["source"])
+        created_at.append(record["created_at"])
+        score.append(record.get("score"))
+        model.append(record.get("model"))
+        topic.append(event.at.topic)
+        partition.append(event.at.partition)
+        offset.append(event.at.offset)
+        ingested_at.append(now)
+        batch.events.append(event)
+    return batch
+
+
+def dead_letter_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) -> Batch:
+    """Decode traces.dlq events into `dlq` columns.
+
+    A dead letter that cannot be decoded is still kept, as a row whose reason
+    says so: the dead-letter table must account for every event on its topic.
+    """
+    batch = Batch("dlq", _empty("dlq"))
+    cols = dict(zip(column_names("dlq"), batch.columns))
+    for event in events:
+        try:
+            record, _ = codec.decode_latest(event.value, DEAD_LETTER)
+        except DecodeError as exc:
+            record = {
+                "trace_id": None, "reason": exc.reason, "message": f"{event.at}: {exc}", "stage": "materialize",
+                "source_topic": event.at.topic, "source_partition": event.at.partition,
+                "source_offset": event.at.offset, "original": event.value, "failed_at": now,
+            }
+        for name in ("trace_id", "reason", "message", "stage", "source_topic", "source_partition",
+                     "source_offset", "original", "failed_at"):
+            cols[name].append(record[name])
+        cols["topic"].append(event.at.topic)
+        cols["partition"].append(event.at.partition)
+        cols["offset"].append(event.at.offset)
+        cols["ingested_at"].append(now)
+        batch.events.append(event)
+    return batch
+
+
+def _materialize_dead_letter(codec: AvroCodec, event: InboundEvent, reason: str, message: str) -> Rejected:
+    trace_id = event.key.decode(errors="replace") if event.key else None
+    return dead_letter(codec, event.value, reason=reason, message=message, stage="materialize",
+                       at=event.at, trace_id=trace_id)
+
+
+class BatchWriter:
+    """Writes batches to the warehouse on one thread, waiting out outages.
+
+    While the warehouse is unavailable it retries with capped backoff forever:
+    events are never dropped or dead-lettered because ClickHouse is down.
+    If the warehouse refuses a batch for what it holds, rows are retried one by
+    one and only those it refuses become dead letters.
+    """
+
+    def __init__(
+        self,
+        warehouse_factory: Callable[[], Warehouse],
+        codec: AvroCodec,
+        *,
+        retry_max_seconds: float,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._warehouse_factory = warehouse_factory
+        self._warehouse: Warehouse | None = None
+        self._codec = codec
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warehouse")
+        self._retry_max_seconds = retry_max_seconds
+        self._sleep = sleep
+        self.rows_written = 0
+        self.outage_retries = 0
+
+    async def run(self, fn: Callable[[Warehouse], Any]) -> Any:
+        """Run ``fn(warehouse)`` on the warehouse thread (opening the warehouse on first use)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[Warehouse], Any]) -> Any:
+        if self._warehouse is None:
+            self._warehouse = self._warehouse_factory()
+        return fn(self._warehouse)
+
+    async def write(self, batch: Batch) -> list[Rejected]:
+        """Make the batch durable; returns the rows the warehouse refused, as dead letters."""
+        if not batch:
+            return []
+        try:
+            await self._with_retry(batch, lambda w: w.insert(batch.table, batch.columns))
+        except WarehouseRejected as exc:
+            log.warning("warehouse refused a batch of %d rows (%s): %s; retrying row by row",
+                        len(batch), batch.span, exc)
+            return await self._write_rows_one_by_one(batch)
+        self.rows_written += len(batch)
+        return []
+
+    async def _write_rows_one_by_one(self, batch: Batch) -> list[Rejected]:
+        refused: list[Rejected] = []
+        for i, event in enumerate(batch.events):
+            row = [[column[i]] for column in batch.columns]
+            try:
+                await self._with_retry(batch, lambda w, row=row: w.insert(batch.table, row))
+                self.rows_written += 1
+            except WarehouseRejected as exc:
+                refused.append(_materialize_dead_letter(self._codec, event, "warehouse_rejected", str(exc)))
+        return refused
+
+    async def _with_retry(self, batch: Batch, fn: Callable[[Warehouse], Any]) -> None:
+        delay = 0.1
+        started = time.monotonic()
+        while True:
+            try:
+                await self.run(fn)
+                if delay > 0.1:
+                    log.warning("warehouse is back after %.1fs; wrote %s",
+                                time.monotonic() - started, batch.span)
+                return
+            except WarehouseUnavailable as exc:
+                self.outage_retries += 1
+                if self._warehouse is not None and not self._warehouse.embedded:
+                    self._warehouse = None  # reconnect to a server on the next try
+                log.warning("warehouse unavailable while writing %s (%s); retrying in %.1fs",
+                            batch.span, exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._retry_max_seconds)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

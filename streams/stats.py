@@ -1,0 +1,38 @@
+"""What the warehouse holds and how far behind the processors are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consumers.lag import group_lag
+from deploy.settings import Settings
+from warehouse.client import Warehouse
+
+
+def warehouse_stats(warehouse: Warehouse) -> dict[str, Any]:
+    """Counts from the warehouse, deduplicated (FINAL) as every reader must."""
+    db = warehouse.database
+    by_source = warehouse.query(
+        f"SELECT source, trace_version, schema_version, count() FROM `{db}`.traces FINAL "
+        "GROUP BY source, trace_version, schema_version ORDER BY source, trace_version, schema_version"
+    )
+    by_reason = warehouse.query(
+        f"SELECT stage, reason, count() FROM `{db}`.dlq FINAL GROUP BY stage, reason ORDER BY stage, reason"
+    )
+    (distinct,) = warehouse.query(f"SELECT uniqExact(trace_id) FROM `{db}`.traces FINAL")[0]
+    return {
+        "warehouse": warehouse.description,
+        "distinct_trace_ids": distinct,
+        "traces": sum(row[3] for row in by_source),
+        "traces_by_source": [
+            {"source": s, "trace_version": tv, "schema_version": sv, "count": n} for s, tv, sv, n in by_source
+        ],
+        "dead_letters": sum(row[2] for row in by_reason),
+        "dead_letters_by_reason": [{"stage": st, "reason": r, "count": n} for st, r, n in by_reason],
+    }
+
+
+async def lag_stats(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
+    topics = settings.topics
+    lags = await group_lag(bootstrap, settings.app_id, [topics.raw, topics.valid, topics.dlq])
+    return [{**lag._asdict(), "lag": lag.lag} for lag in lags]

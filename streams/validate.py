@@ -1,0 +1,113 @@
+"""The validate stage: raw bytes in, a normalized trace or a dead letter out.
+
+Kept free of faust so the rules of the stream can be tested without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError
+from schemas.validation import Violation, check_event_size, check_trace, normalize
+from streams.coordinates import Coordinates
+
+TRACE = "Trace"
+DEAD_LETTER = "DeadLetter"
+WRITER_VERSION_HEADER = "tracestream-writer-version"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A trace for traces.valid: latest schema version, normalized."""
+
+    key: bytes
+    payload: bytes
+    writer_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A dead letter for traces.dlq, already encoded."""
+
+    key: bytes | None
+    payload: bytes
+    reason: str
+    at: Coordinates
+    """Where the event that failed sits."""
+
+
+def dead_letter(
+    codec: AvroCodec,
+    original: bytes,
+    *,
+    reason: str,
+    message: str,
+    stage: str,
+    at: Coordinates,
+    trace_id: str | None,
+) -> Rejected:
+    """Encode a DeadLetter record that keeps the original bytes and says where they came from."""
+    record = {
+        "original": original,
+        "reason": reason,
+        "message": f"{at}: {message}",
+        "stage": stage,
+        "source_topic": at.topic,
+        "source_partition": at.partition,
+        "source_offset": at.offset,
+        "trace_id": trace_id,
+        "failed_at": datetime.now(timezone.utc),
+    }
+    key = trace_id.encode() if trace_id else None
+    return Rejected(key=key, payload=codec.encode(record, DEAD_LETTER), reason=reason, at=at)
+
+
+class Validator:
+    """Decides, event by event, between traces.valid and traces.dlq. Never raises for bad input."""
+
+    def __init__(self, codec: AvroCodec, *, max_event_bytes: int) -> None:
+        self.codec = codec
+        self.max_event_bytes = max_event_bytes
+        self.latest_version = codec.registry.latest(TRACE).version
+
+    def __call__(self, value: bytes | None, key: bytes | None, at: Coordinates) -> Accepted | Rejected:
+        value = value or b""
+        trace_id = _key_text(key)
+        violation = check_event_size(len(value), self.max_event_bytes)
+        if violation is not None:
+            return self._reject(value, violation.reason, violation.message, at, trace_id)
+        try:
+            record, writer = self.codec.decode_latest(value, TRACE)
+        except DecodeError as exc:
+            return self._reject(value, exc.reason, str(exc), at, trace_id)
+        trace_id = record.get("trace_id") or trace_id
+        violation = check_trace(record)
+        if violation is not None:
+            return self._reject(value, violation.reason, violation.message, at, trace_id)
+        normalized = normalize(record)
+        if writer.version == self.latest_version and normalized == record:
+            payload = value  # already canonical: skip a re-encode on the hot path
+        else:
+            payload = self.codec.encode(normalized, TRACE)
+        return Accepted(key=record["trace_id"].encode(), payload=payload, writer_version=writer.version)
+
+    def _reject(
+        self, value: bytes, reason: str, message: str, at: Coordinates, trace_id: str | None
+    ) -> Rejected:
+        return dead_letter(
+            self.codec, value, reason=str(reason), message=message, stage="validate", at=at, trace_id=trace_id
+        )
+
+
+def _key_text(key: bytes | None) -> str | None:
+    if not key:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+__all__ = ["Accepted", "Rejected", "Validator", "Violation", "dead_letter"]

@@ -1,0 +1,59 @@
+"""Run the processors as one faust worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+import faust
+
+from deploy.settings import Settings
+from streams.app import build_app
+from streams.catchup import wait_until_caught_up
+from streams.stats import lag_stats, warehouse_stats
+from streams.topics import ensure_pipeline_topics
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, bootstrap: str, *, until_caught_up: bool = False, loglevel: str = "warning") -> None:
+    """Serve the processors until stopped (SIGTERM/SIGINT), or until caught up.
+
+    With ``until_caught_up`` the worker stops itself, through the same graceful
+    path as SIGTERM (so the last commits happen), once every processor has
+    committed what was in the log when it started.
+    """
+    asyncio.run(ensure_pipeline_topics(settings, bootstrap))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app, writer, counters = build_app(settings, bootstrap)
+
+    @app.page("/stats")
+    async def stats_page(web: Any, request: Any) -> Any:
+        body = await writer.run(warehouse_stats)
+        body["lag"] = await lag_stats(settings, bootstrap)
+        body["worker"] = dict(vars(counters), pid=os.getpid())
+        return web.json(body)
+
+    @app.page("/healthz")
+    async def health_page(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "pid": os.getpid()})
+
+    if until_caught_up:
+
+        @app.task
+        async def stop_when_caught_up() -> None:
+            await wait_until_caught_up(settings, bootstrap)
+            log.info("caught up; stopping")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        writer.close()

@@ -1,0 +1,143 @@
+"""Open the warehouse: embedded chDB on a folder, or a ClickHouse server.
+
+Both go through clickhouse-connect, so the SQL and the client API are the
+same; only opening differs. chDB lets one process own one folder, so the
+embedded client is opened once per process and shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from deploy.settings import Settings
+from schemas.errors import ConfigurationError
+from warehouse.errors import WarehouseRejected, WarehouseUnavailable
+from warehouse.tables import TABLES, column_names, create_table_sql
+
+log = logging.getLogger(__name__)
+
+# Server-side error names that mean "try again later", not "your data is wrong".
+_TRANSIENT_MARKERS = (
+    "TOO_MANY_PARTS",
+    "MEMORY_LIMIT_EXCEEDED",
+    "TIMEOUT_EXCEEDED",
+    "SOCKET_TIMEOUT",
+    "NETWORK_ERROR",
+    "TOO_MANY_SIMULTANEOUS_QUERIES",
+    "Cannot lock file",
+)
+
+_embedded_lock = threading.Lock()
+_embedded: dict[str, Any] = {}
+
+
+def _embedded_client(path: Path) -> Any:
+    """The process-wide chDB client; a second folder in one process is refused."""
+    key = str(path.resolve())
+    with _embedded_lock:
+        if key not in _embedded:
+            if _embedded:
+                (owned,) = _embedded
+                raise ConfigurationError(
+                    f"this process already owns the chDB warehouse at {owned}; chDB allows one folder "
+                    f"per process, so {key} cannot be opened too. Use one TRACESTREAM_HOME per process "
+                    "or set TRACESTREAM_CLICKHOUSE_URL to a ClickHouse server."
+                )
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                _embedded[key] = clickhouse_connect.get_client(dsn=f"chdb://{key}")
+            except Exception as exc:  # chDB reports a held folder lock as a generic error
+                raise WarehouseUnavailable(
+                    f"cannot open the chDB warehouse at {key}: {exc}. Another process (a running "
+                    "`tracestream worker`?) may own it; ask that process (e.g. `tracestream stats` "
+                    "goes through its HTTP endpoint) or stop it."
+                ) from exc
+        return _embedded[key]
+
+
+def classify(exc: Exception, what: str) -> Exception:
+    """Map a clickhouse-connect error onto retriable or not."""
+    text = str(exc)
+    if isinstance(exc, OperationalError) or any(marker in text for marker in _TRANSIENT_MARKERS):
+        return WarehouseUnavailable(f"{what}: the warehouse is unavailable ({text.strip()[:500]})")
+    return WarehouseRejected(f"{what}: the warehouse refused it ({text.strip()[:500]})")
+
+
+class Warehouse:
+    """Synchronous access to the tracestream tables of one database.
+
+    Calls block; async callers run them on one dedicated thread (see
+    ``streams.materialize``) so chDB never sees two threads at once.
+    """
+
+    def __init__(self, client: Any, database: str, *, embedded: bool) -> None:
+        self.client = client
+        self.database = database
+        self.embedded = embedded
+
+    @classmethod
+    def connect(cls, settings: Settings, database: str | None = None) -> Warehouse:
+        """Open the configured warehouse and make sure its tables exist.
+
+        Raises:
+            WarehouseUnavailable: the server cannot be reached, or the chDB folder is owned elsewhere.
+            ConfigurationError: this process already owns another chDB folder.
+        """
+        database = database or settings.clickhouse_database
+        try:
+            if settings.clickhouse_url:
+                client = clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+                embedded = False
+            else:
+                client = _embedded_client(settings.warehouse_dir)
+                embedded = True
+        except ClickHouseError as exc:
+            raise classify(exc, f"connecting to {settings.clickhouse_url}") from exc
+        warehouse = cls(client, database, embedded=embedded)
+        warehouse.ensure_tables()
+        return warehouse
+
+    @property
+    def description(self) -> str:
+        return f"{'chdb' if self.embedded else 'clickhouse'}:{self.database}"
+
+    def ensure_tables(self) -> None:
+        self.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        for table in TABLES:
+            self.command(create_table_sql(self.database, table))
+
+    def drop_tables(self) -> None:
+        for table in TABLES:
+            self.command(f"DROP TABLE IF EXISTS `{self.database}`.`{table}`")
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        try:
+            return self.client.command(sql, parameters=parameters)
+        except ClickHouseError as exc:
+            raise classify(exc, f"running {sql.split(chr(10))[0][:80]!r}") from exc
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        """Rows of a query; values only ever arrive through ``parameters``."""
+        try:
+            return self.client.query(sql, parameters=parameters).result_rows
+        except ClickHouseError as exc:
+            raise classify(exc, f"querying {sql.split(chr(10))[0][:80]!r}") from exc
+
+    def insert(self, table: str, columns: Sequence[Sequence[Any]]) -> None:
+        """Insert column-oriented data; once this returns the rows are durable."""
+        try:
+            self.client.insert(
+                f"{self.database}.{table}",
+                columns,
+                column_names=column_names(table),
+                column_oriented=True,
+            )
+        except ClickHouseError as exc:
+            raise classify(exc, f"inserting {len(columns[0]) if columns else 0} rows into {table}") from exc

@@ -1,0 +1,59 @@
+"""Table definitions. Every table of events is keyed by its Kafka coordinates.
+
+ReplacingMergeTree ordered by (topic, partition, offset) makes a re-delivered
+event collapse into the row it already wrote, so at-least-once delivery from
+Kafka gives effectively-once rows; readers count with FINAL.
+"""
+
+TRACE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("trace_id", "String"),
+    ("trace_version", "Int32"),
+    ("schema_version", "UInt16"),
+    ("prompt", "String"),
+    ("step_index", "Array(Int32)"),
+    ("step_type", "Array(LowCardinality(String))"),
+    ("step_content", "Array(String)"),
+    ("final_answer", "String"),
+    ("meta", "Map(String, String)"),
+    ("source", "LowCardinality(String)"),
+    ("created_at", "DateTime64(3, 'UTC')"),
+    ("score", "Nullable(Float64)"),
+    ("model", "Nullable(String)"),
+    ("topic", "LowCardinality(String)"),
+    ("partition", "UInt32"),
+    ("offset", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+
+DEAD_LETTER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("trace_id", "Nullable(String)"),
+    ("reason", "LowCardinality(String)"),
+    ("message", "String"),
+    ("stage", "LowCardinality(String)"),
+    ("source_topic", "LowCardinality(String)"),
+    ("source_partition", "UInt32"),
+    ("source_offset", "UInt64"),
+    ("original", "String"),
+    ("failed_at", "DateTime64(3, 'UTC')"),
+    ("topic", "LowCardinality(String)"),
+    ("partition", "UInt32"),
+    ("offset", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+
+TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "traces": TRACE_COLUMNS,
+    "dlq": DEAD_LETTER_COLUMNS,
+}
+
+
+def create_table_sql(database: str, table: str) -> str:
+    columns = ",\n    ".join(f"`{name}` {type_}" for name, type_ in TABLES[table])
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n    {columns}\n)\n"
+        "ENGINE = ReplacingMergeTree\nORDER BY (`topic`, `partition`, `offset`)"
+    )
+
+
+def column_names(table: str) -> list[str]:
+    return [name for name, _ in TABLES[table]]
