@@ -187,6 +187,7 @@ def _run_maven(pom: Path, out: Path, version: str) -> None:
         _require_tool("mvn"),
         "-B",
         "-q",
+        "-Dstyle.color=never",
         "-f",
         str(pom),
         f"{_DEPENDENCY_PLUGIN}:copy-dependencies",

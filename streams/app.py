@@ -60,6 +60,7 @@ def build_app(
     """
     codec = AvroCodec(default_registry())
     topics = settings.topics
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],

@@ -332,9 +332,7 @@ def _rates(rng: random.Random) -> _Problem:
             legs.append((speed, hours, minutes))
             minute_legs += 1
         else:
-            hours = D(rng.choice((1, 2, 3, 4, 5, 6, 15, 25, 35))) / (10 if rng.random() < 0.3 else 1)
-            if hours > 6:
-                hours = D(int(hours)) % 6 + 1
+            hours = D(rng.choice(("0.5", "1", "1.5", "2", "2.5", "3", "3.5", "4", "5", "6")))
             legs.append((speed, hours, None))
     dist = [s * h for s, h, _ in legs]
     total = sum(dist, D(0))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+from consumers.lag import topic_partitions
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
+from schemas.errors import ConfigurationError
 from streams.app import MAX_MESSAGE_BYTES
 
 # Datasets point into these topics by offset, so the log keeps everything, and a
@@ -16,10 +20,19 @@ TOPIC_CONFIG = {
 
 
 async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
-    """Create traces.raw, traces.valid and traces.dlq if missing (idempotent)."""
+    """Create traces.raw, traces.valid and traces.dlq if missing (idempotent).
+
+    Raises:
+        ConfigurationError: existing topics have different partition counts;
+            validate writes raw partition p to partition p of its outputs.
+    """
     topics = settings.topics
-    await ensure_topics_async(
-        bootstrap,
-        {name: settings.partitions for name in (topics.raw, topics.valid, topics.dlq)},
-        config=TOPIC_CONFIG,
-    )
+    names = (topics.raw, topics.valid, topics.dlq)
+    await ensure_topics_async(bootstrap, {name: settings.partitions for name in names}, config=TOPIC_CONFIG)
+    counts = Counter(tp.topic for tp in await topic_partitions(bootstrap, names))
+    if len(set(counts.values())) > 1:
+        raise ConfigurationError(
+            f"{', '.join(f'{name} has {counts[name]} partitions' for name in names)}; validate keeps each "
+            "trace in the partition it arrived in, so these topics need the same partition count. "
+            "Add partitions to the smaller ones (kafka-topics --alter --partitions N)."
+        )

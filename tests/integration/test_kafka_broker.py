@@ -29,7 +29,7 @@ from deploy.kafka import (
     read_broker_state,
 )
 from deploy.settings import Settings
-from deploy.stack import kafka_bootstrap, stack_down, stack_status
+from deploy import stack
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ async def _topic_config(bootstrap: str, topic: str, key: str) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, [key])])
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})])
         [(_code, _message, _type, _name, entries)] = response.resources
         return {entry[0]: entry[1] for entry in entries}[key]
     finally:
@@ -194,27 +194,27 @@ def test_another_process_finds_and_stops_the_broker(tmp_path: Path) -> None:
     owner = LocalKafkaBroker(settings)
     bootstrap = owner.start()
     try:
-        status = stack_status(settings)
+        status = stack.stack_status(settings)
         assert (status.kafka_bootstrap, status.kafka_pid, status.kafka_managed) == (bootstrap, owner.pid, True)
-        assert kafka_bootstrap(settings) == bootstrap
+        assert stack.kafka_bootstrap(settings) == bootstrap
 
         with pytest.raises(BrokerError, match="already runs"):
             LocalKafkaBroker(settings).start()
 
         attached = LocalKafkaBroker.attach(settings)
         assert attached is not None and attached.pid == owner.pid
-        assert stack_down(settings).kafka_bootstrap is None  # stops it through the state file
+        assert stack.stack_down(settings).kafka_bootstrap is None  # stops it through the state file
         assert owner.pid is not None and not owner.is_running()
-        assert kafka_bootstrap(settings) is None
+        assert stack.kafka_bootstrap(settings) is None
     finally:
         owner.stop()
 
 
 def test_configured_cluster_wins_over_the_local_broker(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_bootstrap="kafka.example:9092")
-    status = stack_status(settings)
+    status = stack.stack_status(settings)
     assert (status.kafka_bootstrap, status.kafka_managed, status.kafka_pid) == ("kafka.example:9092", False, None)
-    assert kafka_bootstrap(settings) == "kafka.example:9092"
+    assert stack.kafka_bootstrap(settings) == "kafka.example:9092"
 
 
 @pytest.mark.timeout(60)

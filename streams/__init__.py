@@ -1,0 +1,1 @@
+"""Stream processors (validate, materialize, dataset snapshots) and the producer SDK."""

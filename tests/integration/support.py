@@ -1,0 +1,93 @@
+"""Helpers for integration tests: publish, run the worker as a user would, read stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deploy.settings import Settings
+from streams.generator import GeneratedEvent
+from streams.producer import DeliveryReport, TraceProducer
+from streams.topics import ensure_pipeline_topics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build these same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACESTREAM_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"TRACESTREAM_{name.upper()}"] = str(value)
+    return env
+
+
+async def publish(settings: Settings, events: Iterable[GeneratedEvent]) -> DeliveryReport:
+    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
+    async with TraceProducer(settings, settings.kafka_bootstrap) as producer:
+        for event in events:
+            if event.payload is not None:
+                await producer.publish_bytes(event.payload, event.trace_id.encode() if event.trace_id else None)
+            else:
+                await producer.publish(event.record, schema_version=event.schema_version)
+        return await producer.flush()
+
+
+def cli(settings: Settings, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=settings_env(settings), cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+    )
+
+
+def start_worker(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", *args],
+        env=settings_env(settings), cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+
+
+def stats_via_cli(settings: Settings) -> dict[str, Any]:
+    done = cli(settings, "stats", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def stats_via_worker(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return httpx.get(f"http://{settings.web_host}:{settings.web_port}/stats", timeout=30).json()
+    except httpx.HTTPError:
+        return None
+
+
+def wait_for(predicate, *, timeout_s: float, every_s: float = 0.2, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def expected_outcome(events: Iterable[GeneratedEvent]) -> tuple[int, Counter]:
+    """(valid count, dead letters by reason) that the pipeline must produce for ``events``."""
+    events = list(events)
+    reasons = Counter(e.expected_reason for e in events if e.expected_reason)
+    return len(events) - sum(reasons.values()), reasons
+
+
+def reasons_of(stats: dict[str, Any]) -> Counter:
+    got = Counter()
+    for row in stats["dead_letters_by_reason"]:
+        got[row["reason"]] += row["count"]
+    return got
