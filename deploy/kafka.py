@@ -555,8 +555,9 @@ def _server_properties(settings: Settings, kraft_dir: Path, record: _ClusterReco
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(kraft_dir),
-        # faust creates its own changelog and repartition topics.
-        "auto.create.topics.enable": "true",
+        # Every topic is declared on purpose (partition counts must line up, retention
+        # must be infinite); a typo or a bare producer must not create one silently.
+        "auto.create.topics.enable": "false",
         "num.partitions": str(settings.partitions),
         "default.replication.factor": "1",
         "min.insync.replicas": "1",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +205,10 @@ def test_another_process_finds_and_stops_the_broker(tmp_path: Path) -> None:
         attached = LocalKafkaBroker.attach(settings)
         assert attached is not None and attached.pid == owner.pid
         assert stack.stack_down(settings).kafka_bootstrap is None  # stops it through the state file
+        # The JVM's command line vanishes while it exits, a moment before its parent can reap it.
+        deadline = time.monotonic() + 10
+        while owner.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert owner.pid is not None and not owner.is_running()
         assert stack.kafka_bootstrap(settings) is None
     finally:
