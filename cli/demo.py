@@ -56,8 +56,9 @@ def demo(
         started = time.perf_counter()
         report = asyncio.run(_publish(settings, bootstrap, events))
         published_at = time.perf_counter()
-        stats = _wait_accounted(settings, worker, count, timeout_s)
+        _wait_accounted(settings, worker, count, timeout_s, committed=False)
         queryable_at = time.perf_counter()
+        stats = _wait_accounted(settings, worker, count, timeout_s, committed=True)
     finally:
         worker.terminate()
         try:
@@ -112,20 +113,25 @@ def _start_worker(settings: Settings, bootstrap: str) -> subprocess.Popen:
 
 
 def _wait_healthy(settings: Settings, worker: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Wait until the worker owns every partition of its three topics, so timings exclude start-up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise _worker_died(settings, worker)
         try:
-            httpx.get(f"http://{settings.web_host}:{settings.web_port}/healthz", timeout=2).raise_for_status()
-            return
+            health = httpx.get(f"http://{settings.web_host}:{settings.web_port}/healthz", timeout=2).json()
+            if health["assigned_partitions"] >= 3 * settings.partitions:
+                return
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.1)
     raise typer.Exit(_fail(f"the worker did not answer on port {settings.web_port} within {timeout_s:.0f}s"))
 
 
-def _wait_accounted(settings: Settings, worker: subprocess.Popen, count: int, timeout_s: float) -> dict[str, Any]:
-    """Poll the worker's /stats until traces + dead letters account for every event."""
+def _wait_accounted(
+    settings: Settings, worker: subprocess.Popen, count: int, timeout_s: float, *, committed: bool
+) -> dict[str, Any]:
+    """Poll /stats until traces + dead letters account for every event (and, if asked, are committed)."""
     deadline = time.monotonic() + timeout_s
     stats: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -136,7 +142,8 @@ def _wait_accounted(settings: Settings, worker: subprocess.Popen, count: int, ti
         except httpx.HTTPError:
             time.sleep(0.2)
             continue
-        if stats["traces"] + stats["dead_letters"] >= count and all(p["lag"] == 0 for p in stats["lag"]):
+        accounted = stats["traces"] + stats["dead_letters"] >= count
+        if accounted and (not committed or all(p["lag"] == 0 for p in stats["lag"])):
             return stats
         time.sleep(0.1)
     console.print(f"[red]timed out after {timeout_s:.0f}s[/red]; last stats: {stats}")

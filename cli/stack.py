@@ -8,6 +8,7 @@ from dataclasses import asdict
 import typer
 
 from cli.common import console, load_settings, out
+from deploy.kafka import fetch_broker_jars
 from deploy.stack import StackStatus, stack_down, stack_status, stack_up
 
 app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack.")
@@ -26,6 +27,13 @@ def up(as_json: bool = typer.Option(False, "--json", help="Print the status as J
     """Start a real single-node Kafka broker (KRaft) unless TRACESTREAM_KAFKA_BOOTSTRAP is set."""
     console.print("starting the local stack (the first start fetches the broker's jars through Maven)...")
     _show(stack_up(load_settings()), as_json)
+
+
+@app.command()
+def fetch() -> None:
+    """Fetch the Kafka broker's jars through Maven into the cache (once per version)."""
+    settings = load_settings()
+    out.print(f"broker jars: {fetch_broker_jars(settings)}")
 
 
 @app.command()

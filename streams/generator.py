@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import random
 import uuid
@@ -982,8 +983,6 @@ def _break_payload(rng: random.Random, record: dict, kind: Breakage) -> bytes:
         text = json.dumps(record_to_json(record)).encode()
         return gzip.compress(text, mtime=0) if rng.random() < 0.3 else text
     if kind is Breakage.UNKNOWN_SCHEMA:
-        import io
-
         from fastavro import schemaless_writer
 
         header, parsed = _unregistered_v3()
@@ -1088,7 +1087,10 @@ def jsonl_line(event: GeneratedEvent) -> tuple[str, str | None, bool]:
 
 
 def write_jsonl(events: Iterable[GeneratedEvent], fp: IO[str]) -> JsonlWriteSummary:
-    """Write one JSON object per line (see the module doc for how breakages appear)."""
+    """Write one JSON object per line (see the module doc for how breakages appear).
+
+    ``fp`` is a text file opened with ``encoding="utf-8"`` (lines are not ASCII-escaped).
+    """
     lines = valid = 0
     rejects: Counter[str] = Counter()
     dead: Counter[str] = Counter()

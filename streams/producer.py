@@ -10,6 +10,16 @@ Throughput: events go straight into per-partition record batches (see
 ``TraceProducer``); one delivery future per batch is kept in a bounded queue
 (``max_in_flight`` events) and settled in bulk, so memory stays bounded and
 nothing awaits one event's round trip.
+
+Oversized events: the limit is the smaller of ``max_request_size`` (2 MiB,
+above the validator's 1 MiB, so a too-large trace reaches ``traces.raw`` and
+is dead-lettered with its reason) and the topic's ``max.message.bytes``, read
+once on first publish. An event above it is reported failed and never sent:
+with the idempotent producer a batch the broker refuses leaves a gap in the
+partition's sequence numbers, and the broker then refuses every later batch
+of that partition (``OutOfOrderSequenceNumber``). Should that happen anyway
+(config changed under us, other refusals), all those failures are reported
+and the producer restarts its Kafka client before the next publish.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
@@ -173,7 +186,8 @@ class TraceProducer:
         self.max_in_flight = max_in_flight
         self.max_request_size = max_request_size
         self._linger_s = linger_ms / 1000
-        self._producer = AIOKafkaProducer(
+        self._bootstrap = bootstrap
+        self._client_config = dict(
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
@@ -183,7 +197,10 @@ class TraceProducer:
             max_request_size=max_request_size,
             compression_type=None,
         )
+        self._producer = AIOKafkaProducer(**self._client_config)
+        self._poisoned = False
         self._partitions: list[int] | None = None
+        self._message_limit = max_request_size
         self._round_robin = 0
         self._open: dict[int, _OpenBatch] = {}
         self._ready: dict[int, deque[_OpenBatch]] = defaultdict(deque)
@@ -247,23 +264,30 @@ class TraceProducer:
     async def publish_bytes(self, payload: bytes, key: bytes | None) -> None:
         """Enqueue raw message bytes as they are (dead-letter tests, replays, other encoders).
 
-        An event bigger than ``max_request_size`` is counted as a failed
-        delivery (``MessageSizeTooLargeError``). If the client cannot take a
+        An event bigger than the topic accepts (the smaller of
+        ``max_request_size`` and the topic's ``max.message.bytes``, read on
+        first use) is counted as a failed delivery (``MessageSizeTooLargeError``)
+        and never sent. If the client cannot take a
         batch (broker unreachable past its request timeout, producer closed),
         the batch's events are counted as failed and the error is raised.
         """
-        partitions = self._partitions or await self._load_partitions()
+        if self._poisoned:
+            await self._restart_client()
+        partitions = self._partitions or await self._load_topic()
         if key is None:
             partition = partitions[self._round_robin % len(partitions)]
             self._round_robin += 1
         else:
             partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-        size = len(payload) + (len(key) if key is not None else 0) + _RECORD_OVERHEAD
-        if size > self.max_request_size:
-            self._failed.append(DeliveryFailure(key, MessageSizeTooLargeError(
-                f"the event is {size} bytes, above max_request_size={self.max_request_size}"
-            )))
-            return
+        if len(payload) + len(key or b"") + _RECORD_OVERHEAD > self._message_limit:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, payload, [])
+            if size > self._message_limit:
+                self._failed.append(DeliveryFailure(key, MessageSizeTooLargeError(
+                    f"the event is {size:,} bytes as a record batch; {self.topic} takes at "
+                    f"most {self._message_limit:,} (the smaller of the producer's "
+                    f"max_request_size and the topic's max.message.bytes)"
+                )))
+                return
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open_batch(partition)
@@ -284,12 +308,34 @@ class TraceProducer:
                 await asyncio.wait((oldest,))
             self._settle_done()
 
-    async def _load_partitions(self) -> list[int]:
+    async def _load_topic(self) -> list[int]:
+        """The topic's partitions, and the largest event it accepts."""
         partitions = sorted(await self._producer.partitions_for(self.topic))
         if not partitions:
             raise ConfigurationError(f"topic {self.topic} has no partitions")
+        topic_limit = await _topic_max_message_bytes(self._bootstrap, self.topic)
+        if topic_limit is not None:
+            self._message_limit = min(self.max_request_size, topic_limit)
         self._partitions = partitions
         return partitions
+
+    async def _restart_client(self) -> None:
+        """Replace the Kafka client after a batch failed for good.
+
+        The idempotent producer numbers batches per partition; a refused batch
+        leaves a gap, and the broker then refuses every later batch of that
+        partition (OutOfOrderSequenceNumber) for as long as the producer id
+        lives. Everything in flight is settled (and reported) first.
+        """
+        log.warning(
+            "a batch to %s failed for good; restarting the Kafka client so later events "
+            "get a fresh producer id", self.topic,
+        )
+        await self._deliver_all()
+        await self._producer.stop()
+        self._producer = AIOKafkaProducer(**self._client_config)
+        await self._producer.start()
+        self._poisoned = False
 
     def _open_batch(self, partition: int) -> _OpenBatch:
         batch = _OpenBatch(self._producer.create_batch())
@@ -358,6 +404,8 @@ class TraceProducer:
                 self._delivered += len(keys)
             else:
                 self._fail(keys, error)
+                if not getattr(error, "retriable", False):
+                    self._poisoned = True
 
     @property
     def in_flight(self) -> int:
@@ -366,6 +414,13 @@ class TraceProducer:
 
     async def flush(self) -> DeliveryReport:
         """Send everything buffered, wait for every delivery; report and reset the counts."""
+        await self._deliver_all()
+        report = DeliveryReport(self._delivered, len(self._failed), tuple(self._failed))
+        self._delivered = 0
+        self._failed = []
+        return report
+
+    async def _deliver_all(self) -> None:
         for partition in list(self._open):
             self._detach(partition)
         for partition in list(self._ready):
@@ -378,10 +433,29 @@ class TraceProducer:
             if waiting:
                 await asyncio.wait(waiting)
             self._settle_done()
-        report = DeliveryReport(self._delivered, len(self._failed), tuple(self._failed))
-        self._delivered = 0
-        self._failed = []
-        return report
+
+
+async def _topic_max_message_bytes(bootstrap: str, topic: str) -> int | None:
+    """The topic's ``max.message.bytes``, or None if the cluster will not say."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
+        )
+        for _, _, _, name, entries in response.resources:
+            if name == topic:
+                for entry in entries:
+                    if entry[0] == "max.message.bytes":
+                        return int(entry[1])
+    except (KafkaError, ValueError, TypeError) as exc:
+        log.warning("cannot read max.message.bytes of %s (%s); using max_request_size", topic, exc)
+    finally:
+        try:
+            await admin.close()
+        except Exception as exc:  # noqa: BLE001 - closing must not hide the answer
+            log.debug("closing the admin client: %s", exc)
+    return None
 
 
 __all__ = [

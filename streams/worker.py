@@ -39,7 +39,8 @@ def run_worker(settings: Settings, bootstrap: str, *, until_caught_up: bool = Fa
 
     @app.page("/healthz")
     async def health_page(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "pid": os.getpid()})
+        assigned = app.consumer.assignment() if not app.rebalancing else set()
+        return web.json({"status": "ok", "pid": os.getpid(), "assigned_partitions": len(assigned)})
 
     if until_caught_up:
 

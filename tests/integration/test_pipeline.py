@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploy.settings import Settings
-from streams.generator import generate_events
+from streams.generator import Breakage, generate_events
 from tests.integration.support import (
     cli, expected_outcome, publish, reasons_of, start_worker, stats_via_cli, stats_via_worker, wait_for,
 )
@@ -106,3 +106,19 @@ def test_publish_cli_reports_bad_lines_by_number_and_publishes_the_rest(own_home
     stats = stats_via_cli(own_home)
     assert stats["traces"] == 2
     assert reasons_of(stats) == Counter({"no_steps": 1})
+
+
+def test_one_of_every_bad_kind_is_dead_lettered_and_the_stream_goes_on(own_home: Settings):
+    broken = {}
+    for event in generate_events(3000, seed=13, broken_share=1.0):
+        broken.setdefault(event.expected_reason, event)
+    assert set(broken) == {kind.value for kind in Breakage}, "the generator lost a breakage kind"
+    good = list(generate_events(len(broken) + 1, seed=14, broken_share=0.0))
+    interleaved = [e for pair in zip(good, broken.values()) for e in pair] + good[len(broken):]
+
+    asyncio.run(publish(own_home, interleaved))
+    assert cli(own_home, "worker", "--until-caught-up").returncode == 0
+
+    stats = stats_via_cli(own_home)
+    assert reasons_of(stats) == Counter({reason: 1 for reason in broken})
+    assert stats["traces"] == len(good)

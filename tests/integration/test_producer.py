@@ -1,0 +1,268 @@
+"""The producer SDK against a real broker: delivery, keys and partitions, order, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+from uuid import uuid4
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
+
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+from streams.generator import Breakage, generate_events, write_jsonl
+from streams.jsonl import publish_jsonl
+from streams.producer import DeliveryFailed, TraceProducer
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+BIG_TOPIC_CONFIG = {"max.message.bytes": str(4 * 1024 * 1024)}
+READ_LIMITS = {"fetch_max_bytes": 8 * 1024 * 1024, "max_partition_fetch_bytes": 8 * 1024 * 1024}
+
+
+def _settings() -> Settings:
+    return Settings(topic_prefix=f"t{uuid4().hex[:8]}.")
+
+
+async def _create_raw_topic(bootstrap: str, settings: Settings, config: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(settings.topics.raw, PARTITIONS, 1, topic_configs=config)]
+        )
+    finally:
+        await admin.close()
+
+
+async def _read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        **READ_LIMITS,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out = []
+        async with asyncio.timeout(timeout_s):
+            while len(out) < expected:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _publish(producer: TraceProducer, events) -> None:
+    for e in events:
+        if e.payload is not None:
+            await producer.publish_bytes(e.payload, e.trace_id.encode())
+        else:
+            await producer.publish(e.record, schema_version=e.schema_version)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_every_event_arrives_keyed_partitioned_and_in_order(kafka_bootstrap):
+    settings = _settings()
+    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    events = list(generate_events(1500, seed=21, broken_share=0.3))
+    events += [e for e in generate_events(4000, seed=4, broken_share=1.0)
+               if e.expected_reason == Breakage.EVENT_TOO_LARGE][:1]
+    assert events[-1].expected_reason == Breakage.EVENT_TOO_LARGE
+    codec = AvroCodec(default_registry())
+
+    async with TraceProducer(settings, kafka_bootstrap, codec=codec, max_in_flight=500) as producer:
+        await _publish(producer, events)
+        report = await producer.flush()
+    assert report.failed == 0, report.errors[:3]
+    assert report.delivered == len(events)
+
+    records = await _read_all(kafka_bootstrap, settings.topics.raw, len(events))
+    assert len(records) == len(events)
+    # Keys are trace ids on the partition any Kafka client picks (murmur2), in publish order.
+    partitioner = DefaultPartitioner()
+    sent_order: dict[int, list[bytes]] = defaultdict(list)
+    for e in events:
+        key = e.trace_id.encode()
+        sent_order[partitioner(key, list(range(PARTITIONS)), list(range(PARTITIONS)))].append(key)
+    got_order: dict[int, list[bytes]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        got_order[r.partition].append(r.key)
+    assert got_order == sent_order
+    # Values are exactly the bytes meant: the Avro encoding, or the raw payload.
+    by_key = {r.key: r.value for r in records}
+    for e in events:
+        value = by_key[e.trace_id.encode()]
+        if e.payload is not None:
+            assert value == e.payload
+        else:
+            assert value == codec.encode(e.record, "Trace", e.schema_version)
+    assert len(by_key[events[-1].trace_id.encode()]) > 1024 * 1024
+
+
+def _big_event():
+    return next(e for e in generate_events(4000, seed=4, broken_share=1.0)
+                if e.expected_reason == Breakage.EVENT_TOO_LARGE)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_an_event_the_topic_cannot_take_is_reported_and_never_sent(kafka_bootstrap):
+    settings = _settings()
+    # A topic limited to Kafka's stock 1 MiB cannot take the 1.15 MB event.
+    await _create_raw_topic(kafka_bootstrap, settings, {"max.message.bytes": "1048588"})
+    big = _big_event()
+    small = list(generate_events(50, seed=8, broken_share=0.0))
+
+    producer = TraceProducer(settings, kafka_bootstrap)
+    await producer.start()
+    try:
+        await _publish(producer, small[:25])
+        await producer.publish(big.record, schema_version=big.schema_version)
+        await _publish(producer, small[25:])
+        report = await producer.flush()
+    finally:
+        await producer.stop()
+    assert report.failed == 1
+    assert report.errors[0].key == big.trace_id.encode()
+    assert isinstance(report.errors[0].error, MessageSizeTooLargeError)
+    assert "max.message.bytes" in str(report.errors[0].error)
+    assert report.delivered == len(small)
+    with pytest.raises(DeliveryFailed) as raised:
+        report.raise_for_failures()
+    assert big.trace_id in str(raised.value)
+    records = await _read_all(kafka_bootstrap, settings.topics.raw, len(small))
+    assert sorted(r.key for r in records) == sorted(e.trace_id.encode() for e in small)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_after_a_broker_refusal_failures_are_reported_and_the_producer_recovers(
+    kafka_bootstrap,
+):
+    """A refused batch leaves a sequence gap; the producer restarts its client to go on."""
+    settings = _settings()
+    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    big = _big_event()
+    small = list(generate_events(90, seed=8, broken_share=0.0))
+    async with TraceProducer(settings, kafka_bootstrap) as producer:
+        await _publish(producer, small[:30])
+        first = await producer.flush()  # the producer now believes the topic takes 4 MiB
+        assert (first.delivered, first.failed) == (30, 0)
+        await _set_max_message_bytes(kafka_bootstrap, settings.topics.raw, 1024 * 1024)
+        await producer.publish(big.record, schema_version=big.schema_version)
+        await _publish(producer, small[30:60])
+        second = await producer.flush()
+        failed_keys = {f.key for f in second.errors}
+        assert big.trace_id.encode() in failed_keys
+        assert second.delivered + second.failed == 31
+        await _publish(producer, small[60:])
+        third = await producer.flush()
+        assert (third.delivered, third.failed) == (30, 0)
+    records = await _read_all(kafka_bootstrap, settings.topics.raw, 30 + second.delivered + 30)
+    assert len(records) == 60 + second.delivered
+    assert big.trace_id.encode() not in {r.key for r in records}
+
+
+async def _set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(value)})
+        await admin.alter_configs([resource])
+        async with asyncio.timeout(10):
+            while True:
+                [resp] = await admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
+                )
+                entries = resp.resources[0][4]
+                if entries and entries[0][1] == str(value):
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_leaving_the_context_raises_for_unreported_failures(kafka_bootstrap):
+    settings = _settings()
+    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    event = next(e for e in generate_events(10, seed=1, broken_share=0.0))
+    with pytest.raises(DeliveryFailed):
+        async with TraceProducer(settings, kafka_bootstrap, max_request_size=1024) as producer:
+            # Bigger than max_request_size: counted as failed at once, never sent.
+            await producer.publish(event.record, schema_version=event.schema_version)
+    async with TraceProducer(settings, kafka_bootstrap) as producer:
+        await producer.publish(event.record, schema_version=event.schema_version)
+        assert producer.in_flight == 1
+    # Left cleanly: stop() flushed it.
+    assert producer.in_flight == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_linger_sends_a_lone_event_without_flush(kafka_bootstrap):
+    settings = _settings()
+    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    event = next(e for e in generate_events(10, seed=2, broken_share=0.0))
+    async with TraceProducer(settings, kafka_bootstrap, linger_ms=5) as producer:
+        await producer.publish(event.record, schema_version=event.schema_version)
+        records = await _read_all(kafka_bootstrap, settings.topics.raw, 1, timeout_s=15)
+        assert [r.key for r in records] == [event.trace_id.encode()]
+        report = await producer.flush()
+    assert (report.delivered, report.failed) == (1, 0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_publish_jsonl_publishes_good_lines_and_reports_bad_ones(kafka_bootstrap, tmp_path):
+    settings = _settings()
+    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    path = tmp_path / "traces.jsonl"
+    events = list(generate_events(400, seed=13, broken_share=0.3))
+    with path.open("w", encoding="utf-8") as fp:
+        written = write_jsonl(events, fp)
+        fp.write("\n")  # a blank line: skipped
+        fp.write('{"prompt": "unterminated\n')
+    progress: list[int] = []
+    async with TraceProducer(settings, kafka_bootstrap) as producer:
+        summary = await publish_jsonl(
+            path, producer, now=lambda: datetime.now(timezone.utc), on_progress=progress.append
+        )
+    rejects = sum(written.publish_rejects.values()) + 1
+    assert summary.lines == len(events) + 2
+    assert len(summary.rejected) == rejects
+    assert summary.rejected[-1].line_no == len(events) + 2
+    assert summary.rejected[-1].message.startswith(f"line {len(events) + 2} is not valid JSON")
+    assert summary.published == len(events) - rejects + 1
+    assert (summary.delivered, summary.failed) == (summary.published, 0)
+    assert progress and progress[-1] == summary.lines
+    records = await _read_all(kafka_bootstrap, settings.topics.raw, summary.published)
+    assert len(records) == summary.published
+    codec = AvroCodec(default_registry())
+    decoded = {codec.decode(r.value)[0]["trace_id"] for r in records}
+    expected = {json.loads(line)["trace_id"] for line in path.read_text().splitlines()
+                if line.strip() and _is_trace_json(line)}
+    assert decoded == expected
+
+
+def _is_trace_json(line: str) -> bool:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return "steps" in obj
