@@ -279,6 +279,38 @@ async def count_traces(writer: Any) -> int:
     return int(rows[0][0])
 
 
+async def drop_run_topics(settings: Settings, target: KafkaTarget) -> None:
+    """On a cluster we did not start, delete the topics this run created (best effort).
+
+    A local broker's data folder is removed with the temp folder instead.
+    """
+    bootstrap = target.bootstrap
+    if target.broker_pid is not None or not settings.topic_prefix:
+        return
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if ours:
+            await admin.delete_topics(ours)
+    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the figures
+        print(f"note: could not delete this run's topics ({settings.topic_prefix}*): {exc!r}")
+    finally:
+        await admin.close()
+
+
+async def drop_run_database(settings: Settings, writer: Any) -> None:
+    """On a ClickHouse server, drop this run's database (best effort); chDB's goes with the temp home."""
+    if not settings.clickhouse_url:
+        return
+    try:
+        await writer.run(lambda w: w.command(f"DROP DATABASE IF EXISTS `{w.database}`"))
+    except Exception as exc:  # noqa: BLE001
+        print(f"note: could not drop database {settings.clickhouse_database}: {exc!r}")
+
+
 # --- printing -------------------------------------------------------------------------
 
 

@@ -25,7 +25,11 @@ from typing import Any
 
 from bench.common import (
     SHARED_MACHINE_NOTE,
+    CpuMeter,
+    cpu_line,
     count_traces,
+    drop_run_database,
+    drop_run_topics,
     emit_json,
     encode_events,
     kafka,
@@ -41,6 +45,8 @@ from bench.common import (
     temp_workdir,
     warehouse_kind,
 )
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from deploy.settings import Settings
 from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
@@ -116,7 +122,7 @@ async def publish_paced(
             "worst_slip_s": worst_slip, "delivered": report.delivered}
 
 
-async def warm_up(settings: Settings, bootstrap: str, producer: TraceProducer, writer: Any, seed: int) -> float:
+async def warm_up(settings: Settings, producer: TraceProducer, writer: Any, seed: int) -> float:
     """Push a burst through the started processors until it is queryable; seconds it took."""
     items = encode_events(WARMUP_EVENTS, seed).items
     started = time.perf_counter()
@@ -131,6 +137,34 @@ async def warm_up(settings: Settings, bootstrap: str, producer: TraceProducer, w
     took = time.perf_counter() - started
     await asyncio.sleep(2 * settings.commit_interval_seconds)  # let the warm-up's commits land
     return took
+
+
+async def record_timestamps(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0) -> dict[str, float]:
+    """key → record timestamp (s) of every record on ``topic``: when validate produced each trace.
+
+    The record timestamp is the producer's create time, taken from the same
+    wall clock as the send times.
+    """
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    stamps: dict[str, float] = {}
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(position >= ends[tp] for position, tp in zip(positions, tps)):
+                break
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    if record.key is not None:
+                        stamps.setdefault(record.key.decode(), record.timestamp / 1000)
+    finally:
+        await consumer.stop()
+    return stamps
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -152,7 +186,8 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
     info = machine()
     load_start = load_average()
     count = max(1, int(rate * seconds))
-    with temp_workdir() as workdir, kafka(base, workdir) as (bootstrap, kafka_description):
+    with temp_workdir() as workdir, kafka(base, workdir) as target:
+        bootstrap, kafka_description = target.bootstrap, target.description
         settings = run_settings(base, home=workdir / "home", bootstrap=bootstrap, tag="latency")
         print_machine(info, kafka_description, warehouse_kind(settings))
         print(f"settings: {settings.partitions} partitions; latency is bounded below by the materialize batch "
@@ -170,12 +205,13 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
             await open_warehouse(writer)
             await app.start()
             print(f"warming up ({WARMUP_EVENTS} traces through the pipeline) ...", flush=True)
-            warmup_s = await warm_up(settings, bootstrap, producer, writer, seed + 1)
+            warmup_s = await warm_up(settings, producer, writer, seed + 1)
 
             poller = Poller(writer, settings.partitions)
             await poller.set_watermarks()
             sent: dict[str, float] = {}
             print(f"publishing {count} traces at {rate:g}/s and polling every {poll_s * 1000:.0f} ms ...", flush=True)
+            cpu = CpuMeter(target.broker_pid)
             publisher = asyncio.create_task(publish_paced(producer, items, rate, sent))
             started = time.monotonic()
             deadline = started + seconds + DRAIN_TIMEOUT_S
@@ -189,13 +225,30 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
             if not publisher.done():
                 publisher.cancel()
             pacing = await publisher if not publisher.cancelled() else {}
+            used = cpu.read()
             validated = counters.validated
+            await drop_run_database(settings, writer)
+        valid_at = await record_timestamps(bootstrap, settings.topics.valid, settings.partitions)
+        await drop_run_topics(settings, target)
     load_end = load_average()
 
     latencies = [poller.first_seen[t] - sent[t] for t in sent if t in poller.first_seen]
     to_batch = [poller.ingested_at[t] - sent[t] for t in sent if t in poller.ingested_at]
+    to_valid = [valid_at[t] - sent[t] for t in sent if t in valid_at]
+    valid_to_batch = [poller.ingested_at[t] - valid_at[t] for t in sent if t in valid_at and t in poller.ingested_at]
     after_batch = [poller.first_seen[t] - poller.ingested_at[t] for t in sent if t in poller.first_seen]
     queries = sorted(poller.query_s)
+    by_second: list[list[float]] = []
+    if sent:
+        first_send = min(sent.values())
+        buckets: dict[int, list[float]] = {}
+        for t, at in sent.items():
+            if t in poller.first_seen:
+                buckets.setdefault(int(at - first_send), []).append(poller.first_seen[t] - at)
+        for second in sorted(buckets):
+            ordered = sorted(buckets[second])
+            by_second.append([second, len(ordered), round(percentile(ordered, 50) * 1000),
+                              round(ordered[-1] * 1000)])
     figures: dict[str, Any] = {
         "rate": rate,
         "seconds": seconds,
@@ -207,7 +260,11 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
         "publisher_worst_slip_ms": round(pacing.get("worst_slip_s", float("nan")) * 1000, 1),
         "latency": summary(latencies),
         "send_to_materialize_batch": summary(to_batch),
+        "send_to_validated": summary(to_valid),
+        "validated_to_materialize_batch": summary(valid_to_batch),
         "materialize_batch_to_seen": summary(after_batch),
+        "by_send_second_n_p50ms_maxms": by_second,
+        "cpu": used,
         "poll_interval_ms": round(poll_s * 1000),
         "polls": polls,
         "poll_query_mean_ms": round(sum(queries) / len(queries) * 1000, 1) if queries else None,
@@ -241,6 +298,8 @@ def print_report(f: dict[str, Any]) -> None:
         [
             ("publish → queryable", dist(f["latency"])),
             ("  publish → materializer batch", dist(f["send_to_materialize_batch"])),
+            ("    publish → validated", dist(f["send_to_validated"])),
+            ("    validated → materializer batch", dist(f["validated_to_materialize_batch"])),
             ("  batch → seen by a poll", dist(f["materialize_batch_to_seen"])),
             ("traces seen / sent", f"{f['seen']:,} / {f['sent']:,} ({f['missing']} missing)"),
             ("achieved publish rate", f"{f['achieved_rate']:g}/s (worst pacing slip {f['publisher_worst_slip_ms']} ms)"),
@@ -251,8 +310,12 @@ def print_report(f: dict[str, Any]) -> None:
             ("load average start → end", f"{f['load_average_start']} → {f['load_average_end']}"),
         ],
     )
-    print("\n'publish → materializer batch' ends when the materializer built the rows (the row's ingested_at, ms "
-          "precision, same clock); 'batch → seen' is the insert plus the wait for the next poll.")
+    print("\nlatency by the second a trace was sent (p50/max ms): " + ", ".join(
+        f"{s}s {p50}/{mx}" for s, _, p50, mx in f["by_send_second_n_p50ms_maxms"]))
+    print("CPU while publishing and polling: " + cpu_line(f["cpu"]))
+    print("\n'validated' is the traces.valid record's timestamp (validate's send, ms precision); 'materializer "
+          "batch' is the row's ingested_at (when the materializer built the rows, ms precision); 'batch → seen' is "
+          "the insert plus the wait for the next poll. All on this machine's wall clock.")
     if f["missing"]:
         print(f"\nWARNING: {f['missing']} traces were not seen within the drain timeout ({DRAIN_TIMEOUT_S:.0f} s)")
     print(SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]) + ".")

@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 
 from consumers.lag import committed_offsets, end_offsets
 from deploy.settings import Settings
+from streams.topics import materialize_group, validate_group
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,8 @@ async def wait_until_committed(
 async def wait_until_caught_up(settings: Settings, bootstrap: str, *, poll_seconds: float = 0.25) -> None:
     """Block until every processor has committed what was in the log when this was called."""
     topics = settings.topics
-    group = settings.app_id
     raw_targets = await end_offsets(bootstrap, [topics.raw])
-    await wait_until_committed(bootstrap, group, raw_targets, poll_seconds=poll_seconds)
-    for stage in ([topics.valid, topics.dlq], [topics.dlq]):
-        targets = await end_offsets(bootstrap, stage)
-        await wait_until_committed(bootstrap, group, targets, poll_seconds=poll_seconds)
+    await wait_until_committed(bootstrap, validate_group(settings), raw_targets, poll_seconds=poll_seconds)
+    for outputs in ([topics.valid, topics.dlq], [topics.dlq]):
+        targets = await end_offsets(bootstrap, outputs)
+        await wait_until_committed(bootstrap, materialize_group(settings), targets, poll_seconds=poll_seconds)

@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from streams.coordinates import Coordinates
-from streams.validate import DEAD_LETTER, TRACE, Rejected, dead_letter
+from streams.stage import Outputs
+from streams.resume import source_headers
+from streams.validate import DEAD_LETTER, TRACE, WRITER_VERSION_HEADER, Rejected, dead_letter
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
 from warehouse.tables import column_names
@@ -125,6 +130,60 @@ def _materialize_dead_letter(codec: AvroCodec, event: InboundEvent, reason: str,
     trace_id = event.key.decode(errors="replace") if event.key else None
     return dead_letter(codec, event.value, reason=reason, message=message, stage="materialize",
                        at=event.at, trace_id=trace_id)
+
+
+class MaterializeStage:
+    """traces.valid → `traces` and traces.dlq → `dlq`; returns only once the rows are durable."""
+
+    name = "materialize"
+
+    def __init__(self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str) -> None:
+        self.writer = writer
+        self.producer = producer
+        self.codec = codec
+        self.topics = (valid, dlq)
+        self.valid, self.dlq = valid, dlq
+        self.traces_written = 0
+        self.dead_letters_written = 0
+
+    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> None:
+        """Nothing to prepare: rows are keyed by their coordinates, so a re-read batch replaces itself."""
+
+    async def process(self, records: Sequence[ConsumerRecord]) -> None:
+        now = utc_now()
+        traces = [_inbound(r) for r in records if r.topic == self.valid]
+        dead = [_inbound(r) for r in records if r.topic == self.dlq]
+        rejected: list[Rejected] = []
+        if traces:
+            batch = trace_rows(traces, self.codec, now)
+            refused = await self.writer.write(batch)
+            self.traces_written += len(batch) - len(refused)
+            rejected += [*batch.rejected, *refused]
+        if dead:
+            batch = dead_letter_rows(dead, self.codec, now)
+            refused = await self.writer.write(batch)
+            for letter in refused:  # not expected: every dlq column is a plain string or number
+                log.error("the warehouse refused the dead letter at %s; it stays in the log only", letter.at)
+            self.dead_letters_written += len(batch) - len(refused)
+        deliveries = [
+            await self.producer.send(self.dlq, letter.payload, key=letter.key,
+                                     headers=list(source_headers(letter.at.topic, letter.at.offset).items()))
+            for letter in rejected
+        ]
+        await asyncio.gather(*deliveries)
+
+
+def _inbound(record: ConsumerRecord) -> InboundEvent:
+    writer_version = None
+    for name, value in record.headers or ():
+        if name == WRITER_VERSION_HEADER:
+            writer_version = int(value)
+    return InboundEvent(
+        at=Coordinates(record.topic, record.partition, record.offset),
+        key=record.key,
+        value=record.value or b"",
+        writer_version=writer_version,
+    )
 
 
 class BatchWriter:

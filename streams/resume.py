@@ -34,19 +34,22 @@ def source_offset(headers: Iterable[tuple[str, bytes]] | dict[str, bytes], sourc
 
 
 async def produced_since(
-    bootstrap: str, *, source_topic: str, partition: int, committed: int, output_topics: Iterable[str]
-) -> set[int]:
-    """Raw offsets >= ``committed`` of ``source_topic[partition]`` that already have output.
+    bootstrap: str, *, source_topic: str, committed: dict[int, int], output_topics: Iterable[str]
+) -> dict[int, set[int]]:
+    """Per source partition p: the offsets >= ``committed[p]`` that already have output.
 
-    Reads each output partition backwards in chunks until it reaches records
-    produced before ``committed``; normally that is one short read.
+    Reads partition p of each output topic backwards in chunks until it
+    reaches records produced before ``committed[p]``; normally one short read.
     """
+    output_topics = tuple(output_topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
-        done: set[int] = set()
-        for topic in output_topics:
-            done |= await _scan_back(consumer, TopicPartition(topic, partition), source_topic, committed)
+        done: dict[int, set[int]] = {}
+        for partition, offset in sorted(committed.items()):
+            done[partition] = set()
+            for topic in output_topics:
+                done[partition] |= await _scan_back(consumer, TopicPartition(topic, partition), source_topic, offset)
         return done
     finally:
         await consumer.stop()

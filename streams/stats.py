@@ -6,6 +6,7 @@ from typing import Any
 
 from consumers.lag import group_lag
 from deploy.settings import Settings
+from streams.topics import materialize_group, validate_group
 from warehouse.client import Warehouse
 
 
@@ -34,5 +35,8 @@ def warehouse_stats(warehouse: Warehouse) -> dict[str, Any]:
 
 async def lag_stats(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
     topics = settings.topics
-    lags = await group_lag(bootstrap, settings.app_id, [topics.raw, topics.valid, topics.dlq])
+    lags = [
+        *await group_lag(bootstrap, validate_group(settings), [topics.raw]),
+        *await group_lag(bootstrap, materialize_group(settings), [topics.valid, topics.dlq]),
+    ]
     return [{**lag._asdict(), "lag": lag.lag} for lag in lags]

@@ -8,7 +8,7 @@ from consumers.lag import topic_partitions
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.errors import ConfigurationError
-from streams.app import MAX_MESSAGE_BYTES
+from streams.stage import MAX_MESSAGE_BYTES
 
 # Datasets point into these topics by offset, so the log keeps everything, and a
 # dead letter must fit the oversized event it carries.
@@ -36,3 +36,13 @@ async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
             "trace in the partition it arrived in, so these topics need the same partition count. "
             "Add partitions to the smaller ones (kafka-topics --alter --partitions N)."
         )
+
+
+def validate_group(settings: Settings) -> str:
+    """Consumer group of the validate stage (reads traces.raw)."""
+    return f"{settings.app_id}.validate"
+
+
+def materialize_group(settings: Settings) -> str:
+    """Consumer group of the materialize stage (reads traces.valid and traces.dlq)."""
+    return f"{settings.app_id}.materialize"

@@ -28,19 +28,21 @@ def run_worker(settings: Settings, bootstrap: str, *, until_caught_up: bool = Fa
     """
     asyncio.run(ensure_pipeline_topics(settings, bootstrap))
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app, writer, counters = build_app(settings, bootstrap)
+    processors = build_app(settings, bootstrap)
+    app, writer = processors.app, processors.writer
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
         body = await writer.run(warehouse_stats)
         body["lag"] = await lag_stats(settings, bootstrap)
-        body["worker"] = dict(vars(counters), pid=os.getpid())
+        body["worker"] = dict(processors.counters(), pid=os.getpid())
         return web.json(body)
 
     @app.page("/healthz")
     async def health_page(web: Any, request: Any) -> Any:
-        assigned = app.consumer.assignment() if not app.rebalancing else set()
-        return web.json({"status": "ok", "pid": os.getpid(), "assigned_partitions": len(assigned)})
+        return web.json(
+            {"status": "ok", "pid": os.getpid(), "assigned_partitions": processors.assigned_partitions()}
+        )
 
     if until_caught_up:
 

@@ -19,7 +19,7 @@ from deploy.settings import Settings
 from streams.app import build_app
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.topics import ensure_pipeline_topics
+from streams.topics import ensure_pipeline_topics, materialize_group
 from tests.integration.support import expected_outcome, publish
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseUnavailable
@@ -43,13 +43,13 @@ class SwitchableOutage(Warehouse):
 @asynccontextmanager
 async def running_processors(settings: Settings, factory: Callable[[], Warehouse]) -> AsyncIterator:
     await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    app, writer, counters = build_app(settings, settings.kafka_bootstrap, warehouse_factory=factory)
-    await app.start()
+    processors = build_app(settings, settings.kafka_bootstrap, warehouse_factory=factory)
+    await processors.app.start()
     try:
-        yield writer, counters
+        yield processors.writer, processors.materialize
     finally:
-        await app.stop()
-        writer.close()
+        await processors.app.stop()
+        processors.writer.close()
 
 
 async def written_offsets(writer, settings: Settings) -> dict[TopicPartition, int]:
@@ -67,10 +67,10 @@ async def test_outage_waits_commits_nothing_unwritten_and_loses_nothing(settings
 
     events = list(generate_events(3000, seed=21, broken_share=0.05))
     valid, _ = expected_outcome(events)
-    async with running_processors(settings, open_warehouse) as (writer, counters):
+    async with running_processors(settings, open_warehouse) as (writer, materialize):
         await publish(settings, events[:1000])
         await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        before = counters.traces_written
+        before = materialize.traces_written
         assert before > 0
 
         SwitchableOutage.down = True
@@ -78,8 +78,8 @@ async def test_outage_waits_commits_nothing_unwritten_and_loses_nothing(settings
             await publish(settings, events[1000:])
             await asyncio.sleep(4)  # several commit intervals while every insert fails
             assert SwitchableOutage.refused_inserts > 0
-            assert counters.traces_written == before
-            committed = await committed_offsets(settings.kafka_bootstrap, settings.app_id)
+            assert materialize.traces_written == before
+            committed = await committed_offsets(settings.kafka_bootstrap, materialize_group(settings))
             written = await written_offsets(writer, settings)
             for tp, end in written.items():
                 assert committed.get(tp, 0) <= end, f"{tp} committed past the rows written"
