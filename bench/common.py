@@ -251,20 +251,20 @@ def encode_events(count: int, seed: int) -> EncodedEvents:
 
 
 @asynccontextmanager
-async def running_processors(settings: Settings, bootstrap: str) -> AsyncIterator[tuple[Any, Any, Any]]:
-    """Build the faust processors in this process; yield (app, writer, counters) unstarted.
+async def running_processors(settings: Settings, bootstrap: str) -> AsyncIterator[Any]:
+    """Build the processors in this process; yield them unstarted (``streams.app.Processors``).
 
-    The caller starts the app (so it can time the start); it is stopped on exit.
+    The caller starts ``processors.app`` (so it can time the start); it is stopped on exit.
     """
     from streams.app import build_app
 
-    app, writer, counters = build_app(settings, bootstrap)
+    processors = build_app(settings, bootstrap)
     try:
-        yield app, writer, counters
+        yield processors
     finally:
         with contextlib.suppress(Exception):
-            await app.stop()
-        writer.close()
+            await processors.app.stop()
+        processors.writer.close()
 
 
 async def open_warehouse(writer: Any) -> float:

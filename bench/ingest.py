@@ -149,11 +149,11 @@ async def pipeline_ingest(
     settings: Settings, bootstrap: str, expected: int, timeout_s: float, broker_pid: int | None = None
 ) -> dict[str, Any]:
     """Start the processors and time until ``expected`` traces are queryable."""
-    async with running_processors(settings, bootstrap) as (app, writer, counters):
-        open_s = await open_warehouse(writer)
+    async with running_processors(settings, bootstrap) as processors:
+        open_s = await open_warehouse(processors.writer)
         cpu = CpuMeter(broker_pid)
         started = time.perf_counter()
-        await app.start()
+        await processors.app.start()
         app_started_s = time.perf_counter() - started
         deadline = started + timeout_s
         first: tuple[float, int] | None = None
@@ -162,26 +162,26 @@ async def pipeline_ingest(
         polls = 0
         timeline: list[tuple[float, int, int]] = []  # (s since start, validated, queryable), about 1 a second
         while time.perf_counter() < deadline:
-            rows = await count_traces(writer)
+            rows = await count_traces(processors.writer)
             now = time.perf_counter() - started
             polls += 1
-            if validated_all_s is None and counters.validated >= expected:
+            if validated_all_s is None and processors.validate.validated >= expected:
                 validated_all_s = now
-            if written_all_s is None and counters.traces_written >= expected:
+            if written_all_s is None and processors.materialize.traces_written >= expected:
                 written_all_s = now
             if rows and first is None:
                 first = (now, rows)
             if not timeline or now - timeline[-1][0] >= 1.0 or rows >= expected:
-                timeline.append((round(now, 1), counters.validated, rows))
+                timeline.append((round(now, 1), processors.validate.validated, rows))
             if rows >= expected:
                 break
             await asyncio.sleep(max(0.0, started + polls * POLL_S - time.perf_counter()))
         done_s = time.perf_counter() - started
         used = cpu.read()
-        check = await writer.run(lambda w: w.query(
+        check = await processors.writer.run(lambda w: w.query(
             f"SELECT count(), uniqExact(trace_id), (SELECT count() FROM `{w.database}`.dlq FINAL) "
             f"FROM `{w.database}`.traces FINAL"))
-        await drop_run_database(settings, writer)
+        await drop_run_database(settings, processors.writer)
     final_rows, unique_ids, dead_letters = check[0]
     return {
         "warehouse_open_s": open_s,
@@ -195,7 +195,7 @@ async def pipeline_ingest(
         "unique_trace_ids": int(unique_ids),
         "dead_letters": int(dead_letters),
         "complete": rows >= expected,
-        "validated": counters.validated,
+        "validated": processors.validate.validated,
         "cpu": used,
         "timeline": timeline,
     }
@@ -213,7 +213,7 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
         settings = run_settings(base, home=workdir / "home", bootstrap=bootstrap, tag="ingest")
         print_machine(info, kafka_description, warehouse_kind(settings))
         print(f"settings: {settings.partitions} partitions, materialize batch {settings.materialize_batch_size} rows "
-              f"or {settings.materialize_batch_seconds} s, commit interval {settings.commit_interval_seconds} s")
+              f"or {settings.materialize_batch_seconds} s; offsets are committed after each batch")
 
         print(f"\ngenerating and encoding {count} traces (seed {seed}) ...", flush=True)
         events: EncodedEvents = encode_events(count, seed)
@@ -283,7 +283,6 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                 "publish": publish_cpu, "pipeline": pipe["cpu"]},
         "materialize_batch_size": settings.materialize_batch_size,
         "materialize_batch_seconds": settings.materialize_batch_seconds,
-        "commit_interval_seconds": settings.commit_interval_seconds,
         "kafka": kafka_description,
         "warehouse": "clickhouse-server" if settings.clickhouse_url else "chdb-embedded",
         "machine": info,

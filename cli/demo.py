@@ -19,7 +19,7 @@ from rich.table import Table
 from cli.common import console, load_settings, out, require_bootstrap
 from deploy.settings import Settings
 from deploy.stack import stack_up
-from streams.generator import GeneratedEvent, generate_events
+from streams.generator import GeneratedEvent, generate_events, publish_generated
 from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
 
@@ -83,12 +83,7 @@ def demo(
 
 async def _publish(settings: Settings, bootstrap: str, events: list[GeneratedEvent]) -> Any:
     async with TraceProducer(settings, bootstrap) as producer:
-        for event in events:
-            if event.payload is not None:
-                await producer.publish_bytes(event.payload, event.trace_id.encode() if event.trace_id else None)
-            else:
-                await producer.publish(event.record, schema_version=event.schema_version)
-        return await producer.flush()
+        return await publish_generated(producer, events)
 
 
 def _start_worker(settings: Settings, bootstrap: str) -> subprocess.Popen:

@@ -57,7 +57,6 @@ class Settings(BaseSettings):
     materialize_batch_size: int = Field(default=2000, description="Rows per ClickHouse insert.")
     materialize_batch_seconds: float = Field(default=0.2, description="Longest wait to fill an insert batch.")
     warehouse_retry_max_seconds: float = Field(default=5.0, description="Ceiling of the backoff while the warehouse is down.")
-    commit_interval_seconds: float = Field(default=1.0, description="How often processors commit their Kafka offsets.")
 
     @property
     def topics(self) -> Topics:

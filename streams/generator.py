@@ -79,7 +79,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import cache
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams.producer import DeliveryReport, TraceProducer
 
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 """created_at of event 0; event ``index`` is ``index`` seconds later."""
@@ -1106,3 +1109,13 @@ def write_jsonl(events: Iterable[GeneratedEvent], fp: IO[str]) -> JsonlWriteSumm
         else:
             dead[reason] += 1
     return JsonlWriteSummary(lines, valid, dict(rejects), dict(dead))
+
+
+async def publish_generated(producer: TraceProducer, events: Iterable[GeneratedEvent]) -> DeliveryReport:
+    """Publish events as they are meant to arrive: records at their schema version, payloads as bytes."""
+    for event in events:
+        if event.payload is not None:
+            await producer.publish_bytes(event.payload, event.trace_id.encode() if event.trace_id else None)
+        else:
+            await producer.publish(event.record, schema_version=event.schema_version)
+    return await producer.flush()

@@ -1,8 +1,8 @@
 """The materialize stage: decoded events become warehouse rows, written with retry.
 
 A batch is written whole or retried; nothing here commits Kafka offsets. The
-faust agent acks a batch only after ``BatchWriter.write`` returns, so an offset
-is committed only once its row is durable.
+stage runner commits a batch only after ``MaterializeStage.process`` returns,
+so an offset is committed only once its row is durable.
 """
 
 from __future__ import annotations

@@ -57,6 +57,5 @@ def settings(kafka_bootstrap: str, session_home: Path) -> Settings:
         clickhouse_database=f"test_{run}",
         partitions=3,
         web_port=free_port(),
-        commit_interval_seconds=0.5,
         materialize_batch_seconds=0.1,
     )

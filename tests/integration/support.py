@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from deploy.settings import Settings
-from streams.generator import GeneratedEvent
+from streams.generator import GeneratedEvent, publish_generated
 from streams.producer import DeliveryReport, TraceProducer
 from streams.topics import ensure_pipeline_topics
 
@@ -34,12 +34,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 async def publish(settings: Settings, events: Iterable[GeneratedEvent]) -> DeliveryReport:
     await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
     async with TraceProducer(settings, settings.kafka_bootstrap) as producer:
-        for event in events:
-            if event.payload is not None:
-                await producer.publish_bytes(event.payload, event.trace_id.encode() if event.trace_id else None)
-            else:
-                await producer.publish(event.record, schema_version=event.schema_version)
-        return await producer.flush()
+        return await publish_generated(producer, events)
 
 
 def cli(settings: Settings, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
