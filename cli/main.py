@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from cli import demo, ingest, stack, worker
+from cli import dataset, demo, ingest, stack, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
 app.add_typer(stack.app, name="stack")
+app.add_typer(dataset.app, name="dataset")
 app.command()(ingest.generate)
 app.command()(ingest.publish)
 app.command(name="worker")(worker.worker)
 app.command()(worker.stats)
+app.command()(worker.rebuild)
 app.command()(demo.demo)
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cli.common import configure_logging, console, load_settings, out, require_bootstrap
 from deploy.settings import Settings
+from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.stats import lag_stats, warehouse_stats
 from streams.worker import run_worker
 from warehouse.client import Warehouse
@@ -28,6 +29,25 @@ def worker(
     settings = load_settings()
     run_worker(settings, require_bootstrap(settings), until_caught_up=until_caught_up,
                loglevel="info" if verbose else "warning")
+
+
+def rebuild(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO.")) -> None:
+    """Drop the ClickHouse tables and rebuild them by replaying the topics through the materializer."""
+    configure_logging(verbose)
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
+    try:
+        httpx.get(f"http://{settings.web_host}:{settings.web_port}/healthz", timeout=2)
+        console.print(f"[red]error:[/red] a worker answers on port {settings.web_port}; stop it first "
+                      "(a running materializer would keep committing its own offsets)")
+        raise typer.Exit(2)
+    except httpx.ConnectError:
+        pass
+    drop_and_recreate_tables(Warehouse.connect(settings))
+    moved = asyncio.run(rewind_materializer(settings, bootstrap))
+    console.print(f"tables dropped; {moved} partitions rewound to the log start; replaying ...")
+    run_worker(settings, bootstrap, until_caught_up=True, loglevel="info" if verbose else "warning")
+    console.print("rebuilt")
 
 
 def fetch_stats(settings: Settings, bootstrap: str) -> dict[str, Any]:

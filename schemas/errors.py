@@ -87,3 +87,21 @@ class InvalidTraceShape(TracestreamError):
     def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems
+
+
+# --- datasets ---------------------------------------------------------------
+
+
+class InvalidDatasetRequest(TracestreamError):
+    """A dataset request (filter, split, offsets, manifest, export format) cannot be built."""
+
+    retriable = False
+
+
+class DatasetIntegrityError(TracestreamError):
+    """Records read for a dataset break its contract: out of order, duplicated or misshapen.
+
+    Retrying the same read gives the same records, so this is a bug in a reader.
+    """
+
+    retriable = False

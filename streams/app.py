@@ -135,7 +135,9 @@ def build_app(
         Validator(codec, max_event_bytes=settings.max_event_bytes), producer,
         bootstrap=bootstrap, raw=topics.raw, valid=topics.valid, dlq=topics.dlq,
     )
-    materialize = MaterializeStage(writer, producer, codec, valid=topics.valid, dlq=topics.dlq)
+    materialize = MaterializeStage(
+        writer, producer, codec, valid=topics.valid, dlq=topics.dlq, datasets=topics.datasets
+    )
     runner_options = {
         "bootstrap": bootstrap,
         "max_records": settings.materialize_batch_size,

@@ -8,6 +8,7 @@ so an offset is committed only once its row is durable.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from streams.coordinates import Coordinates
 from streams.stage import Outputs
 from streams.resume import source_headers
 from streams.validate import DEAD_LETTER, TRACE, WRITER_VERSION_HEADER, Rejected, dead_letter
+
+DATASET_EVENT = "DatasetEvent"
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
 from warehouse.tables import column_names
@@ -126,6 +129,37 @@ def dead_letter_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: date
     return batch
 
 
+def dataset_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) -> Batch:
+    """Decode datasets.events into `datasets` rows; the manifest is kept whole as canonical JSON."""
+    batch = Batch("datasets", _empty("datasets"))
+    cols = dict(zip(column_names("datasets"), batch.columns))
+    for event in events:
+        try:
+            record, _ = codec.decode_latest(event.value, DATASET_EVENT)
+        except DecodeError as exc:
+            batch.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
+            continue
+        manifest = record["manifest"]
+        for name in ("name", "version", "record_count", "train_count", "eval_count", "content_sha256"):
+            cols[name].append(manifest[name])
+        cols["event_type"].append(record["event_type"])
+        cols["manifest"].append(json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=_json_value))
+        cols["error"].append(record.get("error"))
+        cols["at"].append(record["at"])
+        cols["topic"].append(event.at.topic)
+        cols["partition"].append(event.at.partition)
+        cols["offset"].append(event.at.offset)
+        cols["ingested_at"].append(now)
+        batch.events.append(event)
+    return batch
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _materialize_dead_letter(codec: AvroCodec, event: InboundEvent, reason: str, message: str) -> Rejected:
     trace_id = event.key.decode(errors="replace") if event.key else None
     return dead_letter(codec, event.value, reason=reason, message=message, stage="materialize",
@@ -137,12 +171,14 @@ class MaterializeStage:
 
     name = "materialize"
 
-    def __init__(self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str) -> None:
+    def __init__(
+        self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str, datasets: str
+    ) -> None:
         self.writer = writer
         self.producer = producer
         self.codec = codec
-        self.topics = (valid, dlq)
-        self.valid, self.dlq = valid, dlq
+        self.topics = (valid, dlq, datasets)
+        self.valid, self.dlq, self.datasets = valid, dlq, datasets
         self.traces_written = 0
         self.dead_letters_written = 0
 
@@ -153,12 +189,16 @@ class MaterializeStage:
         now = utc_now()
         traces = [_inbound(r) for r in records if r.topic == self.valid]
         dead = [_inbound(r) for r in records if r.topic == self.dlq]
+        datasets = [_inbound(r) for r in records if r.topic == self.datasets]
         rejected: list[Rejected] = []
         if traces:
             batch = trace_rows(traces, self.codec, now)
             refused = await self.writer.write(batch)
             self.traces_written += len(batch) - len(refused)
             rejected += [*batch.rejected, *refused]
+        if datasets:
+            batch = dataset_event_rows(datasets, self.codec, now)
+            rejected += [*batch.rejected, *await self.writer.write(batch)]
         if dead:
             batch = dead_letter_rows(dead, self.codec, now)
             refused = await self.writer.write(batch)

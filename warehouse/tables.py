@@ -41,9 +41,27 @@ DEAD_LETTER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ingested_at", "DateTime64(3, 'UTC')"),
 )
 
+DATASET_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "String"),
+    ("version", "Int32"),
+    ("event_type", "LowCardinality(String)"),
+    ("record_count", "UInt64"),
+    ("train_count", "UInt64"),
+    ("eval_count", "UInt64"),
+    ("content_sha256", "String"),
+    ("manifest", "String"),
+    ("error", "Nullable(String)"),
+    ("at", "DateTime64(3, 'UTC')"),
+    ("topic", "LowCardinality(String)"),
+    ("partition", "UInt32"),
+    ("offset", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "traces": TRACE_COLUMNS,
     "dlq": DEAD_LETTER_COLUMNS,
+    "datasets": DATASET_EVENT_COLUMNS,
 }
 
 

@@ -8,16 +8,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deploy.settings import Settings
+from streams.app import Processors, build_app
 from streams.generator import GeneratedEvent, publish_generated
 from streams.producer import DeliveryReport, TraceProducer
 from streams.topics import ensure_pipeline_topics
+from warehouse.client import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,3 +89,18 @@ def reasons_of(stats: dict[str, Any]) -> Counter:
     for row in stats["dead_letters_by_reason"]:
         got[row["reason"]] += row["count"]
     return got
+
+
+@asynccontextmanager
+async def running_processors(
+    settings: Settings, warehouse_factory: Callable[[], Warehouse] | None = None
+) -> AsyncIterator[Processors]:
+    """The worker's processors, started in this process (which owns the session's chDB folder)."""
+    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
+    processors = build_app(settings, settings.kafka_bootstrap, warehouse_factory=warehouse_factory)
+    await processors.app.start()
+    try:
+        yield processors
+    finally:
+        await processors.app.stop()
+        processors.writer.close()

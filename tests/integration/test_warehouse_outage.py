@@ -8,19 +8,16 @@ while the switch is on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import TopicPartition
 
 from consumers.lag import committed_offsets
 from deploy.settings import Settings
-from streams.app import build_app
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.topics import ensure_pipeline_topics, materialize_group
-from tests.integration.support import expected_outcome, publish
+from streams.topics import materialize_group
+from tests.integration.support import expected_outcome, publish, running_processors
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseUnavailable
 
@@ -40,18 +37,6 @@ class SwitchableOutage(Warehouse):
         super().insert(table, columns)
 
 
-@asynccontextmanager
-async def running_processors(settings: Settings, factory: Callable[[], Warehouse]) -> AsyncIterator:
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    processors = build_app(settings, settings.kafka_bootstrap, warehouse_factory=factory)
-    await processors.app.start()
-    try:
-        yield processors.writer, processors.materialize
-    finally:
-        await processors.app.stop()
-        processors.writer.close()
-
-
 async def written_offsets(writer, settings: Settings) -> dict[TopicPartition, int]:
     """Per traces.valid partition: one past the highest offset that has a row."""
     rows = await writer.run(lambda w: w.query(
@@ -67,7 +52,8 @@ async def test_outage_waits_commits_nothing_unwritten_and_loses_nothing(settings
 
     events = list(generate_events(3000, seed=21, broken_share=0.05))
     valid, _ = expected_outcome(events)
-    async with running_processors(settings, open_warehouse) as (writer, materialize):
+    async with running_processors(settings, open_warehouse) as processors:
+        writer, materialize = processors.writer, processors.materialize
         await publish(settings, events[:1000])
         await wait_until_caught_up(settings, settings.kafka_bootstrap)
         before = materialize.traces_written

@@ -1,0 +1,89 @@
+"""The datasets that exist, read from datasets.events (the log, not the warehouse)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer
+
+from consumers.lag import topic_partitions
+from schemas.codec import AvroCodec
+from schemas.dataset import DatasetRef, Manifest
+from streams.errors import UnknownDataset
+
+DATASET_EVENT = "DatasetEvent"
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """The latest event of one dataset version."""
+
+    manifest: Manifest
+    status: str
+    """created, ready or failed."""
+    error: str | None
+
+
+class Catalog:
+    """Every dataset version announced so far, by (name, version)."""
+
+    def __init__(self, entries: Iterable[DatasetEntry]) -> None:
+        self._entries: dict[tuple[str, int], DatasetEntry] = {}
+        for entry in entries:  # in log order: a later event replaces an earlier one
+            self._entries[(entry.manifest.name, entry.manifest.version)] = entry
+
+    def __iter__(self):
+        return iter(sorted(self._entries.values(), key=lambda e: (e.manifest.name, e.manifest.version)))
+
+    def versions(self, name: str) -> list[DatasetEntry]:
+        return [e for e in self if e.manifest.name == name]
+
+    def get(self, name: str, version: int | None = None, *, ready: bool = True) -> DatasetEntry:
+        """The given version, or the latest ready one.
+
+        Raises:
+            UnknownDataset: no such dataset, or (``ready``) it is not ready.
+        """
+        candidates = [e for e in self.versions(name) if version is None or e.manifest.version == version]
+        if ready:
+            candidates = [e for e in candidates if e.status == "ready"]
+        if not candidates:
+            known = ", ".join(sorted({f"{e.manifest.name}@{e.manifest.version} ({e.status})" for e in self})) or "none"
+            wanted = f"{name}@{version}" if version is not None else name
+            raise UnknownDataset(
+                f"no {'ready ' if ready else ''}dataset {wanted}; known: {known}. "
+                "Create one with `tracestream dataset create NAME`."
+            )
+        return candidates[-1]
+
+    def next_version(self, name: str) -> int:
+        return max((e.manifest.version for e in self.versions(name)), default=0) + 1
+
+    def exists(self, ref: DatasetRef) -> bool:
+        return (ref.name, ref.version) in self._entries
+
+
+async def load_catalog(bootstrap: str, topic: str, codec: AvroCodec) -> Catalog:
+    """Read datasets.events from its beginning up to its current end."""
+    partitions = await topic_partitions(bootstrap, [topic])
+    if not partitions:
+        return Catalog(())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        entries = []
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+            while await consumer.position(tp) < ends[tp]:
+                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    if record.offset >= ends[tp]:
+                        break
+                    event, _ = codec.decode_latest(record.value, DATASET_EVENT)
+                    entries.append(DatasetEntry(Manifest.from_avro(event["manifest"]), event["event_type"], event.get("error")))
+        return Catalog(entries)
+    finally:
+        await consumer.stop()

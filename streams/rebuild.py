@@ -1,0 +1,33 @@
+"""Rebuild the warehouse from the log: the tables are views, the topics are the truth."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer
+
+from consumers.lag import topic_partitions
+from deploy.settings import Settings
+from streams.topics import materialize_group
+from warehouse.client import Warehouse
+
+
+async def rewind_materializer(settings: Settings, bootstrap: str) -> int:
+    """Commit the log start offsets for the materializer's group; returns how many partitions moved.
+
+    Run only while no worker runs: a live member would keep committing its own positions.
+    """
+    topics = settings.topics
+    partitions = await topic_partitions(bootstrap, [topics.valid, topics.dlq, topics.datasets])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=materialize_group(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        await consumer.commit(starts)
+    finally:
+        await consumer.stop()
+    return len(partitions)
+
+
+def drop_and_recreate_tables(warehouse: Warehouse) -> None:
+    warehouse.drop_tables()
+    warehouse.ensure_tables()

@@ -1,0 +1,222 @@
+"""Create a dataset: fix its offset ranges, wait for the warehouse, hash it by replay, announce it.
+
+Every refusal (duplicate name+version, malformed or out-of-range offsets, an
+expired range, an unknown parent) happens before anything is published. Then
+`created` is published, the snapshot waits until the materializer has
+committed every offset below the ends (so both read paths hold every record),
+replays the ranges from Kafka to count and hash them, and publishes `ready`,
+or `failed` if the wait times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from consumers.errors import RangeBeyondEndError, RangeExpiredError
+from consumers.lag import committed_offsets, topic_partitions
+from consumers.ranges import read_ranges
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import ContentHasher, DatasetRef, Manifest, OffsetRange, Split, TraceFilter, select
+from schemas.exports import FORMATS
+from streams.catalog import DATASET_EVENT, Catalog, load_catalog
+from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset
+from streams.topics import materialize_group
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What `tracestream dataset create` asks for."""
+
+    name: str
+    version: int | None = None
+    filter: TraceFilter = TraceFilter()
+    split: Split = Split()
+    from_offsets: tuple[OffsetRange, ...] | None = None
+    """Explicit ranges; otherwise everything from the log start (or from ``since``) to the high watermark."""
+    since: DatasetRef | None = None
+    """Incremental: start where this dataset ended (its version may be 0 for "latest ready")."""
+
+
+async def create_dataset(
+    settings: Settings,
+    bootstrap: str,
+    request: DatasetRequest,
+    codec: AvroCodec,
+    *,
+    wait_timeout_s: float = 120,
+    warn: Callable[[str], None] = log.warning,
+) -> Manifest:
+    """Snapshot, wait, hash and announce a dataset; returns the ready manifest.
+
+    Raises:
+        DatasetExists: name+version was announced before.
+        UnknownDataset: ``since`` names no ready dataset.
+        RangeBeyondEndError / RangeExpiredError: the offsets are not (or no longer) in the log.
+        SnapshotTimeout: the materializer did not catch up in time (a `failed` event is published).
+    """
+    topic = settings.topics.valid
+    catalog = await load_catalog(bootstrap, settings.topics.datasets, codec)
+    version = request.version or catalog.next_version(request.name)
+    if catalog.exists(DatasetRef(request.name, version)):
+        raise DatasetExists(
+            f"dataset {request.name}@{version} already exists; pick another --version "
+            f"(next free: {catalog.next_version(request.name)}) or another name"
+        )
+    ranges = await _decide_ranges(bootstrap, topic, request, catalog)
+    await _warn_if_retention_expires(bootstrap, topic, warn)
+    manifest = Manifest(
+        name=request.name, version=version, topic=topic, ranges=ranges, filter=request.filter,
+        split=request.split, parent=_parent(request, catalog), created_at=_now(), record_count=0,
+        train_count=0, eval_count=0, content_sha256="", formats=FORMATS,
+    )
+    async with _Announcer(bootstrap, settings.topics.datasets, codec) as announce:
+        await announce("created", manifest)
+        try:
+            await _wait_materialized(bootstrap, materialize_group(settings), ranges, wait_timeout_s)
+        except SnapshotTimeout as exc:
+            await announce("failed", manifest, error=str(exc))
+            raise
+        manifest = await _count_and_hash(bootstrap, manifest, codec)
+        await announce("ready", manifest)
+    return manifest
+
+
+async def _decide_ranges(
+    bootstrap: str, topic: str, request: DatasetRequest, catalog: Catalog
+) -> tuple[OffsetRange, ...]:
+    partitions = await topic_partitions(bootstrap, [topic])
+    starts, ends = await _log_bounds(bootstrap, partitions)
+    if request.from_offsets is not None:
+        ranges = tuple(sorted(request.from_offsets, key=lambda r: r.partition))
+        known = {tp.partition for tp in partitions}
+        for r in ranges:
+            if r.partition not in known:
+                raise RangeBeyondEndError(f"{topic} has no partition {r.partition} (it has {sorted(known)})")
+    else:
+        first = {tp.partition: starts[tp] for tp in partitions}
+        if request.since is not None:
+            parent = catalog.get(request.since.name, request.since.version or None).manifest
+            first.update({r.partition: r.end for r in parent.ranges if r.topic == topic})
+        ranges = tuple(OffsetRange(topic, tp.partition, first[tp.partition], ends[tp]) for tp in partitions)
+    for r in ranges:
+        tp = TopicPartition(topic, r.partition)
+        if r.end > ends[tp]:
+            raise RangeBeyondEndError(
+                f"{r} ends past the high watermark {ends[tp]} of {topic}[{r.partition}]; "
+                "a dataset can only name offsets that exist"
+            )
+        if r.start < starts[tp] and r.end > r.start:
+            raise RangeExpiredError(
+                f"{r}: offsets [{r.start}, {starts[tp]}) of {topic}[{r.partition}] were deleted by retention; "
+                "pick ranges that start at or after the log start offset"
+            )
+    return ranges
+
+
+def _parent(request: DatasetRequest, catalog: Catalog) -> DatasetRef | None:
+    if request.since is None:
+        return None
+    entry = catalog.get(request.since.name, request.since.version or None)
+    return DatasetRef(entry.manifest.name, entry.manifest.version)
+
+
+async def _log_bounds(
+    bootstrap: str, partitions: list[TopicPartition]
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.beginning_offsets(partitions), await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+
+
+async def _warn_if_retention_expires(bootstrap: str, topic: str, warn: Callable[[str], None]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {})])
+        configs = {entry[0]: entry[1] for resource in response.resources for entry in resource[4]}
+    finally:
+        await admin.close()
+    retention_ms = int(configs.get("retention.ms") or -1)
+    if retention_ms >= 0:
+        warn(
+            f"{topic} has retention.ms={retention_ms} ({retention_ms / 86_400_000:.1f} days): this dataset's "
+            "ranges will expire from the log and then cannot be replayed. Set retention.ms=-1 on the topic."
+        )
+
+
+async def _wait_materialized(bootstrap: str, group: str, ranges: tuple[OffsetRange, ...], timeout_s: float) -> None:
+    targets = {TopicPartition(r.topic, r.partition): r.end for r in ranges if r.end > r.start}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = await committed_offsets(bootstrap, group)
+        behind = {tp: end for tp, end in targets.items() if committed.get(tp, 0) < end}
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            detail = ", ".join(f"{tp.topic}[{tp.partition}] at {committed.get(tp, 0)} of {end}"
+                               for tp, end in sorted(behind.items()))
+            raise SnapshotTimeout(
+                f"the materializer ({group}) has not committed the dataset's offsets after {timeout_s:.0f}s: "
+                f"{detail}. Is `tracestream worker` running? Nothing was marked ready; retry once it has caught up."
+            )
+        await asyncio.sleep(0.25)
+
+
+async def _count_and_hash(bootstrap: str, manifest: Manifest, codec: AvroCodec) -> Manifest:
+    hasher = ContentHasher()
+    counts = {"train": 0, "eval": 0}
+    async for split, record in _select(bootstrap, manifest, codec):
+        hasher.add(record)
+        counts[split] += 1
+    return replace(
+        manifest, record_count=hasher.count, train_count=counts["train"], eval_count=counts["eval"],
+        content_sha256=hasher.hexdigest(),
+    )
+
+
+async def _select(bootstrap: str, manifest: Manifest, codec: AvroCodec):
+    async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
+        for item in select((record,), manifest.filter, manifest.split, "all"):
+            yield item
+
+
+class _Announcer:
+    """Publishes DatasetEvents keyed by dataset name, waiting for each to be acknowledged."""
+
+    def __init__(self, bootstrap: str, topic: str, codec: AvroCodec) -> None:
+        self.topic = topic
+        self.codec = codec
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+
+    async def __aenter__(self) -> _Announcer:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+
+    async def __call__(self, event_type: str, manifest: Manifest, *, error: str | None = None) -> None:
+        event = {"event_type": event_type, "manifest": manifest.to_avro(), "error": error, "at": _now()}
+        await self.producer.send_and_wait(self.topic, self.codec.encode(event, DATASET_EVENT), key=manifest.name.encode())
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+__all__ = ["DatasetRequest", "UnknownDataset", "create_dataset"]

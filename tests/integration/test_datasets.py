@@ -1,0 +1,193 @@
+"""Datasets as offset ranges on a real broker and the real ClickHouse engine.
+
+The processors run in this test process (which owns the session's chDB
+folder); snapshots, replays and exports go through the same functions the
+`tracestream dataset` commands call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections import Counter
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from consumers.errors import RangeBeyondEndError, RangeExpiredError
+from consumers.export import export_dataset
+from consumers.lag import end_offsets
+from consumers.ranges import read_ranges
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import DatasetRef, Split, parse_filter, parse_offsets_json
+from schemas.errors import TracestreamError
+from schemas.exports import FORMATS
+from schemas.registry import default_registry
+from streams.catalog import load_catalog
+from streams.catchup import wait_until_caught_up
+from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset
+from streams.generator import generate_events
+from streams.rebuild import drop_and_recreate_tables, rewind_materializer
+from streams.snapshot import DatasetRequest, create_dataset
+from tests.integration.support import publish, running_processors
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
+
+CODEC = AvroCodec(default_registry())
+
+
+async def snapshot(settings: Settings, request: DatasetRequest, **options):
+    return await create_dataset(settings, settings.kafka_bootstrap, request, CODEC, **options)
+
+
+async def export_bytes(manifest, fmt: str, source: str, processors, split: str = "all") -> bytes:
+    sink = io.BytesIO()
+    summary = await export_dataset(manifest, fmt, split, sink, source=source, bootstrap=processors.validate.bootstrap,
+                                   codec=CODEC, warehouse=processors.writer.run)
+    assert summary.content_sha256 == manifest.content_sha256
+    return sink.getvalue()
+
+
+async def catalog_events(settings: Settings) -> int:
+    ends = await end_offsets(settings.kafka_bootstrap, [settings.topics.datasets])
+    return sum(ends.values())
+
+
+async def test_snapshot_while_publishing_names_exact_ranges(settings: Settings):
+    first = list(generate_events(400, seed=31, broken_share=0.0))
+    later = list(generate_events(1200, seed=32, broken_share=0.0))
+    async with running_processors(settings) as processors:
+        await publish(settings, first)
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        publishing = asyncio.create_task(publish(settings, later))
+        await asyncio.sleep(0.05)
+        manifest = await snapshot(settings, DatasetRequest("live"))
+        await publishing
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+
+        size = sum(r.end - r.start for r in manifest.ranges)
+        assert manifest.record_count == size >= len(first)
+        records = [r async for r in read_ranges(settings.kafka_bootstrap, manifest.ranges, codec=CODEC)]
+        assert len(records) == size
+        assert [(r["partition"], r["offset"]) for r in records] == sorted((r["partition"], r["offset"]) for r in records)
+        ends_now = await end_offsets(settings.kafka_bootstrap, [settings.topics.valid])
+        assert sum(ends_now.values()) == len(first) + len(later) > size, "the snapshot should not see later records"
+        for r in manifest.ranges:
+            assert r.end <= ends_now[TopicPartition(r.topic, r.partition)]
+
+
+async def test_replay_and_warehouse_give_identical_exports_and_survive_a_rebuild(settings: Settings):
+    events = list(generate_events(600, seed=41, broken_share=0.0))
+    async with running_processors(settings) as processors:
+        await publish(settings, events)
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        manifest = await snapshot(settings, DatasetRequest("exports", split=Split(eval_share=0.2)))
+        assert manifest.record_count == len(events) and manifest.eval_count > 0
+        exported = {}
+        for fmt in FORMATS:
+            replayed = await export_bytes(manifest, fmt, "kafka", processors)
+            assert replayed == await export_bytes(manifest, fmt, "warehouse", processors)
+            assert replayed == await export_bytes(manifest, fmt, "kafka", processors), "a second export differs"
+            exported[fmt] = replayed
+            lines = [json.loads(line) for line in replayed.splitlines()]
+            assert len(lines) == len(events)
+            assert all("i" in step and "type" in step for line in lines for step in line["steps"])
+        train = await export_bytes(manifest, "trace", "kafka", processors, split="train")
+        assert len(train.splitlines()) == manifest.train_count
+        await processors.writer.run(drop_and_recreate_tables)
+
+    await rewind_materializer(settings, settings.kafka_bootstrap)
+    async with running_processors(settings) as processors:
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        for fmt in FORMATS:
+            assert await export_bytes(manifest, fmt, "warehouse", processors) == exported[fmt]
+        rows = await processors.writer.run(lambda w: w.query(
+            f"SELECT name, version, event_type FROM `{w.database}`.datasets FINAL ORDER BY offset"))
+        assert rows == [("exports", 1, "created"), ("exports", 1, "ready")]
+
+
+async def test_filters_and_split_match_an_independent_reference(settings: Settings):
+    events = list(generate_events(800, seed=51, broken_share=0.0))
+    records = {e.trace_id: e.record for e in events}
+    expressions = ["source=gsm-synth,tutor-bot", "steps>=6", "meta.difficulty=hard"]
+    async with running_processors(settings) as processors:
+        await publish(settings, events)
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        request = DatasetRequest("filtered", filter=parse_filter(expressions), split=Split(eval_share=0.3, salt="s1"))
+        manifest = await snapshot(settings, request)
+        lines = [json.loads(line) for line in (await export_bytes(manifest, "trace", "warehouse", processors)).splitlines()]
+
+    expected = {
+        tid for tid, r in records.items()
+        if r["source"] in ("gsm-synth", "tutor-bot") and len(r["steps"]) >= 6 and r["meta"].get("difficulty") == "hard"
+    }
+    assert 0 < len(expected) < len(records)
+    assert {line["trace_id"] for line in lines} == expected
+    assert manifest.record_count == len(expected)
+    split = Split(eval_share=0.3, salt="s1")
+    assert Counter(line["split"] for line in lines) == Counter(split.assign(tid) for tid in expected)
+    assert manifest.eval_count == sum(split.assign(tid) == "eval" for tid in expected)
+
+
+async def test_ready_is_never_published_before_the_materializer_caught_up(settings: Settings):
+    await publish(settings, list(generate_events(200, seed=61, broken_share=0.0)))
+    # No processors run: the materializer is stalled.
+    with pytest.raises(SnapshotTimeout, match="has not committed"):
+        await snapshot(settings, DatasetRequest("stalled"), wait_timeout_s=3)
+    catalog = await load_catalog(settings.kafka_bootstrap, settings.topics.datasets, CODEC)
+    assert [(e.manifest.name, e.status) for e in catalog] == [("stalled", "failed")]
+    with pytest.raises(UnknownDataset):
+        catalog.get("stalled")
+
+    async with running_processors(settings):
+        manifest = await snapshot(settings, DatasetRequest("stalled"))
+    assert manifest.version == 2 and manifest.record_count == 200
+
+
+async def test_bad_requests_are_refused_and_publish_nothing(settings: Settings):
+    await publish(settings, list(generate_events(300, seed=71, broken_share=0.0)))
+    async with running_processors(settings):
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await snapshot(settings, DatasetRequest("base", version=1))
+        published = await catalog_events(settings)
+
+        with pytest.raises(DatasetExists, match="base@1 already exists"):
+            await snapshot(settings, DatasetRequest("base", version=1))
+        with pytest.raises(UnknownDataset, match="no ready dataset nope"):
+            await snapshot(settings, DatasetRequest("child", since=DatasetRef("nope", 0)))
+        with pytest.raises(TracestreamError):
+            parse_offsets_json('{"0": [10, 5]}', settings.topics.valid)
+        with pytest.raises(TracestreamError):
+            parse_offsets_json("{not json", settings.topics.valid)
+        ends = await end_offsets(settings.kafka_bootstrap, [settings.topics.valid])
+        tp = next(iter(ends))
+        too_far = parse_offsets_json(json.dumps({str(tp.partition): [0, ends[tp] + 5]}), settings.topics.valid)
+        with pytest.raises(RangeBeyondEndError, match="high watermark"):
+            await snapshot(settings, DatasetRequest("far", from_offsets=too_far))
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({tp: RecordsToDelete(before_offset=2)})
+        finally:
+            await admin.close()
+        expired = parse_offsets_json(json.dumps({str(tp.partition): [0, ends[tp]]}), settings.topics.valid)
+        with pytest.raises(RangeExpiredError, match=r"\[0, 2\)"):
+            await snapshot(settings, DatasetRequest("expired", from_offsets=expired))
+        assert await catalog_events(settings) == published
+
+
+async def test_incremental_dataset_starts_where_its_parent_ended(settings: Settings):
+    async with running_processors(settings):
+        await publish(settings, list(generate_events(200, seed=81, broken_share=0.0)))
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        base = await snapshot(settings, DatasetRequest("inc"))
+        await publish(settings, list(generate_events(150, seed=82, broken_share=0.0)))
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        more = await snapshot(settings, DatasetRequest("inc-delta", since=DatasetRef("inc", 0)))
+    assert more.parent == DatasetRef("inc", base.version)
+    assert [r.start for r in more.ranges] == [r.end for r in base.ranges]
+    assert (base.record_count, more.record_count) == (200, 150)
