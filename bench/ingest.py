@@ -12,7 +12,7 @@ One run, one process:
    the SDK) into a fresh topic, then one AIOKafkaConsumer (fresh group,
    ``getmany`` loop) reading everything back, doing nothing with it;
 4. the pipeline: publish every trace to traces.raw with ``TraceProducer``
-   first (publish rate), then start the faust processors in this process and
+   first (publish rate), then start the processors in this process and
    time until ``SELECT count() FROM traces FINAL`` (polled every 0.1 s) says
    every trace is queryable.
 

@@ -1,0 +1,155 @@
+"""Dataset replay and export throughput, against a bare aiokafka consume of the same bytes.
+
+    python -m bench.datasets [--count 100000] [--seed 9] [--timeout 900]
+
+One run, one process: publish ``--count`` valid traces, materialize them with
+the processors (in this process, which owns the embedded warehouse), snapshot
+them as one dataset, then time, each over the whole dataset:
+
+1. bare aiokafka: assign every partition of traces.valid, ``getmany`` from the
+   log start to the snapshot's ends, doing nothing with the records;
+2. replay from Kafka (``consumers.ranges.read_ranges``: decode to dataset records);
+3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
+4. export of every format from Kafka, and ``trace`` from ClickHouse, to /dev/null.
+
+Speeds are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.common import (
+    SHARED_MACHINE_NOTE, drop_run_database, drop_run_topics, emit_json, encode_events, kafka, machine,
+    print_machine, print_table, quiet_logging, run_settings, running_processors, temp_workdir, warehouse_kind,
+)
+from bench.ingest import publish
+from consumers.export import dataset_records, export_dataset
+from consumers.ranges import read_ranges
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.exports import FORMATS
+from schemas.registry import default_registry
+from streams.catchup import wait_until_caught_up
+from streams.snapshot import DatasetRequest, create_dataset
+from streams.topics import ensure_pipeline_topics
+
+
+async def bare_consume(bootstrap: str, ranges) -> tuple[int, int, float]:
+    """(records, bytes, seconds) of reading the ranges with no decoding at all."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", max_partition_fetch_bytes=4 * 1024 * 1024,
+                                fetch_max_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    try:
+        started = time.perf_counter()
+        records = size = 0
+        for r in ranges:
+            tp = TopicPartition(r.topic, r.partition)
+            consumer.assign([tp])
+            consumer.seek(tp, r.start)
+            while await consumer.position(tp) < r.end:
+                for record in (await consumer.getmany(tp, timeout_ms=1000, max_records=5000)).get(tp, []):
+                    if record.offset < r.end:
+                        records += 1
+                        size += len(record.value)
+        return records, size, time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def timed(label: str, coro) -> tuple[str, Any, float]:
+    started = time.perf_counter()
+    result = await coro
+    return label, result, time.perf_counter() - started
+
+
+async def count_async(iterator) -> int:
+    n = 0
+    async for _ in iterator:
+        n += 1
+    return n
+
+
+async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[str, Any]:
+    figures: dict[str, Any] = {"count": count, "seed": seed, "machine": machine()}
+    codec = AvroCodec(default_registry())
+    with temp_workdir() as workdir:
+        base = base.model_copy(update={"home": workdir / "home"})
+        with kafka(base, workdir) as target:
+            settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="datasets")
+            print_machine(figures["machine"], target.description, warehouse_kind(settings))
+            print(f"\ngenerating and publishing {count:,} traces ...", flush=True)
+            events = encode_events(count, seed)
+            figures["mean_event_bytes"] = round(events.mean_bytes)
+            await ensure_pipeline_topics(settings, target.bootstrap)
+            await publish(settings, target.bootstrap, events.items, timeout_s, target.broker_pid)
+            async with running_processors(settings, target.bootstrap) as processors:
+                await processors.app.start()
+                print("materializing ...", flush=True)
+                await asyncio.wait_for(wait_until_caught_up(settings, target.bootstrap), timeout_s)
+                _, manifest, took = await timed("snapshot", create_dataset(
+                    settings, target.bootstrap, DatasetRequest("bench"), codec, wait_timeout_s=timeout_s))
+                figures["snapshot_s"] = round(took, 2)
+                figures["records"] = manifest.record_count
+                print(f"snapshot of {manifest.record_count:,} records (hashed by replay) in {took:.1f} s", flush=True)
+
+                n, size, took = await bare_consume(target.bootstrap, manifest.ranges)
+                figures["bare_consume_per_s"] = round(n / took)
+                figures["bare_consume_mb_per_s"] = round(size / took / 1e6, 1)
+                runs = [
+                    await timed("replay_kafka", count_async(read_ranges(target.bootstrap, manifest.ranges, codec=codec))),
+                    await timed("replay_warehouse", count_async(dataset_records(
+                        manifest, source="warehouse", warehouse=processors.writer.run))),
+                ]
+                with open(os.devnull, "wb") as sink:
+                    for fmt in FORMATS:
+                        runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
+                            manifest, fmt, "all", sink, source="kafka", bootstrap=target.bootstrap, codec=codec)))
+                    runs.append(await timed("export_trace_warehouse", export_dataset(
+                        manifest, "trace", "all", sink, source="warehouse", warehouse=processors.writer.run)))
+                for label, result, took in runs:
+                    n = result if isinstance(result, int) else result.records
+                    assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
+                    figures[f"{label}_per_s"] = round(n / took)
+                figures["ratio_replay_kafka_over_bare"] = round(figures["replay_kafka_per_s"] / figures["bare_consume_per_s"], 3)
+                await drop_run_database(settings, processors.writer)
+            await drop_run_topics(settings, target)
+    return figures
+
+
+def print_report(f: dict[str, Any]) -> None:
+    rows = [
+        ("records in the dataset", f"{f['records']:,} ({f['mean_event_bytes']} B mean)"),
+        ("snapshot (wait + replay + hash)", f"{f['snapshot_s']} s"),
+        ("bare aiokafka consume (no decode)", f"{f['bare_consume_per_s']:,}/s ({f['bare_consume_mb_per_s']} MB/s)"),
+        ("replay from Kafka (decoded records)", f"{f['replay_kafka_per_s']:,}/s"),
+        ("  ratio replay / bare", f"{f['ratio_replay_kafka_over_bare']}"),
+        ("replay from ClickHouse", f"{f['replay_warehouse_per_s']:,}/s"),
+    ]
+    rows += [(f"export {fmt} from Kafka", f"{f[f'export_{fmt}_kafka_per_s']:,}/s") for fmt in FORMATS]
+    rows.append(("export trace from ClickHouse", f"{f['export_trace_warehouse_per_s']:,}/s"))
+    print_table(f"datasets: {f['records']:,} traces", rows)
+    print(SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.datasets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=100_000, help="traces in the dataset (default 100000)")
+    parser.add_argument("--seed", type=int, default=9, help="generator seed (default 9)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="upper bound on each phase, seconds")
+    args = parser.parse_args(argv)
+    quiet_logging()
+    figures = asyncio.run(run(Settings(), args.count, args.seed, args.timeout))
+    print_report(figures)
+    emit_json("datasets", figures)
+
+
+if __name__ == "__main__":
+    main()
