@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 
 from schemas.errors import DatasetIntegrityError, InvalidDatasetRequest
@@ -158,7 +159,9 @@ def parse_offsets_json(text: str, topic: str = DEFAULT_TOPIC) -> tuple[OffsetRan
         seen: dict[str, Any] = {}
         for key, value in pairs:
             if key in seen:
-                raise InvalidDatasetRequest(f"offsets JSON names partition {key!r} twice; {example}")
+                raise InvalidDatasetRequest(
+                    f"offsets JSON names partition {key!r} twice; {example}"
+                )
             seen[key] = value
         return seen
 
@@ -176,7 +179,9 @@ def parse_offsets_json(text: str, topic: str = DEFAULT_TOPIC) -> tuple[OffsetRan
             )
         partition = int(key)
         if partition in ranges:
-            raise InvalidDatasetRequest(f"offsets JSON names partition {partition} twice; {example}")
+            raise InvalidDatasetRequest(
+                f"offsets JSON names partition {partition} twice; {example}"
+            )
         if (
             not isinstance(value, list)
             or len(value) != 2
@@ -300,7 +305,9 @@ class TraceFilter:
         meta: dict[str, str] = {}
         for pair in pairs:
             if len(pair) != 2 or not all(isinstance(x, str) for x in pair) or not pair[0]:
-                raise InvalidDatasetRequest(f"meta conditions must be (key, value) strings, got {pair!r}")
+                raise InvalidDatasetRequest(
+                    f"meta conditions must be (key, value) strings, got {pair!r}"
+                )
             key, value = pair
             if meta.get(key, value) != value:
                 raise InvalidDatasetRequest(
@@ -318,13 +325,13 @@ class TraceFilter:
         for name in ("min_score", "max_score"):
             if getattr(self, name) is not None:
                 put(name, _float(name, getattr(self, name)))
-        for low, high, what in (
-            ("created_from", "created_until", "created_from must be before created_until"),
-            ("min_steps", "max_steps", "min_steps must be at most max_steps"),
-            ("min_score", "max_score", "min_score must be at most max_score"),
+        for low, high, empty, what in (
+            ("created_from", "created_until", True, "created_from must be before created_until"),
+            ("min_steps", "max_steps", False, "min_steps must be at most max_steps"),
+            ("min_score", "max_score", False, "min_score must be at most max_score"),
         ):
             lo, hi = getattr(self, low), getattr(self, high)
-            if lo is not None and hi is not None and (lo >= hi if low == "created_from" else lo > hi):
+            if lo is not None and hi is not None and (lo > hi or (empty and lo == hi)):
                 raise InvalidDatasetRequest(f"{what} (got {lo} and {hi}); no trace could match")
 
     @property
@@ -498,7 +505,10 @@ def parse_filter(expressions: Sequence[str]) -> TraceFilter:
             raise _refuse(expr, "is not recognized")
     try:
         return TraceFilter(
-            sources=tuple(sources), trace_versions=tuple(versions), meta=tuple(meta.items()), **scalars
+            sources=tuple(sources),
+            trace_versions=tuple(versions),
+            meta=tuple(meta.items()),
+            **scalars,
         )
     except InvalidDatasetRequest as exc:
         raise InvalidDatasetRequest(f"filter {list(expressions)} is not usable: {exc}") from None
@@ -568,7 +578,9 @@ def parse_split(text: str) -> Split:
             try:
                 share = float(value)
             except ValueError:
-                raise InvalidDatasetRequest(f"split {text!r}: {value!r} is not a number; {usage}") from None
+                raise InvalidDatasetRequest(
+                    f"split {text!r}: {value!r} is not a number; {usage}"
+                ) from None
             if not math.isfinite(share):
                 raise InvalidDatasetRequest(f"split {text!r}: {value!r} is not finite; {usage}")
         elif key == "salt" and not salt:
@@ -577,6 +589,10 @@ def parse_split(text: str) -> Split:
             raise InvalidDatasetRequest(f"split {text!r}: unexpected or repeated {key!r}; {usage}")
     if share is None:
         raise InvalidDatasetRequest(f"split {text!r} has no eval share; {usage}")
+    if not 0 <= share < 1:
+        raise InvalidDatasetRequest(
+            f"split {text!r}: the eval share must be at least 0 and below 1; {usage}"
+        )
     return Split(share, salt)
 
 
@@ -585,17 +601,25 @@ def parse_split(text: str) -> Split:
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A dataset version by name, e.g. a manifest's parent."""
+    """A dataset version by name, e.g. a manifest's parent.
+
+    Version 0 means "the latest ready version" and is only for lookups (the
+    CLI's ``NAME`` without ``@VERSION``); a manifest's parent names a real one.
+    """
 
     name: str
     version: int
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        _int("dataset version", self.version, 1)
+        _int("dataset version", self.version, 0)
+
+    @property
+    def is_latest(self) -> bool:
+        return self.version == 0
 
     def __str__(self) -> str:
-        return f"{self.name}@v{self.version}"
+        return f"{self.name}@{'latest' if self.version == 0 else f'v{self.version}'}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -628,11 +652,14 @@ class Manifest:
         _int("dataset version", self.version, 1)
         if not isinstance(self.topic, str) or not self.topic:
             raise InvalidDatasetRequest(f"manifest topic must be a topic name, got {self.topic!r}")
-        ranges = tuple(sorted((_check_range(OffsetRange(*r)) for r in self.ranges), key=lambda r: r.partition))
+        ranges = tuple(
+            sorted((_check_range(OffsetRange(*r)) for r in self.ranges), key=lambda r: r.partition)
+        )
         for r in ranges:
             if r.topic != self.topic:
                 raise InvalidDatasetRequest(
-                    f"range {r} is not in the manifest's topic {self.topic!r}; a dataset reads one topic"
+                    f"range {r} is not in the manifest's topic {self.topic!r}; "
+                    "a dataset reads one topic"
                 )
         for a, b in zip(ranges, ranges[1:]):
             if a.partition == b.partition:
@@ -644,8 +671,17 @@ class Manifest:
         if not isinstance(self.filter, TraceFilter) or not isinstance(self.split, Split):
             raise InvalidDatasetRequest("manifest filter and split must be TraceFilter and Split")
         if self.parent is not None and not isinstance(self.parent, DatasetRef):
-            raise InvalidDatasetRequest(f"manifest parent must be a DatasetRef, got {self.parent!r}")
-        if self.parent is not None and self.parent.name == self.name and self.parent.version >= self.version:
+            raise InvalidDatasetRequest(
+                f"manifest parent must be a DatasetRef, got {self.parent!r}"
+            )
+        if self.parent is not None and self.parent.is_latest:
+            raise InvalidDatasetRequest(
+                f"parent {self.parent} of {self.ref} must name a version; resolve 'latest' "
+                "to the parent's actual version before building the manifest"
+            )
+        if self.parent is not None and self.parent.name == self.name and (
+            self.parent.version >= self.version
+        ):
             raise InvalidDatasetRequest(
                 f"{self.ref} cannot have parent {self.parent}; a parent version must be older"
             )
@@ -708,10 +744,16 @@ class Manifest:
             "name": self.name,
             "version": self.version,
             "topic": self.topic,
-            "ranges": [{"partition": r.partition, "start": r.start, "end": r.end} for r in self.ranges],
+            "ranges": [
+                {"partition": r.partition, "start": r.start, "end": r.end} for r in self.ranges
+            ],
             "filter": self.filter.to_avro(),
             "split": self.split.to_avro(),
-            "parent": None if self.parent is None else {"name": self.parent.name, "version": self.parent.version},
+            "parent": (
+                None
+                if self.parent is None
+                else {"name": self.parent.name, "version": self.parent.version}
+            ),
             "created_at": self.created_at,
             "record_count": self.record_count,
             "train_count": self.train_count,
@@ -728,7 +770,9 @@ class Manifest:
             name=record["name"],
             version=record["version"],
             topic=topic,
-            ranges=tuple(OffsetRange(topic, r["partition"], r["start"], r["end"]) for r in record["ranges"]),
+            ranges=tuple(
+                OffsetRange(topic, r["partition"], r["start"], r["end"]) for r in record["ranges"]
+            ),
             filter=TraceFilter.from_avro(record["filter"]),
             split=Split.from_avro(record["split"]),
             parent=None if parent is None else DatasetRef(parent["name"], parent["version"]),
@@ -743,7 +787,7 @@ class Manifest:
 
 @dataclass(frozen=True)
 class DatasetEvent:
-    """One ``datasets.events`` value: created, ready or failed (with ``error``), and the manifest."""
+    """One ``datasets.events`` value: created, ready or failed (with ``error``), and a manifest."""
 
     event_type: Literal["created", "ready", "failed"]
     manifest: Manifest
@@ -761,7 +805,8 @@ class DatasetEvent:
             )
         if self.event_type == "ready" and not self.manifest.content_sha256:
             raise InvalidDatasetRequest(
-                f"ready event for {self.manifest.ref} has no content_sha256; use Manifest.with_counts"
+                f"ready event for {self.manifest.ref} has no content_sha256; "
+                "use Manifest.with_counts"
             )
         object.__setattr__(self, "at", _utc_millis("event at", self.at))
 
@@ -805,8 +850,11 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
             "trace_version": int(record["trace_version"]),
             "prompt": record["prompt"],
             "steps": sorted(
-                ({"i": int(s["i"]), "type": s["type"], "content": s["content"]} for s in record["steps"]),
-                key=lambda s: s["i"],
+                (
+                    {"i": int(s["i"]), "type": s["type"], "content": s["content"]}
+                    for s in record["steps"]
+                ),
+                key=itemgetter("i"),
             ),
             "final_answer": record["final_answer"],
             "meta": dict(record["meta"]),
@@ -822,13 +870,12 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
         ) from None
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
 def canonical_json(record: Mapping[str, Any]) -> bytes:
     """The exact bytes hashed for a dataset record: sorted keys, no spaces, UTF-8 text."""
-    return _dumps(canonical_record(record))
+    text = json.dumps(
+        canonical_record(record), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+    return text.encode("utf-8")
 
 
 class ContentHasher:

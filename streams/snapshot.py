@@ -26,9 +26,9 @@ from consumers.lag import committed_offsets, topic_partitions
 from consumers.ranges import read_ranges
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, DatasetRef, Manifest, OffsetRange, Split, TraceFilter, select
+from schemas.dataset import ContentHasher, DatasetRef, Manifest, OffsetRange, Split, TraceFilter, plan_ranges, select
 from schemas.exports import FORMATS
-from streams.catalog import DATASET_EVENT, Catalog, load_catalog
+from streams.catalog import DATASET_EVENT, load_catalog
 from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset
 from streams.topics import materialize_group
 
@@ -74,11 +74,12 @@ async def create_dataset(
             f"dataset {request.name}@{version} already exists; pick another --version "
             f"(next free: {catalog.next_version(request.name)}) or another name"
         )
-    ranges = await _decide_ranges(bootstrap, topic, request, catalog)
+    parent = catalog.get(request.since.name, request.since.version or None).manifest if request.since else None
+    ranges = await _decide_ranges(bootstrap, topic, request.from_offsets, parent)
     await _warn_if_retention_expires(bootstrap, topic, warn)
     manifest = Manifest(
         name=request.name, version=version, topic=topic, ranges=ranges, filter=request.filter,
-        split=request.split, parent=_parent(request, catalog), created_at=_now(), record_count=0,
+        split=request.split, parent=parent.ref if parent else None, created_at=_now(), record_count=0,
         train_count=0, eval_count=0, content_sha256="", formats=FORMATS,
     )
     async with _Announcer(bootstrap, settings.topics.datasets, codec) as announce:
@@ -94,22 +95,21 @@ async def create_dataset(
 
 
 async def _decide_ranges(
-    bootstrap: str, topic: str, request: DatasetRequest, catalog: Catalog
+    bootstrap: str, topic: str, from_offsets: tuple[OffsetRange, ...] | None, parent: Manifest | None
 ) -> tuple[OffsetRange, ...]:
     partitions = await topic_partitions(bootstrap, [topic])
     starts, ends = await _log_bounds(bootstrap, partitions)
-    if request.from_offsets is not None:
-        ranges = tuple(sorted(request.from_offsets, key=lambda r: r.partition))
+    if from_offsets is not None:
+        ranges = tuple(sorted(from_offsets, key=lambda r: r.partition))
         known = {tp.partition for tp in partitions}
         for r in ranges:
             if r.partition not in known:
                 raise RangeBeyondEndError(f"{topic} has no partition {r.partition} (it has {sorted(known)})")
     else:
-        first = {tp.partition: starts[tp] for tp in partitions}
-        if request.since is not None:
-            parent = catalog.get(request.since.name, request.since.version or None).manifest
-            first.update({r.partition: r.end for r in parent.ranges if r.topic == topic})
-        ranges = tuple(OffsetRange(topic, tp.partition, first[tp.partition], ends[tp]) for tp in partitions)
+        ranges = plan_ranges(
+            topic, {tp.partition: ends[tp] for tp in partitions}, parent=parent,
+            starts={tp.partition: starts[tp] for tp in partitions},
+        )
     for r in ranges:
         tp = TopicPartition(topic, r.partition)
         if r.end > ends[tp]:
@@ -123,13 +123,6 @@ async def _decide_ranges(
                 "pick ranges that start at or after the log start offset"
             )
     return ranges
-
-
-def _parent(request: DatasetRequest, catalog: Catalog) -> DatasetRef | None:
-    if request.since is None:
-        return None
-    entry = catalog.get(request.since.name, request.since.version or None)
-    return DatasetRef(entry.manifest.name, entry.manifest.version)
 
 
 async def _log_bounds(

@@ -27,12 +27,15 @@ from schemas.errors import TracestreamError
 from schemas.exports import FORMATS
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
-from streams.catchup import wait_until_caught_up
+from streams.catchup import wait_until_caught_up, wait_until_committed
 from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset
 from streams.generator import generate_events
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.snapshot import DatasetRequest, create_dataset
+from streams.topics import validate_group
 from tests.integration.support import publish, running_processors
+from warehouse.client import Warehouse
+from warehouse.errors import WarehouseUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
 
@@ -133,18 +136,34 @@ async def test_filters_and_split_match_an_independent_reference(settings: Settin
 
 
 async def test_ready_is_never_published_before_the_materializer_caught_up(settings: Settings):
-    await publish(settings, list(generate_events(200, seed=61, broken_share=0.0)))
-    # No processors run: the materializer is stalled.
-    with pytest.raises(SnapshotTimeout, match="has not committed"):
-        await snapshot(settings, DatasetRequest("stalled"), wait_timeout_s=3)
-    catalog = await load_catalog(settings.kafka_bootstrap, settings.topics.datasets, CODEC)
-    assert [(e.manifest.name, e.status) for e in catalog] == [("stalled", "failed")]
-    with pytest.raises(UnknownDataset):
-        catalog.get("stalled")
+    stalled = True
 
-    async with running_processors(settings):
+    class StalledWarehouse(Warehouse):
+        def insert(self, table, columns):
+            if stalled:
+                raise WarehouseUnavailable("injected: the warehouse is down, the materializer waits")
+            super().insert(table, columns)
+
+    def open_warehouse() -> Warehouse:
+        real = Warehouse.connect(settings)
+        return StalledWarehouse(real.client, real.database, embedded=real.embedded)
+
+    events = list(generate_events(200, seed=61, broken_share=0.0))
+    async with running_processors(settings, open_warehouse) as processors:
+        await publish(settings, events)
+        raw_ends = await end_offsets(settings.kafka_bootstrap, [settings.topics.raw])
+        await wait_until_committed(settings.kafka_bootstrap, validate_group(settings), raw_ends)
+        with pytest.raises(SnapshotTimeout, match="has not committed"):
+            await snapshot(settings, DatasetRequest("stalled"), wait_timeout_s=3)
+        catalog = await load_catalog(settings.kafka_bootstrap, settings.topics.datasets, CODEC)
+        assert [(e.manifest.name, e.status) for e in catalog] == [("stalled", "failed")]
+        with pytest.raises(UnknownDataset):
+            catalog.get("stalled")
+
+        stalled = False
         manifest = await snapshot(settings, DatasetRequest("stalled"))
-    assert manifest.version == 2 and manifest.record_count == 200
+        assert processors.writer.outage_retries > 0
+    assert manifest.version == 2 and manifest.record_count == len(events)
 
 
 async def test_bad_requests_are_refused_and_publish_nothing(settings: Settings):
