@@ -94,7 +94,10 @@ def _range_consumer(bootstrap: str) -> AIOKafkaConsumer:
         auto_offset_reset="none",
         fetch_max_bytes=64 * _MiB,
         max_partition_fetch_bytes=32 * _MiB,
-        fetch_max_wait_ms=100,
+        # Every offset of a range exists already: never long-poll for more (it would delay the next partition).
+        fetch_max_wait_ms=10,
+        # The first offset lookup of a topic always waits one backoff for its metadata; keep it short.
+        retry_backoff_ms=20,
     )
 
 
