@@ -8,7 +8,8 @@ them as one dataset, then time, each over the whole dataset:
 
 1. bare aiokafka: assign every partition of traces.valid, ``getmany`` from the
    log start to the snapshot's ends, doing nothing with the records;
-2. replay from Kafka (``consumers.ranges.read_ranges``: decode to dataset records);
+2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
+   checked) and decoded (``read_ranges``: dataset records, Avro decoded);
 3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
 4. export of every format from Kafka, and ``trace`` from ClickHouse, to /dev/null.
 
@@ -31,7 +32,7 @@ from bench.common import (
 )
 from bench.ingest import publish
 from consumers.export import dataset_records, export_dataset
-from consumers.ranges import read_ranges
+from consumers.ranges import read_ranges, read_ranges_raw
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.exports import FORMATS
@@ -104,6 +105,7 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                 figures["bare_consume_per_s"] = round(n / took)
                 figures["bare_consume_mb_per_s"] = round(size / took / 1e6, 1)
                 runs = [
+                    await timed("replay_kafka_raw", count_async(read_ranges_raw(target.bootstrap, manifest.ranges))),
                     await timed("replay_kafka", count_async(read_ranges(target.bootstrap, manifest.ranges, codec=codec))),
                     await timed("replay_warehouse", count_async(dataset_records(
                         manifest, source="warehouse", warehouse=processors.writer.run))),
@@ -118,7 +120,8 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                     n = result if isinstance(result, int) else result.records
                     assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
                     figures[f"{label}_per_s"] = round(n / took)
-                figures["ratio_replay_kafka_over_bare"] = round(figures["replay_kafka_per_s"] / figures["bare_consume_per_s"], 3)
+                for kind in ("replay_kafka_raw", "replay_kafka"):
+                    figures[f"ratio_{kind}_over_bare"] = round(figures[f"{kind}_per_s"] / figures["bare_consume_per_s"], 3)
                 await drop_run_database(settings, processors.writer)
             await drop_run_topics(settings, target)
     return figures
@@ -129,8 +132,10 @@ def print_report(f: dict[str, Any]) -> None:
         ("records in the dataset", f"{f['records']:,} ({f['mean_event_bytes']} B mean)"),
         ("snapshot (wait + replay + hash)", f"{f['snapshot_s']} s"),
         ("bare aiokafka consume (no decode)", f"{f['bare_consume_per_s']:,}/s ({f['bare_consume_mb_per_s']} MB/s)"),
-        ("replay from Kafka (decoded records)", f"{f['replay_kafka_per_s']:,}/s"),
-        ("  ratio replay / bare", f"{f['ratio_replay_kafka_over_bare']}"),
+        ("replay from Kafka, raw (ordered, range-checked)", f"{f['replay_kafka_raw_per_s']:,}/s"),
+        ("  ratio raw replay / bare", f"{f['ratio_replay_kafka_raw_over_bare']}"),
+        ("replay from Kafka, decoded records", f"{f['replay_kafka_per_s']:,}/s"),
+        ("  ratio decoded replay / bare", f"{f['ratio_replay_kafka_over_bare']}"),
         ("replay from ClickHouse", f"{f['replay_warehouse_per_s']:,}/s"),
     ]
     rows += [(f"export {fmt} from Kafka", f"{f[f'export_{fmt}_kafka_per_s']:,}/s") for fmt in FORMATS]

@@ -26,7 +26,7 @@ import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 from operator import attrgetter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
@@ -38,6 +38,7 @@ from schemas.errors import DecodeError
 
 if TYPE_CHECKING:
     from schemas.codec import AvroCodec
+    from schemas.dataset import OffsetRange
 
 TRACE = "Trace"
 """The record type of traces.valid (``streams.validate.TRACE``; consumers do not import streams)."""
@@ -45,19 +46,6 @@ TRACE = "Trace"
 _MiB = 1 << 20
 _POLL_MS = 200
 _offset = attrgetter("offset")
-
-
-class OffsetRange(Protocol):
-    """What the readers need of ``schemas.dataset.OffsetRange``: offsets ``[start, end)`` of one partition."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def start(self) -> int: ...
-    @property
-    def end(self) -> int: ...
 
 
 def ordered_ranges(ranges: Sequence[OffsetRange]) -> list[OffsetRange]:
@@ -110,10 +98,11 @@ async def _started(bootstrap: str) -> AIOKafkaConsumer:
     return consumer
 
 
-def _expired(r: OffsetRange, log_start: int) -> RangeExpiredError:
+def _expired(r: OffsetRange, log_start: int, first_missing: int | None = None) -> RangeExpiredError:
+    first_missing = r.start if first_missing is None else first_missing
     missing_end = min(log_start, r.end)
     return RangeExpiredError(
-        f"offsets [{r.start}, {missing_end}) of {r.topic}[{r.partition}] were deleted by retention "
+        f"offsets [{first_missing}, {missing_end}) of {r.topic}[{r.partition}] were deleted by retention "
         f"(the log now starts at {log_start}), so the range [{r.start}, {r.end}) cannot be replayed; "
         "read it from the warehouse, or give the topic retention.ms=-1 so datasets keep their data"
     )
@@ -171,12 +160,13 @@ async def _read_range(
         try:
             fetched = await consumer.getmany(tp, timeout_ms=_POLL_MS, max_records=batch_records)
         except OffsetOutOfRangeError:
-            # Retention moved the log start past our position after the check.
+            # Retention moved the log start past our position after the check (mid-read).
             log_start = (await consumer.beginning_offsets([tp]))[tp]
-            raise _expired(r, log_start) from None
+            raise _expired(r, log_start, first_missing=last_position) from None
         records = fetched.get(tp)
         if records:
             last = records[-1].offset
+            last_position = max(last_position, min(last + 1, end))
             if last >= end:
                 records = records[: bisect_left(records, end, key=_offset)]
                 if records:
@@ -189,8 +179,8 @@ async def _read_range(
         if position >= end:
             return
         now = time.monotonic()
-        if position != last_position:
-            progress_at, last_position = now, position
+        if position > last_position or records:
+            progress_at, last_position = now, max(position, last_position)
         elif now - progress_at > stall_timeout_s:
             raise RangeReadStalled(
                 f"no progress reading {r.topic}[{r.partition}] at offset {position} for {stall_timeout_s:.0f}s "

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from consumers.ranges import OffsetRange, ordered_ranges
+from consumers.ranges import ordered_ranges
 from warehouse.client import classify
 
 if TYPE_CHECKING:
+    from schemas.dataset import OffsetRange
     from warehouse.client import Warehouse
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -7,13 +7,14 @@ directly, so they need no processors.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timezone
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
@@ -23,24 +24,13 @@ from consumers.warehouse_reader import count_rows, read_ranges_from_warehouse
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.dataset import OffsetRange
 from schemas.registry import default_registry
 from streams.app import Processors, build_app
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.topics import ensure_pipeline_topics
 from tests.integration.support import expected_outcome, publish
-
-try:
-    from schemas.dataset import OffsetRange
-except ImportError:  # the manifest module is written alongside; the readers only need these fields
-    from typing import NamedTuple
-
-    class OffsetRange(NamedTuple):  # type: ignore[no-redef]
-        topic: str
-        partition: int
-        start: int
-        end: int
-
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -125,7 +115,9 @@ async def test_kafka_and_warehouse_give_the_same_records_in_order(settings: Sett
 
 
 async def produce_traces(bootstrap: str, topic: str, partition: int, count: int, seed: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    # Batches of at most 16 KiB (a few records), so a small fetch never gets the whole partition at once.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                max_batch_size=16384)
     await producer.start()
     try:
         for event in generate_events(count, seed=seed, broken_share=0.0):
@@ -203,7 +195,12 @@ async def test_offset_gaps_from_transactions_end_a_range_by_position(settings: S
             await (producer.commit_transaction() if commit else producer.abort_transaction())
     finally:
         await producer.stop()
-    ends = await end_offsets(settings.kafka_bootstrap, [topic])
+    # The broker writes the last commit marker just after commit_transaction returns.
+    for _ in range(100):
+        ends = await end_offsets(settings.kafka_bootstrap, [topic])
+        if ends == {TopicPartition(topic, 0): 18}:
+            break
+        await asyncio.sleep(0.05)
     assert ends == {TopicPartition(topic, 0): 18}
 
     async def offsets(start: int, end: int) -> list[int]:
@@ -215,3 +212,39 @@ async def test_offset_gaps_from_transactions_end_a_range_by_position(settings: S
     assert await offsets(6, 12) == []  # nothing committed in there, and the read still ends
     assert await offsets(3, 14) == [3, 4, 12, 13]
     assert await offsets(17, 18) == []  # just the commit marker
+
+
+@pytest.mark.asyncio
+async def test_a_range_deleted_while_it_is_read_is_refused_not_skipped(settings: Settings, monkeypatch):
+    """Retention racing the reader: the consumer must not jump to the new log start silently."""
+    import consumers.ranges as ranges_module
+
+    def small_fetch_consumer(bootstrap: str) -> AIOKafkaConsumer:
+        # The reader's own settings, but fetches of a few records, so most of the range is still to fetch.
+        return AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+            isolation_level="read_committed", auto_offset_reset="none",
+            max_partition_fetch_bytes=4096, fetch_max_bytes=4096, fetch_max_wait_ms=10,
+        )
+
+    monkeypatch.setattr(ranges_module, "_range_consumer", small_fetch_consumer)
+    topic = await own_topic(settings, "racing", 1)
+    await produce_traces(settings.kafka_bootstrap, topic, 0, 200, seed=71)
+
+    got = []
+    with pytest.raises(RangeExpiredError, match=r"offsets \[(\d+), 150\) of " + re.escape(f"{topic}[0]")) as caught:
+        async for record in read_ranges(settings.kafka_bootstrap, [OffsetRange(topic, 0, 0, 200)],
+                                        codec=CODEC, batch_records=5):
+            got.append(record)
+            if len(got) == 5:
+                admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+                await admin.start()
+                try:
+                    await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=150)})
+                finally:
+                    await admin.close()
+    assert 5 <= len(got) < 150
+    assert [r["offset"] for r in got] == list(range(len(got)))
+    # The missing offsets named start where reading stopped, not at the start of the range.
+    first_missing = int(re.search(r"offsets \[(\d+),", str(caught.value)).group(1))
+    assert len(got) <= first_missing < 150

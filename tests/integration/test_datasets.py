@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.export import export_dataset
@@ -221,3 +222,20 @@ async def test_incremental_dataset_starts_where_its_parent_ended(settings: Setti
     assert more.parent == DatasetRef("inc", base.version)
     assert [r.start for r in more.ranges] == [r.end for r in base.ranges]
     assert (base.record_count, more.record_count) == (200, 150)
+
+
+async def test_a_topic_whose_retention_would_expire_the_ranges_is_warned_about(settings: Settings):
+    await publish(settings, list(generate_events(50, seed=91, broken_share=0.0)))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.valid,
+                                                  {"retention.ms": str(7 * 86_400_000)})])
+    finally:
+        await admin.close()
+    warnings: list[str] = []
+    async with running_processors(settings):
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        manifest = await snapshot(settings, DatasetRequest("short-lived"), warn=warnings.append)
+    assert manifest.record_count == 50
+    assert len(warnings) == 1 and "retention.ms=604800000" in warnings[0] and "retention.ms=-1" in warnings[0]
