@@ -133,7 +133,7 @@ def build_app(
     )
     validate = ValidateStage(
         Validator(codec, max_event_bytes=settings.max_event_bytes), producer,
-        bootstrap=bootstrap, raw=topics.raw, valid=topics.valid, dlq=topics.dlq,
+        bootstrap=bootstrap, group=validate_group(settings), raw=topics.raw, valid=topics.valid, dlq=topics.dlq,
     )
     materialize = MaterializeStage(
         writer, producer, codec, valid=topics.valid, dlq=topics.dlq, datasets=topics.datasets

@@ -39,26 +39,36 @@ async def produced_since(
     """Per source partition p: the offsets >= ``committed[p]`` that already have output.
 
     Reads partition p of each output topic backwards in chunks until it
-    reaches records produced before ``committed[p]``; normally one short read.
+    reaches records produced before ``committed[p]``; normally one short read,
+    and none for an empty partition.
     """
-    output_topics = tuple(output_topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
+    done: dict[int, set[int]] = {partition: set() for partition in committed}
+    outputs = [TopicPartition(topic, partition) for partition in sorted(committed) for topic in output_topics]
+    if not outputs:
+        return done
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+        retry_backoff_ms=20, fetch_max_wait_ms=10,
+    )
     await consumer.start()
     try:
-        done: dict[int, set[int]] = {}
-        for partition, offset in sorted(committed.items()):
-            done[partition] = set()
-            for topic in output_topics:
-                done[partition] |= await _scan_back(consumer, TopicPartition(topic, partition), source_topic, offset)
+        consumer.assign(outputs)
+        starts = await consumer.beginning_offsets(outputs)
+        ends = await consumer.end_offsets(outputs)
+        for tp in outputs:
+            if ends[tp] > starts[tp]:
+                consumer.assign([tp])
+                done[tp.partition] |= await _scan_back(
+                    consumer, tp, starts[tp], ends[tp], source_topic, committed[tp.partition]
+                )
         return done
     finally:
         await consumer.stop()
 
 
-async def _scan_back(consumer: AIOKafkaConsumer, tp: TopicPartition, source_topic: str, committed: int) -> set[int]:
-    consumer.assign([tp])
-    start = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
+async def _scan_back(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, source_topic: str, committed: int
+) -> set[int]:
     found: set[int] = set()
     upper = end
     while upper > start:

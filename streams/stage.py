@@ -44,24 +44,29 @@ class Stage(Protocol):
     topics: tuple[str, ...]
 
     async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> None:
-        """Called after a rebalance gives this worker ``partitions``, before their first batch."""
+        """Called after a rebalance, before the first batch of the new assignment is processed."""
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Make the output of ``records`` durable; return only when it is. Never raises for bad input."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Marks every rebalance; the fetch loop prepares the stage before the next batch.
+
+    aiokafka hands out records of a new assignment while ``on_partitions_assigned``
+    is still running, so preparing there would race the first batch. Revocation,
+    by contrast, is awaited before the group is rejoined (on the first join too).
+    """
+
     def __init__(self, runner: StageRunner) -> None:
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Nothing to flush: a batch is processed and committed before the next getmany,
-        # and rebalances only happen inside getmany.
+        self.runner.assignment_epoch += 1
         log.info("%s: revoked %s", self.runner.stage.name, sorted(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("%s: assigned %s", self.runner.stage.name, sorted(assigned))
-        await self.runner.stage.on_assigned(set(assigned), self.runner.consumer)
 
 
 class StageRunner(Service):
@@ -76,6 +81,8 @@ class StageRunner(Service):
         self.max_records = max_records
         self.wait_ms = wait_ms
         self.records_processed = 0
+        self.assignment_epoch = 0
+        self._prepared_epoch = -1
         self.consumer: AIOKafkaConsumer | None = None
         self._consumer_options = dict(
             bootstrap_servers=bootstrap,
@@ -109,6 +116,10 @@ class StageRunner(Service):
             batches = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
             if not batches:
                 continue
+            if self._prepared_epoch != self.assignment_epoch:
+                epoch = self.assignment_epoch
+                await self.stage.on_assigned(set(self.consumer.assignment()), self.consumer)
+                self._prepared_epoch = epoch
             records = [record for tp in sorted(batches) for record in batches[tp]]
             await self.stage.process(records)
             self.records_processed += len(records)

@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.validation import Violation, check_event_size, check_trace, normalize
+from consumers.lag import committed_offsets
 from streams.coordinates import Coordinates
 from streams.stage import Outputs
 from streams.resume import produced_since, source_headers
@@ -123,12 +124,13 @@ class ValidateStage:
     name = "validate"
 
     def __init__(
-        self, validator: Validator, producer: Outputs, *, bootstrap: str,
+        self, validator: Validator, producer: Outputs, *, bootstrap: str, group: str,
         raw: str, valid: str, dlq: str,
     ) -> None:
         self.validator = validator
         self.producer = producer
         self.bootstrap = bootstrap
+        self.group = group
         self.topics = (raw,)
         self.raw, self.valid, self.dlq = raw, valid, dlq
         self._skip: dict[int, set[int]] = {}
@@ -136,7 +138,9 @@ class ValidateStage:
         self.dead_lettered: Counter[str] = Counter()
 
     async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> None:
-        committed = {tp.partition: (await consumer.committed(tp)) or 0 for tp in partitions}
+        # Asked of the group coordinator: the consumer's own cache can lag behind its last commits.
+        fresh = await committed_offsets(self.bootstrap, self.group)
+        committed = {tp.partition: fresh.get(tp, 0) for tp in partitions}
         self._skip = await produced_since(
             self.bootstrap, source_topic=self.raw, committed=committed, output_topics=(self.valid, self.dlq)
         )

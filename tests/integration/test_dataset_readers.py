@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timezone
 
 import pytest
@@ -26,11 +24,9 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import OffsetRange
 from schemas.registry import default_registry
-from streams.app import Processors, build_app
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.topics import ensure_pipeline_topics
-from tests.integration.support import expected_outcome, publish
+from tests.integration.support import expected_outcome, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -39,18 +35,6 @@ RECORD_KEYS = {
     "topic", "partition", "offset", "trace_id", "trace_version", "prompt", "steps", "final_answer",
     "meta", "source", "created_at", "score", "model",
 }
-
-
-@asynccontextmanager
-async def running_processors(settings: Settings) -> AsyncIterator[Processors]:
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    processors = build_app(settings, settings.kafka_bootstrap)
-    await processors.app.start()
-    try:
-        yield processors
-    finally:
-        await processors.app.stop()
-        processors.writer.close()
 
 
 async def kafka_records(settings: Settings, ranges, **options) -> list[dict]:
