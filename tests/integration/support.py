@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -104,3 +105,12 @@ async def running_processors(
     finally:
         await processors.app.stop()
         processors.writer.close()
+
+
+async def wait_for_async(predicate, *, timeout_s: float, every_s: float = 0.1, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
