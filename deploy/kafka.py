@@ -577,7 +577,7 @@ def _server_properties(settings: Settings, kraft_dir: Path, record: _ClusterReco
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
     }
-    lines = [f"# Written by tracestream (deploy/kafka.py) on every start; edits are overwritten."]
+    lines = ["# Written by tracestream (deploy/kafka.py) on every start; edits are overwritten."]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
 
