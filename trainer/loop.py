@@ -1,0 +1,115 @@
+"""``train_and_evaluate``: the single-process SFT run that entry points and actors call.
+
+Resume on construction: if ``workdir`` holds a checkpoint, the run continues
+from it (state and data position) and gives the same loss curve as a run
+that was never interrupted. Hooks are the extension points: the run-event
+publisher passes ``on_metrics`` / ``on_checkpoint``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpoint import Checkpointer, sha256_dir
+from trainer.config import ConfigError, ModelConfig, TrainConfig
+from trainer.data import Example, tokenize
+from trainer.evaluate import evaluate
+from trainer.model import build
+from trainer.train import TrainState, batch_indices, get_batch, make_train_fns
+
+MetricsHook = Callable[[dict[str, Any]], None]
+CheckpointHook = Callable[[int, Path, str], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run ended with."""
+
+    step: int  # optimizer updates done in total
+    state: TrainState
+    history: list[dict[str, Any]] = field(repr=False)  # metrics of the micro-steps run here
+    scorecard: dict[str, Any]
+    resumed_from: int | None  # checkpoint step the run continued from, if any
+    checkpoint: Path | None  # the last checkpoint's folder
+    checkpoint_sha256: str | None
+
+
+def train_and_evaluate(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example],
+    workdir: Path | None,
+    *,
+    on_metrics: MetricsHook | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+) -> Result:
+    """Train to ``train_cfg.total_steps`` optimizer updates, checkpointing, then evaluate.
+
+    ``on_metrics(m)`` gets, after every micro-step, ``{step, micro_step, loss,
+    grad_norm, learning_rate, tokens}`` as Python numbers. ``on_checkpoint(step,
+    path, sha256)`` runs after each checkpoint is complete on disk (only with a
+    ``workdir``; checkpoints go to ``workdir / "checkpoints"``).
+
+    Raises:
+        ConfigError: no training examples, or the checkpoint was written for a
+            different data set size or seed (its data position would be wrong).
+    """
+    if not train_examples:
+        raise ConfigError("train_and_evaluate needs at least one training example")
+    apply, params = build(model_cfg, train_cfg.seed, train_cfg.dtype)
+    fns = make_train_fns(apply, train_cfg)
+    state = fns.init(params)
+    ckpt = Checkpointer(None if workdir is None else Path(workdir) / "checkpoints")
+    data_id = {"examples": len(train_examples), "seed": train_cfg.seed}
+    resumed_from = None
+    last_path: Path | None = None
+    last_sha: str | None = None
+    try:
+        restored = ckpt.restore_latest(state)
+        if restored is not None:
+            resumed_from, state, data = restored
+            if {k: data.get(k) for k in data_id} != data_id or data.get("next_batch") != int(state.step):
+                raise ConfigError(
+                    f"checkpoint {ckpt.path(resumed_from)} was written for data {data}, this run "
+                    f"has {data_id}; use a fresh workdir for a different data set or seed"
+                )
+            last_path = ckpt.path(resumed_from)
+        arrays = tokenize(train_examples, model_cfg.max_len)
+        k = train_cfg.grad_accum_steps
+        history: list[dict[str, Any]] = []
+        micro = int(state.step)
+        while micro < train_cfg.total_steps * k:
+            batch = get_batch(arrays, batch_indices(len(train_examples), train_cfg.batch_size,
+                                                    train_cfg.seed, micro))
+            state, m = fns.train_step(state, batch)
+            micro += 1
+            metrics = {"step": micro // k, "micro_step": micro, **{n: float(v) for n, v in m.items()}}
+            history.append(metrics)
+            if on_metrics is not None:
+                on_metrics(metrics)
+            update = micro // k
+            if micro % k == 0 and (update % train_cfg.checkpoint_every == 0
+                                   or update == train_cfg.total_steps):
+                path = ckpt.save(update, state, {**data_id, "next_batch": micro})
+                if path is not None:
+                    last_path, last_sha = path, sha256_dir(path)
+                    if on_checkpoint is not None:
+                        on_checkpoint(update, path, last_sha)
+    finally:
+        ckpt.close()
+    if last_path is not None and last_sha is None:
+        last_sha = sha256_dir(last_path)
+    scorecard = evaluate(apply, state.params, eval_examples, model_cfg, train_cfg)
+    return Result(
+        step=int(state.step) // train_cfg.grad_accum_steps,
+        state=state,
+        history=history,
+        scorecard=scorecard,
+        resumed_from=resumed_from,
+        checkpoint=last_path,
+        checkpoint_sha256=last_sha,
+    )
