@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from cli import dataset, demo, ingest, stack, worker
+from cli import dataset, demo, ingest, runs, stack, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
 app.add_typer(stack.app, name="stack")
 app.add_typer(dataset.app, name="dataset")
+app.add_typer(runs.app, name="runs")
 app.command()(ingest.generate)
 app.command()(ingest.publish)
 app.command(name="worker")(worker.worker)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict
 
 import typer
 
-from cli.common import console, load_settings, out
+from cli.common import console, load_settings, out, require_bootstrap
 from deploy.kafka import fetch_broker_jars
 from deploy.stack import StackStatus, stack_down, stack_status, stack_up
+from streams.topics import ensure_pipeline_topics
 
 app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack.")
 
@@ -26,7 +28,10 @@ def _show(status: StackStatus, as_json: bool) -> None:
 def up(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
     """Start a real single-node Kafka broker (KRaft) unless TRACESTREAM_KAFKA_BOOTSTRAP is set."""
     console.print("starting the local stack (the first start fetches the broker's jars through Maven)...")
-    _show(stack_up(load_settings()), as_json)
+    settings = load_settings()
+    status = stack_up(settings)
+    asyncio.run(ensure_pipeline_topics(settings, require_bootstrap(settings)))
+    _show(status, as_json)
 
 
 @app.command()

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from deploy.kafka import BrokerError, LocalKafkaBroker, ensure_topics, read_broker_state
+from deploy.kafka import BrokerError, LocalKafkaBroker, read_broker_state
 from deploy.settings import Settings
 
-__all__ = ["StackStatus", "kafka_bootstrap", "stack_down", "stack_status", "stack_topics", "stack_up"]
+__all__ = ["StackStatus", "kafka_bootstrap", "stack_down", "stack_status", "stack_up"]
 
 
 @dataclass(frozen=True)
@@ -47,26 +47,21 @@ def kafka_bootstrap(settings: Settings) -> str | None:
     return state.bootstrap if state else None
 
 
-def stack_topics(settings: Settings) -> dict[str, int]:
-    """The topics tracestream writes, each with ``settings.partitions`` partitions."""
-    topics = settings.topics
-    names = (topics.raw, topics.valid, topics.dlq, topics.datasets, topics.runs)
-    return {name: settings.partitions for name in names}
-
-
 def stack_up(settings: Settings, timeout_s: float = 60) -> StackStatus:
     """Start what the local stack needs and return where it is.
 
     With ``TRACESTREAM_KAFKA_BOOTSTRAP`` set, Kafka is the user's and nothing
     is started. Otherwise the local broker is started detached (it keeps
-    running after this process exits) and tracestream's topics are created
-    on it. Calling it again while the broker runs changes nothing.
+    running after this process exits). Topics are declared by whoever uses
+    them (``streams.topics.ensure_pipeline_topics``), with the partition
+    counts and retention their contracts need. Calling it again while the
+    broker runs changes nothing.
 
     Raises:
         deploy.kafka.BrokerError: the broker could not be fetched or started.
     """
     if not settings.kafka_bootstrap:
-        ensure_topics(_start_local_broker(settings, timeout_s), stack_topics(settings), timeout_s=timeout_s)
+        _start_local_broker(settings, timeout_s)
     return stack_status(settings)
 
 

@@ -136,7 +136,7 @@ def build_app(
         bootstrap=bootstrap, group=validate_group(settings), raw=topics.raw, valid=topics.valid, dlq=topics.dlq,
     )
     materialize = MaterializeStage(
-        writer, producer, codec, valid=topics.valid, dlq=topics.dlq, datasets=topics.datasets
+        writer, producer, codec, valid=topics.valid, dlq=topics.dlq, datasets=topics.datasets, runs=topics.runs
     )
     runner_options = {
         "bootstrap": bootstrap,

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
-
-from consumers.lag import topic_partitions
+from consumers.log import read_to_end
 from schemas.codec import AvroCodec
 from schemas.dataset import DatasetRef, Manifest
 from streams.errors import UnknownDataset
@@ -66,24 +64,8 @@ class Catalog:
 
 async def load_catalog(bootstrap: str, topic: str, codec: AvroCodec) -> Catalog:
     """Read datasets.events from its beginning up to its current end."""
-    partitions = await topic_partitions(bootstrap, [topic])
-    if not partitions:
-        return Catalog(())
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
-        entries = []
-        for tp in partitions:
-            consumer.seek(tp, starts[tp])
-            while await consumer.position(tp) < ends[tp]:
-                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    if record.offset >= ends[tp]:
-                        break
-                    event, _ = codec.decode_latest(record.value, DATASET_EVENT)
-                    entries.append(DatasetEntry(Manifest.from_avro(event["manifest"]), event["event_type"], event.get("error")))
-        return Catalog(entries)
-    finally:
-        await consumer.stop()
+    entries = []
+    for record in await read_to_end(bootstrap, topic):
+        event, _ = codec.decode_latest(record.value, DATASET_EVENT)
+        entries.append(DatasetEntry(Manifest.from_avro(event["manifest"]), event["event_type"], event.get("error")))
+    return Catalog(entries)

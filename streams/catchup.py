@@ -38,6 +38,6 @@ async def wait_until_caught_up(settings: Settings, bootstrap: str, *, poll_secon
     topics = settings.topics
     raw_targets = await end_offsets(bootstrap, [topics.raw])
     await wait_until_committed(bootstrap, validate_group(settings), raw_targets, poll_seconds=poll_seconds)
-    for outputs in ([topics.valid, topics.dlq, topics.datasets], [topics.dlq]):
+    for outputs in ([topics.valid, topics.dlq, topics.datasets, topics.runs], [topics.dlq]):
         targets = await end_offsets(bootstrap, outputs)
         await wait_until_committed(bootstrap, materialize_group(settings), targets, poll_seconds=poll_seconds)

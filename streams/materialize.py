@@ -28,6 +28,7 @@ from streams.resume import source_headers
 from streams.validate import DEAD_LETTER, TRACE, WRITER_VERSION_HEADER, Rejected, dead_letter
 
 DATASET_EVENT = "DatasetEvent"
+RUN_EVENT = "RunEvent"
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
 from warehouse.tables import column_names
@@ -154,6 +155,35 @@ def dataset_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: da
     return batch
 
 
+def run_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) -> tuple[Batch, Batch]:
+    """Decode runs.events into `runs` rows (every event) and `run_metrics` rows (metrics events)."""
+    runs, metrics = Batch("runs", _empty("runs")), Batch("run_metrics", _empty("run_metrics"))
+    run_cols = dict(zip(column_names("runs"), runs.columns))
+    metric_cols = dict(zip(column_names("run_metrics"), metrics.columns))
+    for event in events:
+        try:
+            record, _ = codec.decode_latest(event.value, RUN_EVENT)
+        except DecodeError as exc:
+            runs.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
+            continue
+        checkpoint = record.get("checkpoint") or {}
+        values = {**record, "checkpoint_step": checkpoint.get("step"), "checkpoint_path": checkpoint.get("path"),
+                  "checkpoint_sha256": checkpoint.get("sha256")}
+        _append_row(run_cols, values, event, now)
+        runs.events.append(event)
+        if record.get("metrics"):
+            _append_row(metric_cols, {**record["metrics"], "run_id": record["run_id"], "at": record["at"]}, event, now)
+            metrics.events.append(event)
+    return runs, metrics
+
+
+def _append_row(columns: dict[str, list[Any]], values: dict[str, Any], event: InboundEvent, now: datetime) -> None:
+    coordinates = {"topic": event.at.topic, "partition": event.at.partition, "offset": event.at.offset,
+                   "ingested_at": now}
+    for name, column in columns.items():
+        column.append(coordinates[name] if name in coordinates else values.get(name))
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -172,13 +202,14 @@ class MaterializeStage:
     name = "materialize"
 
     def __init__(
-        self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str, datasets: str
+        self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str, datasets: str,
+        runs: str,
     ) -> None:
         self.writer = writer
         self.producer = producer
         self.codec = codec
-        self.topics = (valid, dlq, datasets)
-        self.valid, self.dlq, self.datasets = valid, dlq, datasets
+        self.topics = (valid, dlq, datasets, runs)
+        self.valid, self.dlq, self.datasets, self.runs = valid, dlq, datasets, runs
         self.traces_written = 0
         self.dead_letters_written = 0
 
@@ -190,6 +221,7 @@ class MaterializeStage:
         traces = [_inbound(r) for r in records if r.topic == self.valid]
         dead = [_inbound(r) for r in records if r.topic == self.dlq]
         datasets = [_inbound(r) for r in records if r.topic == self.datasets]
+        runs = [_inbound(r) for r in records if r.topic == self.runs]
         rejected: list[Rejected] = []
         if traces:
             batch = trace_rows(traces, self.codec, now)
@@ -199,6 +231,10 @@ class MaterializeStage:
         if datasets:
             batch = dataset_event_rows(datasets, self.codec, now)
             rejected += [*batch.rejected, *await self.writer.write(batch)]
+        if runs:
+            run_batch, metric_batch = run_event_rows(runs, self.codec, now)
+            rejected += [*run_batch.rejected, *await self.writer.write(run_batch)]
+            rejected += await self.writer.write(metric_batch)
         if dead:
             batch = dead_letter_rows(dead, self.codec, now)
             refused = await self.writer.write(batch)

@@ -16,7 +16,7 @@ async def rewind_materializer(settings: Settings, bootstrap: str) -> int:
     Run only while no worker runs: a live member would keep committing its own positions.
     """
     topics = settings.topics
-    partitions = await topic_partitions(bootstrap, [topics.valid, topics.dlq, topics.datasets])
+    partitions = await topic_partitions(bootstrap, [topics.valid, topics.dlq, topics.datasets, topics.runs])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=materialize_group(settings), enable_auto_commit=False)
     await consumer.start()
     try:

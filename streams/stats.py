@@ -37,6 +37,6 @@ async def lag_stats(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
     topics = settings.topics
     lags = [
         *await group_lag(bootstrap, validate_group(settings), [topics.raw]),
-        *await group_lag(bootstrap, materialize_group(settings), [topics.valid, topics.dlq, topics.datasets]),
+        *await group_lag(bootstrap, materialize_group(settings), [topics.valid, topics.dlq, topics.datasets, topics.runs]),
     ]
     return [{**lag._asdict(), "lag": lag.lag} for lag in lags]

@@ -20,7 +20,7 @@ TOPIC_CONFIG = {
 
 
 async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
-    """Create traces.raw, traces.valid, traces.dlq and datasets.events if missing (idempotent).
+    """Create traces.raw, traces.valid, traces.dlq, datasets.events and runs.events if missing (idempotent).
 
     datasets.events has one partition: checking that a name+version is new
     reads one ordered history.
@@ -32,7 +32,8 @@ async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
     topics = settings.topics
     names = (topics.raw, topics.valid, topics.dlq)
     await ensure_topics_async(
-        bootstrap, {**{name: settings.partitions for name in names}, topics.datasets: 1}, config=TOPIC_CONFIG
+        bootstrap, {**{name: settings.partitions for name in names}, topics.datasets: 1, topics.runs: settings.partitions},
+        config=TOPIC_CONFIG,
     )
     counts = Counter(tp.topic for tp in await topic_partitions(bootstrap, names))
     if len(set(counts.values())) > 1:

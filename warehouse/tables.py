@@ -58,10 +58,47 @@ DATASET_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ingested_at", "DateTime64(3, 'UTC')"),
 )
 
+RUN_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "String"),
+    ("event_type", "LowCardinality(String)"),
+    ("at", "DateTime64(3, 'UTC')"),
+    ("dataset_name", "String"),
+    ("dataset_version", "Int32"),
+    ("dataset_sha256", "String"),
+    ("config", "String"),
+    ("seed", "Int32"),
+    ("workers", "Int32"),
+    ("checkpoint_step", "Nullable(Int64)"),
+    ("checkpoint_path", "Nullable(String)"),
+    ("checkpoint_sha256", "Nullable(String)"),
+    ("scorecard", "Nullable(String)"),
+    ("error", "Nullable(String)"),
+    ("topic", "LowCardinality(String)"),
+    ("partition", "UInt32"),
+    ("offset", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+
+RUN_METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "String"),
+    ("step", "Int64"),
+    ("loss", "Float64"),
+    ("learning_rate", "Float64"),
+    ("grad_norm", "Float64"),
+    ("tokens_per_s", "Float64"),
+    ("at", "DateTime64(3, 'UTC')"),
+    ("topic", "LowCardinality(String)"),
+    ("partition", "UInt32"),
+    ("offset", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "traces": TRACE_COLUMNS,
     "dlq": DEAD_LETTER_COLUMNS,
     "datasets": DATASET_EVENT_COLUMNS,
+    "runs": RUN_EVENT_COLUMNS,
+    "run_metrics": RUN_METRIC_COLUMNS,
 }
 
 

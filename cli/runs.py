@@ -1,0 +1,71 @@
+"""`tracestream runs list|show`: training runs, folded from runs.events (the log, not the warehouse)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from cli.common import console, load_settings, out, require_bootstrap
+from consumers.log import read_to_end
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+
+app = typer.Typer(no_args_is_help=True, help="Training runs and their events.")
+
+
+async def _runs(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
+    codec = AvroCodec(default_registry())
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for record in await read_to_end(bootstrap, topic):
+        event, _ = codec.decode_latest(record.value, "RunEvent")
+        runs.setdefault(event["run_id"], []).append(event)
+    return runs
+
+
+def _summary(events: list[dict[str, Any]]) -> dict[str, Any]:
+    first, last = events[0], events[-1]
+    metrics = [e["metrics"] for e in events if e.get("metrics")]
+    scorecard = next((json.loads(e["scorecard"]) for e in reversed(events) if e.get("scorecard")), None)
+    return {
+        "run_id": first["run_id"], "status": last["event_type"],
+        "dataset": f"{first['dataset_name']}@{first['dataset_version']}", "dataset_sha256": first["dataset_sha256"],
+        "steps": metrics[-1]["step"] if metrics else 0, "loss": metrics[-1]["loss"] if metrics else None,
+        "exact_match": scorecard.get("exact_match") if scorecard else None, "error": last.get("error"),
+        "started_at": first["at"].isoformat(), "updated_at": last["at"].isoformat(),
+    }
+
+
+@app.command(name="list")
+def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every run announced on runs.events, with its latest status."""
+    settings = load_settings()
+    runs = asyncio.run(_runs(require_bootstrap(settings), settings.topics.runs))
+    rows = sorted((_summary(events) for events in runs.values()), key=lambda r: r["started_at"])
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="runs")
+    for column in ("run_id", "status", "dataset", "steps", "loss", "exact_match", "updated_at"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in
+                        ("run_id", "status", "dataset", "steps", "loss", "exact_match", "updated_at")))
+    out.print(table)
+
+
+@app.command()
+def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
+    """A run's summary and every event it published, in order."""
+    settings = load_settings()
+    runs = asyncio.run(_runs(require_bootstrap(settings), settings.topics.runs))
+    if run_id not in runs:
+        console.print(f"[red]error:[/red] no run {run_id} on {settings.topics.runs}; `tracestream runs list` shows them")
+        raise typer.Exit(2)
+    out.print_json(json.dumps(_summary(runs[run_id])))
+    for event in runs[run_id]:
+        detail = event.get("metrics") or event.get("checkpoint") or event.get("error") or event.get("scorecard") or ""
+        out.print(f"{event['at'].isoformat()} {event['event_type']:>10} {detail}")
