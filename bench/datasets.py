@@ -27,8 +27,20 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import (
-    SHARED_MACHINE_NOTE, drop_run_database, drop_run_topics, emit_json, encode_events, kafka, machine,
-    print_machine, print_table, quiet_logging, run_settings, running_processors, temp_workdir, warehouse_kind,
+    SHARED_MACHINE_NOTE,
+    drop_run_database,
+    drop_run_topics,
+    emit_json,
+    encode_events,
+    kafka,
+    machine,
+    print_machine,
+    print_table,
+    quiet_logging,
+    run_settings,
+    running_processors,
+    temp_workdir,
+    warehouse_kind,
 )
 from bench.ingest import publish
 from consumers.export import dataset_records, export_dataset

@@ -32,9 +32,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.common import (
     SHARED_MACHINE_NOTE,
     CpuMeter,
-    cpu_line,
     EncodedEvents,
     count_traces,
+    cpu_line,
     drop_run_database,
     drop_run_topics,
     emit_json,

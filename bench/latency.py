@@ -23,11 +23,13 @@ import asyncio
 import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from bench.common import (
     SHARED_MACHINE_NOTE,
     CpuMeter,
-    cpu_line,
     count_traces,
+    cpu_line,
     drop_run_database,
     drop_run_topics,
     emit_json,
@@ -45,8 +47,6 @@ from bench.common import (
     temp_workdir,
     warehouse_kind,
 )
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from deploy.settings import Settings
 from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics

@@ -13,7 +13,14 @@ from rich.table import Table
 from cli.common import console, load_settings, out, require_bootstrap
 from consumers.export import dataset_records, export_dataset, own_thread
 from schemas.codec import AvroCodec
-from schemas.dataset import DatasetRef, Manifest, parse_filter, parse_offsets_json, parse_split, select
+from schemas.dataset import (
+    DatasetRef,
+    Manifest,
+    parse_filter,
+    parse_offsets_json,
+    parse_split,
+    select,
+)
 from schemas.errors import TracestreamError
 from schemas.exports import FORMATS
 from schemas.registry import default_registry

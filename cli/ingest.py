@@ -8,7 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from cli.common import console, load_settings, out, require_bootstrap
 from streams.generator import generate_events, write_jsonl

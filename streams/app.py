@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.app.base import BootStrategy
 from aiokafka import AIOKafkaProducer
+from faust.app.base import BootStrategy
 from mode import Service
 
 from deploy.settings import Settings

@@ -23,9 +23,15 @@ from aiokafka.structs import ConsumerRecord
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from streams.coordinates import Coordinates
-from streams.stage import Outputs
 from streams.resume import source_headers
-from streams.validate import DEAD_LETTER, TRACE, WRITER_VERSION_HEADER, Rejected, dead_letter
+from streams.stage import Outputs
+from streams.validate import (
+    DEAD_LETTER,
+    TRACE,
+    WRITER_VERSION_HEADER,
+    Rejected,
+    dead_letter,
+)
 
 DATASET_EVENT = "DatasetEvent"
 RUN_EVENT = "RunEvent"

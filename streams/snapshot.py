@@ -26,7 +26,16 @@ from consumers.lag import committed_offsets, topic_partitions
 from consumers.ranges import read_ranges
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, DatasetRef, Manifest, OffsetRange, Split, TraceFilter, plan_ranges, select
+from schemas.dataset import (
+    ContentHasher,
+    DatasetRef,
+    Manifest,
+    OffsetRange,
+    Split,
+    TraceFilter,
+    plan_ranges,
+    select,
+)
 from schemas.exports import FORMATS
 from streams.catalog import DATASET_EVENT, load_catalog
 from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset

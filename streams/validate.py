@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from consumers.lag import committed_offsets
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.validation import Violation, check_event_size, check_trace, normalize
-from consumers.lag import committed_offsets
 from streams.coordinates import Coordinates
-from streams.stage import Outputs
 from streams.resume import produced_since, source_headers
+from streams.stage import Outputs
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from deploy import stack
 from deploy.kafka import (
     BrokerError,
     LocalKafkaBroker,
@@ -30,7 +31,6 @@ from deploy.kafka import (
     read_broker_state,
 )
 from deploy.settings import Settings
-from deploy import stack
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,14 @@ import pytest
 from deploy.settings import Settings
 from streams.generator import Breakage, generate_events
 from tests.integration.support import (
-    cli, expected_outcome, publish, reasons_of, start_worker, stats_via_cli, stats_via_worker, wait_for,
+    cli,
+    expected_outcome,
+    publish,
+    reasons_of,
+    start_worker,
+    stats_via_cli,
+    stats_via_worker,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -10,7 +10,12 @@ from streams.catchup import wait_until_committed
 from streams.generator import generate_events
 from streams.stage import StageRunner
 from streams.topics import validate_group
-from tests.integration.support import expected_outcome, publish, running_processors, wait_for_async
+from tests.integration.support import (
+    expected_outcome,
+    publish,
+    running_processors,
+    wait_for_async,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(180)]
 

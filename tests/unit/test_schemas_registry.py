@@ -14,7 +14,12 @@ from schemas.errors import (
     UnknownFingerprintError,
     UnknownSchemaError,
 )
-from schemas.registry import RegisteredSchema, SchemaRegistry, default_registry, fingerprint
+from schemas.registry import (
+    RegisteredSchema,
+    SchemaRegistry,
+    default_registry,
+    fingerprint,
+)
 
 pytestmark = pytest.mark.unit
 

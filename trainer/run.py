@@ -1,0 +1,299 @@
+"""``run_training``: one local training run on a dataset, announced on runs.events.
+
+The run names the exact dataset manifest (name, version, ``content_sha256``)
+it trained on, so every model can be traced back to Kafka offsets. Events,
+all keyed by ``run_id``:
+
+    queued → started → metrics / checkpoint … → evaluated → completed
+                       (any failure)        → failed
+
+Training runs in a worker thread (``asyncio.to_thread``); its hooks hand
+events to the event loop with ``loop.call_soon_threadsafe``, and one
+publisher task sends them in order through an idempotent producer
+(``acks=all``), so the log order is the order things happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from consumers.ranges import read_ranges
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import ContentHasher, Manifest, select
+from schemas.errors import TracestreamError
+from schemas.registry import default_registry
+from streams.catalog import load_catalog
+from trainer.config import ConfigError, Preset, from_mapping
+from trainer.data import Example, examples_from_records
+from trainer.loop import train_and_evaluate
+
+log = logging.getLogger(__name__)
+
+RUN_EVENT = "RunEvent"
+
+
+class RunFailed(TracestreamError):
+    """A training run stopped with an error that is not a tracestream error of its own (a bug, a crash)."""
+
+
+class RunCancelled(TracestreamError):
+    """The run was cancelled before it finished."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended (only completed runs return; failed ones raise)."""
+
+    run_id: str
+    status: str
+    steps: int
+    final_loss: float | None
+    scorecard: dict[str, Any]
+    checkpoint: Path | None
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, compact, non-finite floats as null (so it is valid JSON)."""
+    return json.dumps(_finite(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_json(preset: Preset) -> str:
+    return canonical_json({"model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(preset.train)})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Publisher:
+    """Sends RunEvents in queue order from one task; events may be queued from any thread."""
+
+    def __init__(self, bootstrap: str, topic: str, codec: AvroCodec, run_id: str) -> None:
+        self.topic = topic
+        self.codec = codec
+        self.key = run_id.encode()
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.task: asyncio.Task | None = None
+        self.sent = 0
+
+    async def start(self) -> None:
+        await self.producer.start()
+        self.task = asyncio.create_task(self._drain(), name=f"run-events-{self.key.decode()}")
+
+    def put(self, event: dict[str, Any]) -> None:
+        """From the event loop's thread."""
+        self.queue.put_nowait(event)
+
+    def put_threadsafe(self, event: dict[str, Any]) -> None:
+        """From any other thread (the training thread's hooks)."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def _drain(self) -> None:
+        while (event := await self.queue.get()) is not None:
+            # Encode here, not in the hook: a bad event fails the run instead of the training thread.
+            await self.producer.send_and_wait(self.topic, self.codec.encode(event, RUN_EVENT), key=self.key)
+            self.sent += 1
+
+    async def close(self) -> None:
+        """Send everything queued, then stop; raises what the sending task raised."""
+        try:
+            if self.task is not None:
+                self.queue.put_nowait(None)
+                await self.task
+        finally:
+            await self.producer.stop()
+
+    def broken(self) -> BaseException | None:
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            return self.task.exception()
+        return None
+
+
+async def run_training(
+    settings: Settings,
+    bootstrap: str,
+    dataset: str,
+    version: int | None,
+    config: Mapping[str, Any] | None,
+    *,
+    run_id: str | None = None,
+    workdir: Path | None = None,
+    metrics_every: int = 1,
+) -> RunOutcome:
+    """Train on ``dataset`` (``version`` None: the latest ready one) and publish the run's events.
+
+    ``config`` is ``trainer.config.from_mapping``'s input (default: the tiny
+    preset). Metrics are published every ``metrics_every`` optimizer steps
+    (and for the last one); checkpoints go to ``workdir`` (default
+    ``settings.home / "runs" / run_id``).
+
+    Raises:
+        UnknownDataset: no ready dataset of that name/version (a ``failed`` event is published).
+        ConfigError: the config is invalid or the dataset has no training records (likewise).
+        RunFailed: training itself failed (likewise; the original error is chained).
+    """
+    if isinstance(metrics_every, bool) or not isinstance(metrics_every, int) or metrics_every < 1:
+        raise ConfigError(f"metrics_every must be an integer >= 1, got {metrics_every!r}")
+    run_id = run_id or uuid.uuid4().hex
+    workdir = Path(workdir) if workdir is not None else settings.home / "runs" / run_id
+    codec = AvroCodec(default_registry())
+    base: dict[str, Any] = {
+        "run_id": run_id, "dataset_name": dataset, "dataset_version": version or 0, "dataset_sha256": "",
+        "config": "", "seed": 0, "workers": 1,
+    }
+
+    def event(event_type: str, **fields: Any) -> dict[str, Any]:
+        return {**base, "event_type": event_type, "at": _now(), "metrics": None, "checkpoint": None,
+                "scorecard": None, "error": None, **fields}
+
+    publisher = _Publisher(bootstrap, settings.topics.runs, codec, run_id)
+    await publisher.start()
+    stop = threading.Event()
+    try:
+        try:
+            manifest = (await load_catalog(bootstrap, settings.topics.datasets, codec)).get(dataset, version).manifest
+            base.update(dataset_version=manifest.version, dataset_sha256=manifest.content_sha256)
+            try:
+                preset = from_mapping(config if config is not None else {})
+            except ConfigError as exc:
+                raise ConfigError(f"invalid trainer config for run {run_id}: {exc}") from exc
+            base.update(config=config_json(preset), seed=preset.train.seed)
+            publisher.put(event("queued"))
+            train, evals = await _read_examples(bootstrap, manifest, codec)
+            if not train:
+                raise ConfigError(
+                    f"dataset {manifest.name}@{manifest.version} has no records in its train split "
+                    f"({manifest.record_count} records, {manifest.eval_count} in eval); "
+                    "create a dataset with a smaller eval share or a wider filter"
+                )
+            workdir.mkdir(parents=True, exist_ok=True)
+            publisher.put(event("started"))
+            hooks = _Hooks(preset, metrics_every, publisher.put_threadsafe, event, stop)
+            result = await asyncio.to_thread(
+                train_and_evaluate, preset.model, preset.train, train, evals, workdir,
+                on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint,
+            )
+            scorecard = dict(result.scorecard)
+            if not evals:
+                scorecard["note"] = (
+                    f"dataset {manifest.name}@{manifest.version} has an empty eval split; nothing was scored. "
+                    "Create the dataset with --split eval=0.1 (or similar) to get a scorecard."
+                )
+            publisher.put(event("evaluated", scorecard=canonical_json(scorecard)))
+            publisher.put(event("completed"))
+            await publisher.close()
+        except BaseException as exc:
+            stop.set()  # a cancelled run's training thread stops at its next step
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TracestreamError) else str(exc)
+            await _publish_last(publisher, event("cancelled" if cancelled else "failed",
+                                                 error="run was cancelled" if cancelled else error))
+            if cancelled or isinstance(exc, TracestreamError) or not isinstance(exc, Exception):
+                raise
+            raise RunFailed(f"run {run_id} failed: {error}") from exc
+    finally:
+        stop.set()
+    return RunOutcome(
+        run_id=run_id, status="completed", steps=result.step, final_loss=hooks.final_loss,
+        scorecard=scorecard, checkpoint=result.checkpoint,
+    )
+
+
+async def _publish_last(publisher: _Publisher, event: dict[str, Any]) -> None:
+    """Queue the failed/cancelled event after whatever is queued and flush; log if even that fails."""
+    try:
+        if publisher.broken() is None and publisher.task is not None and not publisher.task.done():
+            publisher.put(event)
+            await publisher.close()
+        else:
+            await publisher.producer.stop()
+            raise RuntimeError(f"run-event publisher is down: {publisher.broken()!r}")
+    except Exception:
+        log.exception("could not publish the %s event of run %s", event["event_type"], event["run_id"])
+
+
+async def _read_examples(bootstrap: str, manifest: Manifest, codec: AvroCodec) -> tuple[list[Example], list[Example]]:
+    """The manifest's records, replayed from Kafka, split into train and eval; checks the content hash."""
+    hasher = ContentHasher()
+    split: dict[str, list[Mapping[str, Any]]] = {"train": [], "eval": []}
+    async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
+        for name, selected in select((record,), manifest.filter, manifest.split, "all"):
+            hasher.add(selected)
+            split[name].append(selected)
+    if manifest.content_sha256 and hasher.hexdigest() != manifest.content_sha256:
+        raise ConfigError(
+            f"dataset {manifest.name}@{manifest.version} replayed to content_sha256 {hasher.hexdigest()}, "
+            f"its manifest says {manifest.content_sha256}; the log under its ranges changed, "
+            "create a new dataset version"
+        )
+    return examples_from_records(split["train"]), examples_from_records(split["eval"])
+
+
+class _Hooks:
+    """The training thread's hooks: aggregate micro-steps into per-update metrics and queue events."""
+
+    def __init__(self, preset: Preset, every: int, put, event, stop: threading.Event) -> None:
+        self.k = preset.train.grad_accum_steps
+        self.total = preset.train.total_steps
+        self.every = every
+        self.put = put
+        self.event = event
+        self.stop = stop
+        self.losses: list[float] = []
+        self.tokens = 0.0
+        self.since = time.perf_counter()
+        self.final_loss: float | None = None
+
+    def on_metrics(self, m: dict[str, Any]) -> None:
+        if self.stop.is_set():
+            raise RunCancelled("run was cancelled")
+        self.losses.append(float(m["loss"]))
+        self.tokens += float(m.get("tokens", 0.0))
+        if m["micro_step"] % self.k:
+            return
+        now = time.perf_counter()
+        loss = sum(self.losses) / len(self.losses)
+        tokens_per_s = self.tokens / (now - self.since) if now > self.since else 0.0
+        self.losses, self.tokens, self.since = [], 0.0, now
+        self.final_loss = loss
+        step = int(m["step"])
+        if step % self.every == 0 or step == self.total:
+            self.put(self.event("metrics", metrics={
+                "step": step, "loss": loss, "learning_rate": float(m["learning_rate"]),
+                "grad_norm": float(m["grad_norm"]), "tokens_per_s": tokens_per_s,
+            }))
+
+    def on_checkpoint(self, step: int, path: Path, sha256: str) -> None:
+        self.put(self.event("checkpoint", checkpoint={"step": int(step), "path": str(path), "sha256": sha256}))
+
+
+__all__ = ["RunCancelled", "RunFailed", "RunOutcome", "canonical_json", "run_training"]
