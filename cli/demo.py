@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -87,15 +86,7 @@ async def _publish(settings: Settings, bootstrap: str, events: list[GeneratedEve
 
 
 def _start_worker(settings: Settings, bootstrap: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "TRACESTREAM_KAFKA_BOOTSTRAP": bootstrap,
-        "TRACESTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "TRACESTREAM_APP_ID": settings.app_id,
-        "TRACESTREAM_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-        "TRACESTREAM_WEB_PORT": str(settings.web_port),
-        "TRACESTREAM_HOME": str(settings.home),
-    }
+    env = settings.model_copy(update={"kafka_bootstrap": bootstrap}).child_environment()
     log_path = settings.home / "logs" / f"worker-{settings.app_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     console.print(f"worker log: {log_path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -57,6 +58,18 @@ class Settings(BaseSettings):
     materialize_batch_size: int = Field(default=2000, description="Rows per ClickHouse insert.")
     materialize_batch_seconds: float = Field(default=0.2, description="Longest wait to fill an insert batch.")
     warehouse_retry_max_seconds: float = Field(default=5.0, description="Ceiling of the backoff while the warehouse is down.")
+
+    def child_environment(self) -> dict[str, str]:
+        """The environment for a child process that must build these same settings.
+
+        The process environment (PATH, ...) with every TRACESTREAM_ variable
+        replaced by this object's values.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACESTREAM_")}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"TRACESTREAM_{name.upper()}"] = str(value)
+        return env
 
     @property
     def topics(self) -> Topics:

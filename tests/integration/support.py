@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,15 +25,6 @@ from warehouse.client import Warehouse
 REPO = Path(__file__).resolve().parents[2]
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process build these same settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACESTREAM_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"TRACESTREAM_{name.upper()}"] = str(value)
-    return env
-
-
 async def publish(settings: Settings, events: Iterable[GeneratedEvent]) -> DeliveryReport:
     await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
     async with TraceProducer(settings, settings.kafka_bootstrap) as producer:
@@ -44,14 +34,14 @@ async def publish(settings: Settings, events: Iterable[GeneratedEvent]) -> Deliv
 def cli(settings: Settings, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
-        env=settings_env(settings), cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+        env=settings.child_environment(), cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
     )
 
 
 def start_worker(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cli.main", "worker", *args],
-        env=settings_env(settings), cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        env=settings.child_environment(), cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
 
 
