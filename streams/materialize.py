@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
+from schemas.registry import RegisteredSchema
 from streams.coordinates import Coordinates
 from streams.resume import source_headers
 from streams.stage import Outputs
@@ -80,12 +81,7 @@ def trace_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) 
     batch = Batch("traces", _empty("traces"))
     (trace_id, trace_version, schema_version, prompt, step_index, step_type, step_content, final_answer,
      meta, source, created_at, score, model, topic, partition, offset, ingested_at) = batch.columns
-    for event in events:
-        try:
-            record, writer = codec.decode_latest(event.value, TRACE)
-        except DecodeError as exc:
-            batch.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
-            continue
+    for event, record, writer in _decoded(events, codec, TRACE, batch):
         steps = record["steps"]
         trace_id.append(record["trace_id"])
         trace_version.append(record["trace_version"])
@@ -140,12 +136,7 @@ def dataset_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: da
     """Decode datasets.events into `datasets` rows; the manifest is kept whole as canonical JSON."""
     batch = Batch("datasets", _empty("datasets"))
     cols = dict(zip(column_names("datasets"), batch.columns))
-    for event in events:
-        try:
-            record, _ = codec.decode_latest(event.value, DATASET_EVENT)
-        except DecodeError as exc:
-            batch.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
-            continue
+    for event, record, _ in _decoded(events, codec, DATASET_EVENT, batch):
         manifest = record["manifest"]
         for name in ("name", "version", "record_count", "train_count", "eval_count", "content_sha256"):
             cols[name].append(manifest[name])
@@ -166,12 +157,7 @@ def run_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: dateti
     runs, metrics = Batch("runs", _empty("runs")), Batch("run_metrics", _empty("run_metrics"))
     run_cols = dict(zip(column_names("runs"), runs.columns))
     metric_cols = dict(zip(column_names("run_metrics"), metrics.columns))
-    for event in events:
-        try:
-            record, _ = codec.decode_latest(event.value, RUN_EVENT)
-        except DecodeError as exc:
-            runs.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
-            continue
+    for event, record, _ in _decoded(events, codec, RUN_EVENT, runs):
         checkpoint = record.get("checkpoint") or {}
         values = {**record, "checkpoint_step": checkpoint.get("step"), "checkpoint_path": checkpoint.get("path"),
                   "checkpoint_sha256": checkpoint.get("sha256")}
@@ -194,6 +180,19 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _decoded(
+    events: Sequence[InboundEvent], codec: AvroCodec, name: str, batch: Batch
+) -> Iterator[tuple[InboundEvent, dict, RegisteredSchema]]:
+    """Each event decoded as ``name``; one that cannot be decoded becomes a dead letter of ``batch``."""
+    for event in events:
+        try:
+            record, writer = codec.decode_latest(event.value, name)
+        except DecodeError as exc:
+            batch.rejected.append(_materialize_dead_letter(codec, event, exc.reason, str(exc)))
+            continue
+        yield event, record, writer
 
 
 def _materialize_dead_letter(codec: AvroCodec, event: InboundEvent, reason: str, message: str) -> Rejected:
