@@ -121,13 +121,7 @@ def dead_letter_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: date
                 "source_topic": event.at.topic, "source_partition": event.at.partition,
                 "source_offset": event.at.offset, "original": event.value, "failed_at": now,
             }
-        for name in ("trace_id", "reason", "message", "stage", "source_topic", "source_partition",
-                     "source_offset", "original", "failed_at"):
-            cols[name].append(record[name])
-        cols["topic"].append(event.at.topic)
-        cols["partition"].append(event.at.partition)
-        cols["offset"].append(event.at.offset)
-        cols["ingested_at"].append(now)
+        _append_row(cols, record, event, now)
         batch.events.append(event)
     return batch
 
@@ -138,16 +132,12 @@ def dataset_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: da
     cols = dict(zip(column_names("datasets"), batch.columns))
     for event, record, _ in _decoded(events, codec, DATASET_EVENT, batch):
         manifest = record["manifest"]
-        for name in ("name", "version", "record_count", "train_count", "eval_count", "content_sha256"):
-            cols[name].append(manifest[name])
-        cols["event_type"].append(record["event_type"])
-        cols["manifest"].append(json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=_json_value))
-        cols["error"].append(record.get("error"))
-        cols["at"].append(record["at"])
-        cols["topic"].append(event.at.topic)
-        cols["partition"].append(event.at.partition)
-        cols["offset"].append(event.at.offset)
-        cols["ingested_at"].append(now)
+        values = {
+            **record, **{name: manifest[name] for name in
+                         ("name", "version", "record_count", "train_count", "eval_count", "content_sha256")},
+            "manifest": json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=_json_value),
+        }
+        _append_row(cols, values, event, now)
         batch.events.append(event)
     return batch
 
@@ -170,10 +160,11 @@ def run_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: dateti
 
 
 def _append_row(columns: dict[str, list[Any]], values: dict[str, Any], event: InboundEvent, now: datetime) -> None:
+    """One row: the event's Kafka coordinates plus ``values`` for every other column (a missing one is a bug)."""
     coordinates = {"topic": event.at.topic, "partition": event.at.partition, "offset": event.at.offset,
                    "ingested_at": now}
     for name, column in columns.items():
-        column.append(coordinates[name] if name in coordinates else values.get(name))
+        column.append(coordinates[name] if name in coordinates else values[name])
 
 
 def _json_value(value: Any) -> Any:
