@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import dataset, demo, ingest, runs, stack, train, worker
+from cli import dataset, demo, ingest, runs, stack, train, trainer, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
 app.add_typer(stack.app, name="stack")
@@ -16,6 +16,7 @@ app.command(name="worker")(worker.worker)
 app.command()(worker.stats)
 app.command()(worker.rebuild)
 app.command()(train.train)
+app.command()(trainer.trainer)
 app.command()(demo.demo)
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""`tracestream trainer --policy FILE`: train on every ready dataset the policy names."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import typer
+
+from cli.common import configure_logging, console, load_settings, require_bootstrap
+from schemas.errors import TracestreamError
+from streams.topics import ensure_pipeline_topics
+from trainer.policy import load_policy
+from trainer.service import TrainerService, trainer_group
+
+
+async def _serve(service: TrainerService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await ensure_pipeline_topics(service.settings, service.bootstrap)
+    await service.run(stop)
+
+
+def trainer(
+    policy: Path = typer.Option(..., "--policy", help='JSON: {"rules": [{"dataset": "PATTERN", "config": {...}, '
+                                                      '"workers": N}]}; the first matching rule wins.'),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
+) -> None:
+    """Consume datasets.events and start one training run per ready dataset that the policy matches."""
+    configure_logging(verbose)
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
+    try:
+        rules = load_policy(policy)
+    except TracestreamError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"trainer: group {trainer_group(settings)} on {settings.topics.datasets}, "
+                  f"{len(rules.rules)} policy rule(s); Ctrl-C stops (and cancels the run in progress)")
+    asyncio.run(_serve(TrainerService(settings, bootstrap, rules)))
+
+
+__all__ = ["trainer"]
