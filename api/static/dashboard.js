@@ -1,0 +1,358 @@
+/* tracestream dashboard.
+ *
+ * Reads the public read API every few seconds and draws with the plotly.js the
+ * server ships (no CDN). A selected training run's loss curve is loaded from
+ * /api/runs/{id}/metrics, then extended live from /api/runs/{id}/events (SSE).
+ * Every panel degrades on its own: an endpoint that fails or has nothing shows
+ * "no data" with the reason, and the other panels carry on.
+ */
+"use strict";
+
+const REFRESH_MS = 5000;
+const PLOT_CONFIG = { displayModeBar: false, responsive: true };
+const LAYOUT = {
+  margin: { l: 56, r: 16, t: 8, b: 40 },
+  font: { size: 12, color: "#1f2933" },
+  paper_bgcolor: "#ffffff",
+  plot_bgcolor: "#ffffff",
+  xaxis: { gridcolor: "#eef1f4" },
+  yaxis: { gridcolor: "#eef1f4", rangemode: "tozero" },
+};
+const COLORS = ["#2f6fdf", "#e07b39", "#23834f", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d", "#d4ac0d"];
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+
+/* ---------- small helpers ---------- */
+
+async function getJSON(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  if (!response.ok) {
+    let detail = "";
+    try { detail = JSON.stringify(await response.json()); } catch (_) { /* not JSON */ }
+    throw new Error(`GET ${path} answered ${response.status} ${detail}`.trim());
+  }
+  return response.json();
+}
+
+/* Build an element; children are nodes or strings (always set as text, never parsed as HTML). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function fillBody(table, rows) {
+  table.tBodies[0].replaceChildren(...rows);
+}
+
+function panelMessage(panelId, message, isError = false) {
+  const p = document.querySelector(`#${panelId} .empty`);
+  p.hidden = !message;
+  p.textContent = message || "";
+  p.classList.toggle("error", isError);
+}
+
+function plot(divId, data, layout = {}) {
+  const div = document.getElementById(divId);
+  div.classList.toggle("hidden", data.length === 0);
+  if (data.length === 0) { Plotly.purge(div); return; }
+  Plotly.react(div, data, { ...LAYOUT, ...layout, xaxis: { ...LAYOUT.xaxis, ...layout.xaxis },
+                            yaxis: { ...LAYOUT.yaxis, ...layout.yaxis } }, PLOT_CONFIG);
+}
+
+const fmt = {
+  int: (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US")),
+  num: (x, digits = 4) => (x === null || x === undefined ? "–" : Number(x).toPrecision(digits)),
+  pct: (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`),
+  time: (t) => (t ? new Date(t).toISOString().replace("T", " ").slice(0, 19) : "–"),
+  short: (s, n = 12) => (s && s.length > n ? `${s.slice(0, n)}…` : s || ""),
+};
+
+/* Run a panel's refresh; a failure is shown in that panel only. */
+async function guarded(panelId, refresh) {
+  try {
+    await refresh();
+  } catch (error) {
+    panelMessage(panelId, `no data: ${error.message}`, true);
+    console.warn(`dashboard panel ${panelId}:`, error);
+  }
+}
+
+/* ---------- header tiles and ingest rate ---------- */
+
+async function refreshStats() {
+  const stats = await getJSON("/api/stats");
+  document.getElementById("tile-traces").textContent = fmt.int(stats.traces);
+  document.getElementById("tile-dlq").textContent = fmt.int(stats.dead_letters);
+  const lag = (stats.lag || []).reduce((sum, p) => sum + (p.lag || 0), 0);
+  document.getElementById("tile-lag").textContent = fmt.int(lag);
+
+  const points = stats.ingest_rate || [];
+  const lastMinute = points.slice(-60).reduce((sum, p) => sum + p.traces, 0);
+  document.getElementById("tile-rate").textContent = `${fmt.int(lastMinute)} traces`;
+  if (points.length === 0) {
+    plot("chart-ingest", []);
+    panelMessage("panel-ingest", "no data: nothing ingested in the recent window");
+    return;
+  }
+  plot("chart-ingest", [
+    { type: "scatter", mode: "lines+markers", name: "traces/s", x: points.map((p) => p.at),
+      y: points.map((p) => p.traces), line: { color: COLORS[0], shape: "hv" }, marker: { size: 4 } },
+  ], { xaxis: { type: "date" }, yaxis: { title: { text: "traces / s" } } });
+  panelMessage("panel-ingest", "");
+}
+
+/* ---------- dead letters ---------- */
+
+async function refreshDlq() {
+  const body = await getJSON("/api/dlq?limit=1");
+  const counts = (body.counts || []).slice().sort((a, b) => b.count - a.count);
+  if (counts.length === 0) {
+    plot("chart-dlq", []);
+    panelMessage("panel-dlq", "no data: no dead letters");
+    return;
+  }
+  plot("chart-dlq", [
+    { type: "bar", orientation: "h", x: counts.map((c) => c.count), y: counts.map((c) => c.reason),
+      marker: { color: "#c0392b" }, text: counts.map((c) => String(c.count)), textposition: "auto" },
+  ], { margin: { l: 170, r: 16, t: 8, b: 40 }, yaxis: { autorange: "reversed", rangemode: "normal" } });
+  panelMessage("panel-dlq", "");
+}
+
+/* ---------- datasets ---------- */
+
+async function refreshDatasets() {
+  const body = await getJSON("/api/datasets");
+  const datasets = body.items || [];
+  const table = document.getElementById("datasets-table");
+  if (datasets.length === 0) {
+    plot("chart-datasets", []);
+    fillBody(table, []);
+    panelMessage("panel-datasets", "no data: no datasets yet (tracestream dataset create NAME)");
+    return;
+  }
+  // One bar per (dataset version, partition): from its start offset to its end offset.
+  const bars = datasets.map((d, k) => {
+    const label = `${d.name}@${d.version}`;
+    const ranges = d.ranges || [];
+    return {
+      type: "bar", orientation: "h", name: label,
+      y: ranges.map((r) => `${label} p${r.partition}`),
+      base: ranges.map((r) => r.start),
+      x: ranges.map((r) => r.end - r.start),
+      marker: { color: COLORS[k % COLORS.length] },
+      hovertemplate: "%{y}: [%{base}, %{customdata})<extra></extra>",
+      customdata: ranges.map((r) => r.end),
+    };
+  });
+  const rows = bars.reduce((n, b) => n + b.y.length, 0);
+  document.getElementById("chart-datasets").style.height = `${Math.max(160, 40 + 24 * rows)}px`;
+  plot("chart-datasets", bars, {
+    barmode: "overlay", showlegend: true, legend: { orientation: "h", y: -0.25 },
+    margin: { l: 150, r: 16, t: 8, b: 60 }, xaxis: { title: { text: "offset" } },
+    yaxis: { autorange: "reversed", rangemode: "normal" },
+  });
+  fillBody(table, datasets.map((d) => el("tr", {},
+    el("td", {}, el("b", {}, d.name), `@${d.version}`),
+    el("td", {}, el("span", { class: `status ${d.status}` }, d.status)),
+    el("td", { class: "num" }, fmt.int(d.record_count)),
+    el("td", { class: "num" }, `${fmt.int(d.train_count)} / ${fmt.int(d.eval_count)}`),
+    el("td", { class: "mono" }, (d.ranges || []).map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ")),
+    el("td", { class: "mono", title: d.content_sha256 || "" }, fmt.short(d.content_sha256)),
+    el("td", {}, fmt.time(d.created_at)),
+  )));
+  panelMessage("panel-datasets", "");
+}
+
+/* ---------- runs: list, loss curve (live), scorecard, leaderboard ---------- */
+
+const current = { runId: null, source: null, steps: new Set(), dataset: null };
+
+async function refreshRuns() {
+  const body = await getJSON("/api/runs");
+  const runs = body.items || [];
+  const table = document.getElementById("runs-table");
+  fillBody(table, runs.map((r) => el("tr", {
+    "data-run": r.run_id, class: r.run_id === current.runId ? "selected" : "",
+    onclick: () => { document.getElementById("follow-latest").checked = false; selectRun(r.run_id); },
+  },
+    el("td", { class: "mono", title: r.run_id }, fmt.short(r.run_id, 14)),
+    el("td", {}, `${r.dataset_name}@${r.dataset_version}`),
+    el("td", {}, el("span", { class: `status ${r.status}` }, r.status)),
+    el("td", { class: "num" }, fmt.int(r.last_step)),
+    el("td", { class: "num" }, fmt.num(r.last_loss)),
+  )));
+  if (runs.length === 0) {
+    panelMessage("panel-runs", "no data: no training runs yet (tracestream train DATASET)");
+    return;
+  }
+  panelMessage("panel-runs", "");
+  const follow = document.getElementById("follow-latest").checked;
+  const latest = runs.find((r) => !TERMINAL.has(r.status)) || runs[0];
+  if (!current.runId || (follow && latest.run_id !== current.runId)) await selectRun(latest.run_id);
+}
+
+async function selectRun(runId) {
+  if (current.source) current.source.close();
+  Object.assign(current, { runId, source: null, steps: new Set() });
+  for (const tr of document.querySelectorAll("#runs-table tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.run === runId);
+  }
+  const [run, metrics] = await Promise.all([
+    getJSON(`/api/runs/${encodeURIComponent(runId)}`),
+    getJSON(`/api/runs/${encodeURIComponent(runId)}/metrics`),
+  ]);
+  if (current.runId !== runId) return;  // another run was picked meanwhile
+  const points = (metrics.items || []).slice().sort((a, b) => a.step - b.step);
+  points.forEach((m) => current.steps.add(m.step));
+  plot("chart-loss", [
+    { type: "scatter", mode: "lines+markers", name: "train loss", x: points.map((m) => m.step),
+      y: points.map((m) => m.loss), line: { color: COLORS[0] }, marker: { size: 4 } },
+  ], { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } }, showlegend: false });
+  showScorecard(run);
+  refreshLeaderboard(run.dataset_name).catch((e) => console.warn("leaderboard:", e));
+  if (!TERMINAL.has(run.status)) follow(runId);
+  else setLive(`${run.status}: ${fmt.int(points.length)} steps`, false);
+}
+
+/* Extend the selected run's curve from its Server-Sent Events until it ends. */
+function follow(runId) {
+  const source = new EventSource(`/api/runs/${encodeURIComponent(runId)}/events`);
+  current.source = source;
+  setLive("live: waiting for metrics…", true);
+  const onEvent = (message) => {
+    if (current.runId !== runId) { source.close(); return; }
+    const event = JSON.parse(message.data);
+    if (event.event_type === "metrics" && event.metrics && !current.steps.has(event.metrics.step)) {
+      current.steps.add(event.metrics.step);
+      Plotly.extendTraces("chart-loss", { x: [[event.metrics.step]], y: [[event.metrics.loss]] }, [0]);
+      setLive(`live: step ${event.metrics.step}, loss ${fmt.num(event.metrics.loss)}`, true);
+    } else if (TERMINAL.has(event.event_type)) {
+      source.close();
+      setLive(`${event.event_type}: ${current.steps.size} steps`, false);
+      selectRunDetails(runId);
+    } else if (event.event_type === "evaluated") {
+      selectRunDetails(runId);
+    }
+  };
+  source.onmessage = onEvent;
+  for (const type of ["queued", "started", "metrics", "checkpoint", "evaluated", "completed", "failed", "cancelled"]) {
+    source.addEventListener(type, onEvent);
+  }
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) setLive("live stream closed", false); };
+}
+
+async function selectRunDetails(runId) {
+  const run = await getJSON(`/api/runs/${encodeURIComponent(runId)}`);
+  if (current.runId === runId) {
+    showScorecard(run);
+    refreshLeaderboard(run.dataset_name).catch((e) => console.warn("leaderboard:", e));
+  }
+}
+
+function setLive(text, on) {
+  const p = document.getElementById("run-live");
+  p.textContent = text;
+  p.classList.toggle("on", on);
+}
+
+function showScorecard(run) {
+  document.getElementById("scorecard-run").textContent = run.run_id;
+  const box = document.getElementById("scorecard");
+  const card = run.scorecard;
+  if (!card) { box.replaceChildren(el("p", { class: "muted" }, "no evaluation yet")); return; }
+  const rows = [
+    ["items", fmt.int(card.items)], ["scored", fmt.int(card.scored)], ["exact match", fmt.pct(card.exact_match)],
+    ["eval loss", fmt.num(card.loss)], ["perplexity", fmt.num(card.perplexity)],
+  ];
+  for (const [source, s] of Object.entries(card.by_source || {})) {
+    rows.push([`  ${source}`, `${fmt.pct(s.exact_match)} of ${fmt.int(s.items ?? s.scored)}`]);
+  }
+  if (card.note) rows.push(["note", card.note]);
+  box.replaceChildren(el("dl", { class: "scorecard" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
+}
+
+async function refreshLeaderboard(dataset) {
+  document.getElementById("leaderboard-dataset").textContent = dataset ? `on ${dataset}` : "";
+  const body = await getJSON(`/api/evaluations?dataset=${encodeURIComponent(dataset)}`);
+  fillBody(document.getElementById("leaderboard-table"), (body.items || []).map((e, k) => el("tr", {},
+    el("td", { class: "num" }, k + 1),
+    el("td", { class: "mono", title: e.run_id }, fmt.short(e.run_id, 14)),
+    el("td", { class: "num" }, fmt.pct(e.exact_match)),
+    el("td", { class: "num" }, fmt.num(e.loss)),
+    el("td", { class: "num" }, fmt.num(e.perplexity)),
+    el("td", { class: "num" }, fmt.int(e.items)),
+  )));
+}
+
+/* ---------- trace viewer ---------- */
+
+let selectedTrace = null;
+
+async function refreshTraces() {
+  const body = await getJSON("/api/traces?limit=50");
+  const traces = body.items || [];
+  fillBody(document.getElementById("traces-table"), traces.map((t) => el("tr", {
+    "data-trace": t.trace_id, class: t.trace_id === selectedTrace ? "selected" : "",
+    onclick: () => showTrace(t.trace_id),
+  },
+    el("td", { class: "mono", title: t.trace_id }, fmt.short(t.trace_id, 14)),
+    el("td", {}, t.source),
+    el("td", { class: "num" }, fmt.int(t.step_count)),
+    el("td", {}, fmt.time(t.created_at)),
+  )));
+  if (traces.length === 0) {
+    panelMessage("panel-traces", "no data: no traces yet (tracestream publish FILE)");
+    return;
+  }
+  panelMessage("panel-traces", "");
+  if (!selectedTrace) await showTrace(traces[0].trace_id);
+}
+
+async function showTrace(traceId) {
+  selectedTrace = traceId;
+  for (const tr of document.querySelectorAll("#traces-table tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.trace === traceId);
+  }
+  const t = await getJSON(`/api/traces/${encodeURIComponent(traceId)}`);
+  const steps = t.steps.slice().sort((a, b) => a.i - b.i);
+  const meta = Object.entries(t.meta || {}).map(([k, v]) => `${k}=${v}`).join("  ");
+  document.getElementById("trace-view").replaceChildren(
+    el("h3", { class: "mono", "data-trace": t.trace_id }, t.trace_id),
+    el("p", { class: "coords" },
+      `${t.source} · v${t.trace_version} · ${t.topic}[${t.partition}]@${t.offset} · ${fmt.time(t.created_at)}`,
+      meta ? ` · ${meta}` : ""),
+    el("h4", {}, "prompt"),
+    el("div", { class: "prompt" }, t.prompt),
+    el("h4", {}, `steps (${steps.length})`),
+    el("ol", { class: "steps" }, steps.map((s) => el("li", { "data-i": s.i, "data-type": s.type },
+      el("span", { class: "step-i" }, s.i),
+      el("span", { class: "step-type" }, s.type),
+      el("span", { class: "step-content" }, s.content),
+    ))),
+    el("h4", {}, "final answer"),
+    el("div", { class: "answer" }, t.final_answer),
+  );
+}
+
+/* ---------- main loop ---------- */
+
+async function refreshAll() {
+  await Promise.all([
+    guarded("panel-ingest", refreshStats),
+    guarded("panel-dlq", refreshDlq),
+    guarded("panel-datasets", refreshDatasets),
+    guarded("panel-runs", refreshRuns),
+    guarded("panel-traces", refreshTraces),
+  ]);
+  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+refreshAll();
+setInterval(refreshAll, REFRESH_MS);
