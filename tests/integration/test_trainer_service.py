@@ -57,7 +57,9 @@ async def rewind_group(settings: Settings) -> None:
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.commit({TopicPartition(settings.topics.datasets, 0): OffsetAndMetadata(0, "")})
+        tp = TopicPartition(settings.topics.datasets, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(0, "")})
     finally:
         await consumer.stop()
 
