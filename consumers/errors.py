@@ -1,4 +1,4 @@
-"""Errors of the subscription SDK: reading offset ranges (dataset replay)."""
+"""Errors of the subscription SDK: reading offset ranges (dataset replay) and subscribing to topics."""
 
 from __future__ import annotations
 
@@ -26,3 +26,36 @@ class RangeReadStalled(RangeError):
     """The broker stopped returning data before the range was read to its end."""
 
     retriable = True
+
+
+# --- subscriptions ------------------------------------------------------------
+
+
+class SubscriptionError(TracestreamError):
+    """A subscription cannot be started or continued as asked."""
+
+
+class UnknownTopicError(SubscriptionError):
+    """The topic does not exist on the cluster (the message lists the ones that do)."""
+
+
+class UnknownGroupError(SubscriptionError):
+    """The consumer group has no members and no committed offsets: the broker does not know it."""
+
+
+class UndecodableRecordError(SubscriptionError):
+    """A record's value is not a registered Avro schema's single-object encoding.
+
+    Carries the record's coordinates, the dead-letter ``reason`` code and the
+    original bytes. Its offset is not committed: after a restart (with the
+    writer's schema registered, say) the same record is read again.
+    """
+
+    def __init__(self, message: str, *, topic: str, partition: int, offset: int, reason: str,
+                 original: bytes) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.reason = reason
+        self.original = original
