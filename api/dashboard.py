@@ -15,9 +15,10 @@ from functools import cache
 from importlib.resources import files
 
 import plotly
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
+from api.errors import NotFound
 from schemas.errors import TracestreamError
 
 router = APIRouter(include_in_schema=False)
@@ -107,5 +108,5 @@ def plotly_js(request: Request) -> Response:
 @router.get("/dashboard/static/{name}")
 def static(name: str, request: Request) -> Response:
     if name not in _STATIC_TYPES:
-        raise HTTPException(404, f"no dashboard asset named {name!r}; there are {sorted(_STATIC_TYPES)}")
+        raise NotFound(f"no dashboard asset named {name!r}; there are {sorted(_STATIC_TYPES)}")
     return _serve(request, _static(name), f"public, max-age={_YEAR_S}, immutable")

@@ -27,7 +27,7 @@ async function getJSON(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
   if (!response.ok) {
     let detail = "";
-    try { detail = JSON.stringify(await response.json()); } catch (_) { /* not JSON */ }
+    try { detail = (await response.json()).error.message; } catch (_) { /* not the API's error shape */ }
     throw new Error(`GET ${path} answered ${response.status} ${detail}`.trim());
   }
   return response.json();

@@ -1,0 +1,207 @@
+"""The dashboard in a real browser (headless Debian Chromium) over the real API, broker and warehouse.
+
+One process owns the chDB folder (DESIGN.md), so the processors, the API
+(uvicorn in a thread) and the training runs all live in this test process;
+the browser is the only other party, and it sees what a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from deploy.kafka import ensure_topics_async
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import Split
+from schemas.registry import default_registry
+from streams.catchup import wait_until_caught_up
+from streams.generator import generate_events
+from streams.snapshot import DatasetRequest, create_dataset
+from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, serving
+from tests.integration.support import expected_outcome, publish, running_processors
+from trainer.run import run_training
+from warehouse.client import Warehouse
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+CODEC = AvroCodec(default_registry())
+DONE_STEPS, LIVE_STEPS = 20, 60
+
+CHART_POINTS = """
+const div = document.getElementById(arguments[0]);
+return (div && div.data ? div.data : []).map(t => ({
+  name: t.name || null, x: Array.from(t.x || []), y: Array.from(t.y || []),
+  base: t.base ? Array.from(t.base) : null, customdata: t.customdata ? Array.from(t.customdata) : null,
+}));
+"""
+TRACE_VIEW = """
+return {
+  trace_id: document.querySelector('#trace-view h3')?.dataset.trace || null,
+  steps: Array.from(document.querySelectorAll('#trace-view ol.steps li')).map(li => [
+    Number(li.querySelector('.step-i').textContent), li.querySelector('.step-type').textContent,
+    li.querySelector('.step-content').textContent]),
+};
+"""
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    require_chromium()
+    with chromium(tmp_path / "chromium") as driver:
+        yield driver
+
+
+class Page:
+    """The dashboard in the browser; every call runs off the event loop so the processors keep going."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    async def call(self, fn, *args) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def script(self, script: str, *args) -> Any:
+        return await self.call(self.driver.execute_script, script, *args)
+
+    async def chart(self, div_id: str) -> list[dict]:
+        return await self.script(CHART_POINTS, div_id)
+
+    async def wait(self, what: str, predicate, *, timeout_s: float = 30) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        last = None
+        while asyncio.get_running_loop().time() < deadline:
+            last = await predicate()
+            if last:
+                return last
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last saw {last!r}")
+
+
+@pytest.mark.asyncio
+async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
+    settings: Settings, tmp_path: Path, browser
+):
+    events = list(generate_events(400, seed=23, broken_share=0.1))
+    valid, reasons = expected_outcome(events)
+    published = {e.trace_id: e.record for e in events if e.expected_reason is None}
+
+    async with running_processors(settings):
+        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1, settings.topics.datasets: 1})
+        await publish(settings, events)
+        await asyncio.wait_for(wait_until_caught_up(settings, settings.kafka_bootstrap), 120)
+        manifest = await create_dataset(
+            settings, settings.kafka_bootstrap, DatasetRequest("dash", split=Split(eval_share=0.2)), CODEC
+        )
+        done = await run_training(settings, settings.kafka_bootstrap, "dash", None,
+                                  {"preset": "tiny", "train": {"total_steps": DONE_STEPS}},
+                                  run_id="run-done", workdir=tmp_path / "run-done")
+        await asyncio.wait_for(wait_until_caught_up(settings, settings.kafka_bootstrap), 120)
+
+        app = create_app(settings, warehouse=Warehouse.connect(settings))
+        with serving(app) as base:
+            page = Page(browser)
+            await page.call(browser.get, base + "/")
+            assert browser.current_url == base + "/dashboard"
+
+            # Ingest: the per-second series accounts for every materialized trace.
+            ingest = await page.wait("the ingest chart", lambda: page.chart("chart-ingest"))
+            assert sum(ingest[0]["y"]) == valid, ingest
+
+            # Dead letters: one bar per reason, with the counts the generator broke events for.
+            dlq = await page.wait("the DLQ chart", lambda: page.chart("chart-dlq"))
+            assert Counter(dict(zip(dlq[0]["y"], dlq[0]["x"]))) == reasons
+
+            # Datasets: one bar per partition from the manifest's start to its end offset.
+            datasets = await page.wait("the datasets chart", lambda: page.chart("chart-datasets"))
+            (bars,) = [t for t in datasets if t["name"] == f"dash@{manifest.version}"]
+            shown = {(y, base_, base_ + width) for y, base_, width in zip(bars["y"], bars["base"], bars["x"])}
+            assert shown == {(f"dash@{manifest.version} p{r.partition}", r.start, r.end) for r in manifest.ranges}
+            table = await page.script("return document.querySelector('#datasets-table tbody').innerText")
+            assert f"{manifest.record_count:,}" in table and "ready" in table
+
+            # The finished run: its whole loss curve, and its scorecard.
+            loss = await page.wait("the finished run's loss curve",
+                                   lambda: _points_if(page, "chart-loss", DONE_STEPS))
+            assert loss["x"] == list(range(1, DONE_STEPS + 1))
+            assert loss["y"][-1] == pytest.approx(done.final_loss)
+            card = await page.script("return document.getElementById('scorecard').innerText")
+            assert f"{done.scorecard['items']}" in card and "exact match" in card
+
+            # Trace viewer: pick a trace from the list; its steps show in index order with their types.
+            rows = await page.wait("the trace list", lambda: page.script(
+                "return Array.from(document.querySelectorAll('#traces-table tbody tr')).map(r => r.dataset.trace)"))
+            pick = rows[min(2, len(rows) - 1)]
+            await page.script("document.querySelector(`#traces-table tr[data-trace='${arguments[0]}']`).click()", pick)
+            view = await page.wait("the picked trace", lambda: _view_of(page, pick))
+            expected_steps = sorted(published[pick]["steps"], key=lambda s: s["i"])
+            assert view["steps"] == [[s["i"], s["type"], s["content"]] for s in expected_steps]
+            assert len(view["steps"]) >= 1
+
+            assert console_errors(browser) == []
+
+            # A run that starts while the page is open: the page follows it and its curve grows live.
+            live = asyncio.create_task(run_training(
+                settings, settings.kafka_bootstrap, "dash", None,
+                {"preset": "tiny", "train": {"total_steps": LIVE_STEPS}},
+                run_id="run-live", workdir=tmp_path / "run-live"))
+            seen_counts = set()
+
+            async def live_points() -> Any:
+                selected = await page.script(
+                    "return document.querySelector('#runs-table tr.selected')?.dataset.run || null")
+                (trace,) = await page.chart("chart-loss") or [{"x": []}]
+                if selected == "run-live":
+                    seen_counts.add(len(trace["x"]))
+                return selected == "run-live" and len(trace["x"]) == LIVE_STEPS and trace
+
+            live_loss = await page.wait("the live run's whole curve", live_points, timeout_s=180)
+            outcome = await live
+            assert live_loss["x"] == list(range(1, LIVE_STEPS + 1))
+            assert live_loss["y"][-1] == pytest.approx(outcome.final_loss)
+            partial = {n for n in seen_counts if 0 < n < LIVE_STEPS}
+            assert len(partial) >= 2, f"the curve did not grow while the run trained (point counts seen: {sorted(seen_counts)})"
+
+            await page.wait("the live run's scorecard", lambda: page.script(
+                "return document.getElementById('scorecard-run').textContent === 'run-live' && "
+                "!document.getElementById('scorecard').innerText.includes('no evaluation')"), timeout_s=60)
+            assert console_errors(browser) == []
+            shot = await page.call(screenshot, browser, "dashboard.png")
+            assert shot.stat().st_size > 50_000
+
+
+async def _points_if(page: Page, div_id: str, count: int) -> dict | None:
+    traces = await page.chart(div_id)
+    return traces[0] if traces and len(traces[0]["x"]) == count else None
+
+
+async def _view_of(page: Page, trace_id: str) -> dict | None:
+    view = await page.script(TRACE_VIEW)
+    return view if view["trace_id"] == trace_id else None
+
+
+def test_plotly_is_served_from_the_installed_package_with_caching(settings: Settings):
+    """No CDN: plotly.js comes from the plotly package, gzipped, cacheable for good, revalidated by ETag."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    app = create_app(settings)
+    with serving(app) as base:
+        page = httpx.get(base + "/dashboard").text
+        assert f"/dashboard/static/plotly.min.js?v={plotly.__version__}" in page
+        assert "cdn" not in page.lower() and "https://" not in page
+        first = httpx.get(base + "/dashboard/static/plotly.min.js", headers={"Accept-Encoding": "gzip"})
+        assert first.status_code == 200 and first.headers["content-encoding"] == "gzip"
+        assert first.text == get_plotlyjs()  # httpx decodes the gzip
+        assert "immutable" in first.headers["cache-control"]
+        again = httpx.get(base + "/dashboard/static/plotly.min.js",
+                          headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        missing = httpx.get(base + "/dashboard/static/nope.js")
+        assert missing.status_code == 404 and "dashboard.js" in missing.json()["error"]["message"]
