@@ -1,0 +1,176 @@
+"""The consumer SDK on the real broker: groups split partitions, failures are re-delivered, seeks are exact."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumers.errors import UndecodableRecordError, UnknownTopicError
+from consumers.records import Record, Undecodable
+from consumers.subscribe import subscribe
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import ContentHasher, OffsetRange, select
+from schemas.registry import default_registry
+from streams.catalog import load_catalog
+from streams.catchup import wait_until_caught_up
+from streams.generator import generate_events
+from streams.snapshot import DatasetRequest, create_dataset
+from streams.topics import ensure_pipeline_topics
+from tests.integration.support import publish, running_processors
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(180)]
+
+CODEC = AvroCodec(default_registry())
+
+
+def valid_events(count: int, seed: int):
+    return list(generate_events(count, seed=seed, broken_share=0.0))
+
+
+async def wait_split(*subscriptions, partitions: int, timeout_s: float = 60) -> None:
+    """Until the members' assignments are disjoint and cover every partition."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        shares = [s.assignment() for s in subscriptions]
+        if all(shares) and sum(map(len, shares)) == partitions and set().union(*shares) == set(range(partitions)):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"group did not settle: {[s.assignment() for s in subscriptions]}")
+
+
+async def test_two_members_of_a_group_split_the_partitions_and_see_every_event_once(settings: Settings):
+    events = valid_events(300, seed=11)
+    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
+    async with subscribe(settings, "traces.raw", group="team-a", idle_timeout_s=3) as a, \
+            subscribe(settings, "traces.raw", group="team-a", idle_timeout_s=3) as b:
+        await wait_split(a, b, partitions=settings.partitions)
+        shares = {"a": a.assignment(), "b": b.assignment()}
+        await publish(settings, events)
+
+        async def drain(subscription) -> list[Record]:
+            return [record async for record in subscription]
+
+        seen_a, seen_b = await asyncio.gather(drain(a), drain(b))
+
+    assert {r.partition for r in seen_a} <= shares["a"] and {r.partition for r in seen_b} <= shares["b"]
+    assert seen_a and seen_b
+    ids = [r.key for r in seen_a + seen_b]
+    assert sorted(ids) == sorted(e.trace_id for e in events)  # every event, none twice
+    assert [r.value["trace_id"] for r in seen_a + seen_b] == ids
+    # Both schema versions the generator writes arrive, each resolved to the latest shape.
+    assert {r.schema_version for r in seen_a + seen_b} == {1, 2}
+    assert {e.schema_version for e in events} == {1, 2}
+    assert all("model" in r.value for r in seen_a + seen_b)
+
+
+async def test_a_failed_body_is_delivered_again_after_restart_and_nothing_before_it(settings: Settings):
+    events = valid_events(120, seed=12)
+    await publish(settings, events)
+    handled: list[Record] = []
+    failing: Record | None = None
+    with pytest.raises(RuntimeError, match="downstream is down"):
+        async with subscribe(settings, "traces.raw", group="team-b") as records:
+            async for record in records:
+                if len(handled) == 50:
+                    failing = record
+                    raise RuntimeError("downstream is down")
+                handled.append(record)
+
+    async with subscribe(settings, "traces.raw", group="team-b", idle_timeout_s=3) as records:
+        again = [record async for record in records]
+
+    assert failing is not None
+    first_of_partition = next(r for r in again if r.partition == failing.partition)
+    assert first_of_partition.coordinates == failing.coordinates
+    assert {r.coordinates for r in handled}.isdisjoint(r.coordinates for r in again)
+    assert sorted(r.key for r in handled + again) == sorted(e.trace_id for e in events)
+
+
+async def test_leaving_a_bare_loop_early_does_not_commit_the_record_in_hand(settings: Settings):
+    await publish(settings, valid_events(30, seed=13))
+    async for record in subscribe(settings, "traces.raw", group="team-c"):
+        first = record
+        break
+    await asyncio.sleep(0.5)  # the abandoned iterator is closed by the event loop
+    async with subscribe(settings, "traces.raw", group="team-c", idle_timeout_s=3) as records:
+        again = [r.coordinates async for r in records]
+    assert first.coordinates in again
+    assert len(again) == 30
+
+
+async def test_a_time_seek_starts_at_the_first_record_at_or_after_it(settings: Settings):
+    before, after = valid_events(40, seed=14), valid_events(25, seed=15)
+    await publish(settings, before)
+    await asyncio.sleep(0.1)
+    since = datetime.now(timezone.utc)
+    await asyncio.sleep(0.1)
+    await publish(settings, after)
+
+    async with subscribe(settings, "traces.raw", since=since, idle_timeout_s=2) as records:
+        got = [record async for record in records]
+    assert sorted(r.key for r in got) == sorted(e.trace_id for e in after)
+    assert all(r.timestamp >= since for r in got)
+
+
+async def test_a_dataset_seek_yields_exactly_the_manifest_records(settings: Settings):
+    events = list(generate_events(400, seed=16, broken_share=0.05))
+    async with running_processors(settings):
+        await publish(settings, events)
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        topic = settings.topics.valid
+        # A middle slice of every partition, so records exist before and after each range.
+        ranges = tuple(OffsetRange(topic, p, 5, 60) for p in range(settings.partitions))
+        await create_dataset(settings, settings.kafka_bootstrap,
+                             DatasetRequest(name="slice", from_offsets=ranges), CODEC)
+        await publish(settings, valid_events(30, seed=17))  # more log after the snapshot
+        manifest = (await load_catalog(settings.kafka_bootstrap, settings.topics.datasets, CODEC)).get("slice").manifest
+
+        async with subscribe(settings, "traces.valid", dataset=manifest) as records:
+            got = [record async for record in records]
+
+    assert [(r.partition, r.offset) for r in got] == [(r.partition, o) for r in ranges for o in range(r.start, r.end)]
+    hasher = ContentHasher()
+    for record in got:
+        dataset_record = {**record.value, "topic": record.topic, "partition": record.partition, "offset": record.offset}
+        for _, selected in select((dataset_record,), manifest.filter, manifest.split, "all"):
+            hasher.add(selected)
+    assert hasher.hexdigest() == manifest.content_sha256
+    assert len(got) == manifest.record_count
+
+
+async def test_undecodable_records_raise_with_coordinates_or_come_as_items(settings: Settings):
+    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        good = CODEC.encode(valid_events(1, seed=18)[0].record, "Trace")
+        for value in (good, b"not avro at all", good):
+            await producer.send_and_wait(settings.topics.raw, value, key=b"k", partition=1)
+    finally:
+        await producer.stop()
+
+    with pytest.raises(UndecodableRecordError, match=rf"{settings.topics.raw}\[1\]@1 cannot be decoded \(not_avro\)"):
+        async with subscribe(settings, "traces.raw", group="team-d") as records:
+            async for _ in records:
+                pass
+    # The bad record was not committed: the group stops at it again.
+    with pytest.raises(UndecodableRecordError) as caught:
+        async with subscribe(settings, "traces.raw", group="team-d") as records:
+            async for _ in records:
+                pass
+    assert caught.value.offset == 1 and caught.value.original == b"not avro at all"
+
+    async with subscribe(settings, "traces.raw", on_undecodable="yield", idle_timeout_s=2) as records:
+        items = [item async for item in records]
+    assert [type(i) for i in items] == [Record, Undecodable, Record]
+    assert (items[1].reason, items[1].original, items[1].offset) == ("not_avro", b"not avro at all", 1)
+
+
+async def test_an_unknown_topic_is_named(settings: Settings):
+    with pytest.raises(UnknownTopicError, match=rf"topic {settings.topic_prefix}traces\.nope does not exist"):
+        async with subscribe(settings, f"{settings.topic_prefix}traces.nope", group="team-e"):
+            pass
