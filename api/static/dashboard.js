@@ -88,23 +88,25 @@ async function guarded(panelId, refresh) {
 
 async function refreshStats() {
   const stats = await getJSON("/api/stats");
-  document.getElementById("tile-traces").textContent = fmt.int(stats.traces);
-  document.getElementById("tile-dlq").textContent = fmt.int(stats.dead_letters);
+  const ingest = stats.ingest || {};
+  const traces = ingest.traces || {};
+  document.getElementById("tile-traces").textContent = fmt.int(traces.total);
+  document.getElementById("tile-dlq").textContent = fmt.int((ingest.dlq || {}).total);
+  const minute = (traces.windows || []).find((w) => w.seconds === 60);
+  document.getElementById("tile-rate").textContent = minute ? `${fmt.num(minute.per_second, 3)} /s` : "–";
   const lag = (stats.lag || []).reduce((sum, p) => sum + (p.lag || 0), 0);
-  document.getElementById("tile-lag").textContent = fmt.int(lag);
+  document.getElementById("tile-lag").textContent = stats.lag ? fmt.int(lag) : "–";
 
-  const points = stats.ingest_rate || [];
-  const lastMinute = points.slice(-60).reduce((sum, p) => sum + p.traces, 0);
-  document.getElementById("tile-rate").textContent = `${fmt.int(lastMinute)} traces`;
+  const points = ingest.traces_per_minute || [];
   if (points.length === 0) {
     plot("chart-ingest", []);
-    panelMessage("panel-ingest", "no data: nothing ingested in the recent window");
+    panelMessage("panel-ingest", "no data: no traces ingested in the last hour");
     return;
   }
   plot("chart-ingest", [
-    { type: "scatter", mode: "lines+markers", name: "traces/s", x: points.map((p) => p.at),
-      y: points.map((p) => p.traces), line: { color: COLORS[0], shape: "hv" }, marker: { size: 4 } },
-  ], { xaxis: { type: "date" }, yaxis: { title: { text: "traces / s" } } });
+    { type: "bar", name: "traces per minute", x: points.map((p) => p.minute), y: points.map((p) => p.rows),
+      marker: { color: COLORS[0] } },
+  ], { xaxis: { type: "date" }, yaxis: { title: { text: "traces / minute" } } });
   panelMessage("panel-ingest", "");
 }
 
@@ -112,7 +114,9 @@ async function refreshStats() {
 
 async function refreshDlq() {
   const body = await getJSON("/api/dlq?limit=1");
-  const counts = (body.counts || []).slice().sort((a, b) => b.count - a.count);
+  const byReason = new Map();
+  for (const c of body.counts || []) byReason.set(c.reason, (byReason.get(c.reason) || 0) + c.count);
+  const counts = [...byReason].map(([reason, count]) => ({ reason, count })).sort((a, b) => b.count - a.count);
   if (counts.length === 0) {
     plot("chart-dlq", []);
     panelMessage("panel-dlq", "no data: no dead letters");
@@ -128,8 +132,7 @@ async function refreshDlq() {
 /* ---------- datasets ---------- */
 
 async function refreshDatasets() {
-  const body = await getJSON("/api/datasets");
-  const datasets = body.items || [];
+  const datasets = await getJSON("/api/datasets");
   const table = document.getElementById("datasets-table");
   if (datasets.length === 0) {
     plot("chart-datasets", []);
@@ -140,7 +143,7 @@ async function refreshDatasets() {
   // One bar per (dataset version, partition): from its start offset to its end offset.
   const bars = datasets.map((d, k) => {
     const label = `${d.name}@${d.version}`;
-    const ranges = d.ranges || [];
+    const ranges = (d.manifest && d.manifest.ranges) || [];
     return {
       type: "bar", orientation: "h", name: label,
       y: ranges.map((r) => `${label} p${r.partition}`),
@@ -163,9 +166,9 @@ async function refreshDatasets() {
     el("td", {}, el("span", { class: `status ${d.status}` }, d.status)),
     el("td", { class: "num" }, fmt.int(d.record_count)),
     el("td", { class: "num" }, `${fmt.int(d.train_count)} / ${fmt.int(d.eval_count)}`),
-    el("td", { class: "mono" }, (d.ranges || []).map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ")),
+    el("td", { class: "mono" }, ((d.manifest && d.manifest.ranges) || []).map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ")),
     el("td", { class: "mono", title: d.content_sha256 || "" }, fmt.short(d.content_sha256)),
-    el("td", {}, fmt.time(d.created_at)),
+    el("td", {}, fmt.time(d.manifest && d.manifest.created_at)),
   )));
   panelMessage("panel-datasets", "");
 }
@@ -183,10 +186,10 @@ async function refreshRuns() {
     onclick: () => { document.getElementById("follow-latest").checked = false; selectRun(r.run_id); },
   },
     el("td", { class: "mono", title: r.run_id }, fmt.short(r.run_id, 14)),
-    el("td", {}, `${r.dataset_name}@${r.dataset_version}`),
+    el("td", {}, `${r.dataset.name}@${r.dataset.version}`),
     el("td", {}, el("span", { class: `status ${r.status}` }, r.status)),
-    el("td", { class: "num" }, fmt.int(r.last_step)),
-    el("td", { class: "num" }, fmt.num(r.last_loss)),
+    el("td", { class: "num" }, fmt.int(r.steps)),
+    el("td", { class: "num" }, fmt.num(r.loss)),
   )));
   if (runs.length === 0) {
     panelMessage("panel-runs", "no data: no training runs yet (tracestream train DATASET)");
@@ -194,7 +197,9 @@ async function refreshRuns() {
   }
   panelMessage("panel-runs", "");
   const follow = document.getElementById("follow-latest").checked;
-  const latest = runs.find((r) => !TERMINAL.has(r.status)) || runs[0];
+  // Runs come oldest first: follow the newest one still going, else the newest.
+  const newestFirst = runs.slice().reverse();
+  const latest = newestFirst.find((r) => !TERMINAL.has(r.status)) || newestFirst[0];
   if (!current.runId || (follow && latest.run_id !== current.runId)) await selectRun(latest.run_id);
 }
 
@@ -204,19 +209,20 @@ async function selectRun(runId) {
   for (const tr of document.querySelectorAll("#runs-table tbody tr")) {
     tr.classList.toggle("selected", tr.dataset.run === runId);
   }
-  const [run, metrics] = await Promise.all([
+  const [detail, metrics] = await Promise.all([
     getJSON(`/api/runs/${encodeURIComponent(runId)}`),
     getJSON(`/api/runs/${encodeURIComponent(runId)}/metrics`),
   ]);
   if (current.runId !== runId) return;  // another run was picked meanwhile
-  const points = (metrics.items || []).slice().sort((a, b) => a.step - b.step);
+  const run = detail.run;
+  const points = (metrics.points || []).slice().sort((a, b) => a.step - b.step);
   points.forEach((m) => current.steps.add(m.step));
   plot("chart-loss", [
     { type: "scatter", mode: "lines+markers", name: "train loss", x: points.map((m) => m.step),
       y: points.map((m) => m.loss), line: { color: COLORS[0] }, marker: { size: 4 } },
   ], { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } }, showlegend: false });
   showScorecard(run);
-  refreshLeaderboard(run.dataset_name).catch((e) => console.warn("leaderboard:", e));
+  refreshLeaderboard(run.dataset).catch((e) => console.warn("leaderboard:", e));
   if (!TERMINAL.has(run.status)) follow(runId);
   else setLive(`${run.status}: ${fmt.int(points.length)} steps`, false);
 }
@@ -236,9 +242,9 @@ function follow(runId) {
     } else if (TERMINAL.has(event.event_type)) {
       source.close();
       setLive(`${event.event_type}: ${current.steps.size} steps`, false);
-      selectRunDetails(runId);
+      refreshRunDetails(runId);
     } else if (event.event_type === "evaluated") {
-      selectRunDetails(runId);
+      refreshRunDetails(runId);
     }
   };
   source.onmessage = onEvent;
@@ -248,11 +254,11 @@ function follow(runId) {
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) setLive("live stream closed", false); };
 }
 
-async function selectRunDetails(runId) {
-  const run = await getJSON(`/api/runs/${encodeURIComponent(runId)}`);
+async function refreshRunDetails(runId) {
+  const run = (await getJSON(`/api/runs/${encodeURIComponent(runId)}`)).run;
   if (current.runId === runId) {
     showScorecard(run);
-    refreshLeaderboard(run.dataset_name).catch((e) => console.warn("leaderboard:", e));
+    refreshLeaderboard(run.dataset).catch((e) => console.warn("leaderboard:", e));
   }
 }
 
@@ -271,23 +277,26 @@ function showScorecard(run) {
     ["items", fmt.int(card.items)], ["scored", fmt.int(card.scored)], ["exact match", fmt.pct(card.exact_match)],
     ["eval loss", fmt.num(card.loss)], ["perplexity", fmt.num(card.perplexity)],
   ];
+  if (card.baseline) rows.push(["majority-answer baseline", fmt.pct(card.baseline.exact_match)]);
   for (const [source, s] of Object.entries(card.by_source || {})) {
-    rows.push([`  ${source}`, `${fmt.pct(s.exact_match)} of ${fmt.int(s.items ?? s.scored)}`]);
+    rows.push([`exact match, ${source}`, `${fmt.pct(s.exact_match)} of ${fmt.int(s.items)}`]);
   }
   if (card.note) rows.push(["note", card.note]);
   box.replaceChildren(el("dl", { class: "scorecard" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
 }
 
 async function refreshLeaderboard(dataset) {
-  document.getElementById("leaderboard-dataset").textContent = dataset ? `on ${dataset}` : "";
-  const body = await getJSON(`/api/evaluations?dataset=${encodeURIComponent(dataset)}`);
-  fillBody(document.getElementById("leaderboard-table"), (body.items || []).map((e, k) => el("tr", {},
-    el("td", { class: "num" }, k + 1),
+  document.getElementById("leaderboard-dataset").textContent = `on ${dataset.name}`;
+  const body = await getJSON(`/api/evaluations?dataset=${encodeURIComponent(dataset.name)}`);
+  fillBody(document.getElementById("leaderboard-table"), (body.items || []).map((e) => el("tr", {
+    class: e.run_id === current.runId ? "selected" : "",
+  },
+    el("td", { class: "num" }, e.rank),
     el("td", { class: "mono", title: e.run_id }, fmt.short(e.run_id, 14)),
-    el("td", { class: "num" }, fmt.pct(e.exact_match)),
+    el("td", { class: "num" }, fmt.pct(e.score)),
     el("td", { class: "num" }, fmt.num(e.loss)),
-    el("td", { class: "num" }, fmt.num(e.perplexity)),
-    el("td", { class: "num" }, fmt.int(e.items)),
+    el("td", { class: "num" }, fmt.num(e.scorecard && e.scorecard.perplexity)),
+    el("td", { class: "num" }, fmt.int(e.scorecard && e.scorecard.items)),
   )));
 }
 
@@ -304,7 +313,7 @@ async function refreshTraces() {
   },
     el("td", { class: "mono", title: t.trace_id }, fmt.short(t.trace_id, 14)),
     el("td", {}, t.source),
-    el("td", { class: "num" }, fmt.int(t.step_count)),
+    el("td", { class: "num" }, fmt.int(t.steps)),
     el("td", {}, fmt.time(t.created_at)),
   )));
   if (traces.length === 0) {
