@@ -1,30 +1,95 @@
 """Build the FastAPI application: the read API, the ingest door and the dashboard page.
 
-The app owns nothing at import time: ``create_app`` takes the settings (and,
-when the caller already holds one, the warehouse) and wires the routers.
+Nothing happens at import time: ``create_app`` takes the settings (and, in
+``tracestream serve``, the warehouse the processors already opened, since
+chDB lets one process own its folder) and wires one router per resource.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 import api.dashboard
+from api.body_limit import BodyLimitMiddleware
+from api.deps import ApiState
+from api.errors import install_handlers
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.publisher import Publisher
+from api.reader import WarehouseReader
+from api.routers import datasets, dlq, evaluations, health, runs, stats, traces
+from api.routers import ingest as ingest_routes
 from deploy.settings import Settings
 from warehouse.client import Warehouse
 
+log = logging.getLogger(__name__)
 
-def create_app(settings: Settings, *, warehouse: Warehouse | None = None, bootstrap: str | None = None) -> FastAPI:
+DESCRIPTION = """\
+Read API over the tracestream warehouse, and the HTTP door to `traces.raw`.
+
+* Lists page with an opaque `cursor` (keyset on the log order), never OFFSET.
+* Every error has one shape: `{"error": {"code", "message", "details": [...]}}`.
+* `POST /api/traces*` needs `Authorization: Bearer <TRACESTREAM_API_TOKEN>` when a token is set;
+  reads are open unless `TRACESTREAM_API_PROTECT_READS` is set.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    warehouse: Warehouse | None = None,
+    warehouse_factory: Callable[[], Warehouse] | None = None,
+    bootstrap: str | None = None,
+    ingest: bool = True,
+) -> FastAPI:
     """The API for ``settings``.
 
     Args:
         settings: the process's settings.
         warehouse: an open warehouse to share (``tracestream serve`` passes the
-            processors'); when None the app opens its own on start-up.
+            processors'); otherwise ``warehouse_factory`` (default:
+            ``Warehouse.connect(settings)``) opens one on first use.
         bootstrap: Kafka bootstrap servers; defaults to ``settings.kafka_bootstrap``.
+        ingest: start the ingest door's producer (needs Kafka at start-up).
     """
-    app = FastAPI(title="tracestream", version="1")
-    app.state.settings = settings
-    app.state.warehouse = warehouse
-    app.state.bootstrap = bootstrap or settings.kafka_bootstrap
+    if warehouse is not None:
+        factory = lambda: warehouse  # noqa: E731
+    else:
+        factory = warehouse_factory or (lambda: Warehouse.connect(settings))
+    state = ApiState(
+        settings=settings,
+        reader=WarehouseReader(factory, cache_entries=settings.api_cache_entries),
+        bootstrap=bootstrap or settings.kafka_bootstrap,
+        metrics=ApiMetrics(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ingest and state.bootstrap:
+            publisher = Publisher(settings, state.bootstrap)
+            try:
+                await publisher.start()
+                state.publisher = publisher
+            except Exception as exc:  # reads still work; the door answers 503 saying why
+                log.error("ingest door disabled: cannot start a Kafka producer on %s: %s", state.bootstrap, exc)
+        try:
+            yield
+        finally:
+            if state.publisher is not None:
+                await state.publisher.stop()
+                state.publisher = None
+            state.reader.close()
+
+    app = FastAPI(title="tracestream", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.api = state
+    install_handlers(app)
+    for module in (traces, ingest_routes, dlq, datasets, runs, evaluations, stats, health):
+        app.include_router(module.router)
     app.include_router(api.dashboard.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
+

@@ -58,6 +58,23 @@ class Settings(BaseSettings):
     materialize_batch_size: int = Field(default=2000, description="Rows per ClickHouse insert.")
     materialize_batch_seconds: float = Field(default=0.2, description="Longest wait to fill an insert batch.")
     warehouse_retry_max_seconds: float = Field(default=5.0, description="Ceiling of the backoff while the warehouse is down.")
+    api_host: str = Field(default="127.0.0.1", description="Interface the read API (`tracestream serve`) listens on.")
+    api_port: int = Field(default=8080, description="Port of the read API.")
+    api_token: str | None = Field(
+        default=None,
+        description="Bearer token the ingest door (POST /api/traces) requires; when unset, ingest is open.",
+    )
+    api_protect_reads: bool = Field(
+        default=False, description="Put the read endpoints behind api_token too (health and metrics stay open)."
+    )
+    api_max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, description="Largest HTTP request body the API reads, in bytes (413 above)."
+    )
+    api_cache_entries: int = Field(
+        default=4096,
+        description="Read answers the API keeps while an embedded warehouse is unchanged (0: none). "
+        "Every write empties it; with a ClickHouse server (other writers) it is not used.",
+    )
 
     def child_environment(self) -> dict[str, str]:
         """The environment for a child process that must build these same settings.

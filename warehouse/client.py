@@ -38,6 +38,23 @@ _embedded_lock = threading.Lock()
 _embedded: dict[str, Any] = {}
 
 
+class _Access:
+    """What every Warehouse on one client shares: one call at a time, and a count of writes.
+
+    chDB must never see two threads at once, and a server client's session
+    refuses concurrent queries; the lock serializes both. ``writes`` lets a
+    reader in the process that owns an embedded warehouse (the only writer)
+    tell whether anything changed since it last looked.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.writes = 0
+
+
+_embedded_access = _Access()
+
+
 def _embedded_client(path: Path) -> Any:
     """The process-wide chDB client; a second folder in one process is refused."""
     key = str(path.resolve())
@@ -81,6 +98,7 @@ class Warehouse:
         self.client = client
         self.database = database
         self.embedded = embedded
+        self._access = _embedded_access if embedded else _Access()
 
     @classmethod
     def connect(cls, settings: Settings, database: str | None = None) -> Warehouse:
@@ -117,27 +135,64 @@ class Warehouse:
         for table in TABLES:
             self.command(f"DROP TABLE IF EXISTS `{self.database}`.`{table}`")
 
+    @property
+    def generation(self) -> int | None:
+        """A number that changes whenever this process writes; None when others may write too.
+
+        Only an embedded warehouse has one: its folder belongs to this process,
+        so every write goes through here. A ClickHouse server has other writers.
+        """
+        return self._access.writes if self.embedded else None
+
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         try:
-            return self.client.command(sql, parameters=parameters)
+            with self._access.lock:
+                self._access.writes += 1
+                return self.client.command(sql, parameters=parameters)
         except ClickHouseError as exc:
             raise classify(exc, f"running {sql.split(chr(10))[0][:80]!r}") from exc
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         """Rows of a query; values only ever arrive through ``parameters``."""
         try:
-            return self.client.query(sql, parameters=parameters).result_rows
+            with self._access.lock:
+                return self.client.query(sql, parameters=parameters).result_rows
+        except ClickHouseError as exc:
+            raise classify(exc, f"querying {sql.split(chr(10))[0][:80]!r}") from exc
+
+    def query_arrow(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """A pyarrow Table of a query: nested columns stay in C++ until asked for."""
+        try:
+            with self._access.lock:
+                return self.client.query_arrow(sql, parameters=parameters, use_strings=True)
+        except ClickHouseError as exc:
+            raise classify(exc, f"querying {sql.split(chr(10))[0][:80]!r}") from exc
+
+    def query_json(self, sql: str, parameters: dict[str, Any] | None = None) -> bytes:
+        """The engine's own JSONEachRow output of a query: one JSON object per line.
+
+        Serializing in ClickHouse (64-bit integers unquoted, times in ISO 8601)
+        costs far less than building Python objects and encoding them again.
+        The settings go in the SQL, because per-call settings cost chDB extra
+        statements around every query.
+        """
+        sql = f"{sql} SETTINGS output_format_json_quote_64bit_integers = 0, date_time_output_format = 'iso'"
+        try:
+            with self._access.lock:
+                return self.client.raw_query(sql, parameters=parameters, fmt="JSONEachRow")
         except ClickHouseError as exc:
             raise classify(exc, f"querying {sql.split(chr(10))[0][:80]!r}") from exc
 
     def insert(self, table: str, columns: Sequence[Sequence[Any]]) -> None:
         """Insert column-oriented data; once this returns the rows are durable."""
         try:
-            self.client.insert(
-                f"{self.database}.{table}",
-                columns,
-                column_names=column_names(table),
-                column_oriented=True,
-            )
+            with self._access.lock:
+                self._access.writes += 1
+                self.client.insert(
+                    f"{self.database}.{table}",
+                    columns,
+                    column_names=column_names(table),
+                    column_oriented=True,
+                )
         except ClickHouseError as exc:
             raise classify(exc, f"inserting {len(columns[0]) if columns else 0} rows into {table}") from exc

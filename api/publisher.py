@@ -1,0 +1,39 @@
+"""The ingest door's producer: a batch is acknowledged by Kafka before the API says 202.
+
+One ``TraceProducer`` serves every request. Its delivery reports cover
+everything since the last ``flush``, so a request publishes and flushes under
+a lock: the report it gets is about its own events and nobody else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from deploy.settings import Settings
+from streams.producer import DeliveryReport, TraceProducer
+
+
+class Publisher:
+    """Publishes encoded traces to ``traces.raw`` and waits for the broker's acknowledgement."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.producer = TraceProducer(settings, bootstrap, client_id=f"{settings.app_id}-api", linger_ms=2,
+                                      max_in_flight=20_000)
+        self._lock = asyncio.Lock()
+        self.accepted = 0
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def publish(self, events: Sequence[tuple[bytes, bytes]]) -> DeliveryReport:
+        """Publish ``(key, payload)`` pairs in order; the report says which were acknowledged."""
+        async with self._lock:
+            for key, payload in events:
+                await self.producer.publish_bytes(payload, key)
+            report = await self.producer.flush()
+        self.accepted += report.delivered
+        return report

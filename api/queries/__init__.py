@@ -1,0 +1,1 @@
+"""SQL per resource. Values only ever reach ClickHouse as query parameters."""

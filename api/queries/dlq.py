@@ -1,0 +1,42 @@
+"""Dead letters: a keyset-paged list filterable by reason and stage, and counts by reason."""
+
+from __future__ import annotations
+
+from api.cursor import Position
+from warehouse.client import Warehouse
+
+_COLUMNS = (
+    "trace_id, reason, message, stage, source_topic, source_partition, source_offset, "
+    "length(original) AS original_bytes, failed_at, topic, partition, offset"
+)
+
+
+def _where(reasons: tuple[str, ...], stages: tuple[str, ...]) -> tuple[list[str], dict]:
+    conditions, params = [], {}
+    if reasons:
+        conditions.append("reason IN {reasons:Array(String)}")
+        params["reasons"] = list(reasons)
+    if stages:
+        conditions.append("stage IN {stages:Array(String)}")
+        params["stages"] = list(stages)
+    return conditions, params
+
+
+def list_page(warehouse: Warehouse, after: Position, limit: int, reasons: tuple[str, ...],
+              stages: tuple[str, ...]) -> bytes:
+    """JSONEachRow rows of up to ``limit`` dead letters after ``after`` (the original bytes left out)."""
+    conditions, params = _where(reasons, stages)
+    conditions.insert(0, "(partition, offset) > ({p:UInt32}, {o:Int64})")
+    params.update(db=warehouse.database, p=after.partition, o=after.offset, limit=limit)
+    sql = (f"SELECT {_COLUMNS} FROM {{db:Identifier}}.dlq FINAL WHERE {' AND '.join(conditions)} "
+           "ORDER BY topic, partition, offset LIMIT {limit:UInt32}")
+    return warehouse.query_json(sql, params)
+
+
+def counts(warehouse: Warehouse, stages: tuple[str, ...] = ()) -> bytes:
+    """JSONEachRow rows ``{stage, reason, count}`` over every dead letter."""
+    conditions, params = _where((), stages)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (f"SELECT stage, reason, count() AS count FROM {{db:Identifier}}.dlq FINAL {where} "
+           "GROUP BY stage, reason ORDER BY count DESC, stage, reason")
+    return warehouse.query_json(sql, {**params, "db": warehouse.database})

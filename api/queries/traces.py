@@ -1,0 +1,81 @@
+"""Traces: a keyset-paged list, one trace whole, two traces side by side.
+
+Pages follow the table's sort key (topic, partition, offset), so ClickHouse
+reads a page in key order and stops at LIMIT; no OFFSET scan, ever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from api.cursor import Position
+from warehouse.client import Warehouse
+
+_LIST_COLUMNS = (
+    "trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
+    "length(step_index) AS steps, substringUTF8(prompt, 1, 200) AS prompt_preview, topic, partition, offset"
+)
+
+_WHOLE_COLUMNS = (
+    "trace_id, trace_version, schema_version, prompt, "
+    "CAST(arrayZip(step_index, step_type, step_content), 'Array(Tuple(i Int32, type String, content String))') "
+    "AS steps, final_answer, meta, source, created_at, score, model, topic, partition, offset, ingested_at"
+)
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    """Conditions of the list; every one that is set must hold."""
+
+    sources: tuple[str, ...] = ()
+    trace_versions: tuple[int, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+    created_from: datetime | None = None
+    created_until: datetime | None = None
+
+    def where(self) -> tuple[list[str], dict[str, Any]]:
+        """SQL conditions and their parameters; parameter names never come from input."""
+        conditions: list[str] = []
+        params: dict[str, Any] = {}
+        if self.sources:
+            conditions.append("source IN {sources:Array(String)}")
+            params["sources"] = list(self.sources)
+        if self.trace_versions:
+            conditions.append("trace_version IN {trace_versions:Array(Int32)}")
+            params["trace_versions"] = list(self.trace_versions)
+        for n, (key, value) in enumerate(self.meta):
+            conditions.append(f"mapContains(meta, {{mk{n}:String}}) AND meta[{{mk{n}:String}}] = {{mv{n}:String}}")
+            params[f"mk{n}"], params[f"mv{n}"] = key, value
+        if self.created_from is not None:
+            conditions.append("created_at >= fromUnixTimestamp64Milli({created_from:Int64}, 'UTC')")
+            params["created_from"] = _millis(self.created_from)
+        if self.created_until is not None:
+            conditions.append("created_at < fromUnixTimestamp64Milli({created_until:Int64}, 'UTC')")
+            params["created_until"] = _millis(self.created_until)
+        return conditions, params
+
+
+def _millis(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def list_page(warehouse: Warehouse, topic: str, after: Position, limit: int, where: TraceFilter) -> bytes:
+    """JSONEachRow rows of up to ``limit`` traces after ``after``, in key order, without step bodies."""
+    conditions, params = where.where()
+    conditions = ["topic = {topic:String}", "(partition, offset) > ({p:UInt32}, {o:Int64})", *conditions]
+    params.update(db=warehouse.database, topic=topic, p=after.partition, o=after.offset, limit=limit)
+    sql = (f"SELECT {_LIST_COLUMNS} FROM {{db:Identifier}}.traces FINAL WHERE {' AND '.join(conditions)} "
+           "ORDER BY topic, partition, offset LIMIT {limit:UInt32}")
+    return warehouse.query_json(sql, params)
+
+
+def by_id(warehouse: Warehouse, trace_id: str) -> bytes:
+    """The latest copy of ``trace_id`` as one JSON object line, or b'' when there is none.
+
+    A trace published twice has two rows (two offsets of its partition); the later one wins.
+    """
+    sql = (f"SELECT {_WHOLE_COLUMNS} FROM {{db:Identifier}}.traces FINAL WHERE trace_id = {{trace_id:String}} "
+           "ORDER BY topic, partition, offset DESC LIMIT 1")
+    return warehouse.query_json(sql, {"db": warehouse.database, "trace_id": trace_id})

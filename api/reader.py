@@ -1,0 +1,71 @@
+"""The API's way into the warehouse: one thread for its calls, and a cache of answers.
+
+Warehouse calls block, so handlers run them here, off the event loop. The
+cache keeps finished response bodies keyed by the query; it is used only when
+the warehouse says when it changes (``Warehouse.generation``: an embedded
+warehouse, whose only writer is this process) and is dropped at every write,
+so an answer is never older than the last write. With a ClickHouse server
+(other writers), every read goes to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from warehouse.client import Warehouse
+
+T = TypeVar("T")
+
+
+class WarehouseReader:
+    """Runs functions of the warehouse on one thread; caches what ``cached`` is asked to."""
+
+    def __init__(self, warehouse_factory: Callable[[], Warehouse], *, cache_entries: int = 4096) -> None:
+        self._factory = warehouse_factory
+        self._warehouse: Warehouse | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-warehouse")
+        self._cache: OrderedDict[Hashable, Any] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._cache_generation: int | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def _call(self, fn: Callable[[Warehouse], T]) -> T:
+        if self._warehouse is None:
+            self._warehouse = self._factory()
+        return fn(self._warehouse)
+
+    async def run(self, fn: Callable[[Warehouse], T]) -> T:
+        """``fn(warehouse)`` on the reader's thread (the warehouse opens on first use)."""
+        return await asyncio.wrap_future(self.executor.submit(self._call, fn))
+
+    async def cached(self, key: Hashable, fn: Callable[[Warehouse], T]) -> T:
+        """Like ``run``, but an answer for ``key`` is reused until the warehouse is written to."""
+        generation = self._warehouse.generation if self._warehouse is not None else None
+        if generation is not None and self._cache_entries:
+            if generation != self._cache_generation:
+                self._cache.clear()
+                self._cache_generation = generation
+            elif key in self._cache:
+                self.hits += 1
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        self.misses += 1
+        value = await self.run(fn)
+        # The generation is read again: a write during the query may or may not be in the answer.
+        if generation is not None and self._warehouse.generation == generation == self._cache_generation:
+            self._cache[key] = value
+            if len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return value
+
+    def runner(self) -> Callable[[Callable[[Warehouse], Any]], Any]:
+        """A warehouse runner usable from any event loop (dataset export runs on its own)."""
+        return lambda fn: asyncio.wrap_future(self.executor.submit(self._call, fn))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)

@@ -1,0 +1,1 @@
+"""One router per resource; handlers stay thin and call a query module."""

@@ -1,0 +1,42 @@
+"""GET /api/dlq: dead letters with their reason codes, a page at a time, and counts by reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from api.cursor import Position, decode_cursor, encode_cursor
+from api.deps import ReaderDep, Readable, json_response
+from api.errors import ERROR_SCHEMA
+from api.models import DeadLetterPage
+from api.queries import dlq as q
+from api.queries.jsonrows import last_row, row_count, rows_array
+
+router = APIRouter(prefix="/api/dlq", tags=["dead letters"], dependencies=[Readable])
+
+_ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 422)}
+
+
+@router.get("", response_model=DeadLetterPage, responses=_ERRORS, summary="Dead letters and counts by reason")
+async def list_dead_letters(
+    reader: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="Items per page, at most 500.")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    reason: Annotated[list[str], Query(description="Keep these reason codes, e.g. no_steps.")] = [],  # noqa: B006
+    stage: Annotated[list[str], Query(description="Keep these stages: validate, materialize.")] = [],  # noqa: B006
+) -> Response:
+    """Dead letters in log order (the original bytes left out), and how many there are by stage and reason."""
+    after = decode_cursor(cursor)
+    reasons, stages = tuple(reason), tuple(stage)
+
+    def read(w) -> bytes:
+        rows = q.list_page(w, after, limit, reasons, stages)
+        last = last_row(rows)
+        full = row_count(rows) >= limit and last is not None
+        next_cursor = json.dumps(encode_cursor(Position(last["partition"], last["offset"]))) if full else "null"
+        return (b'{"items":' + rows_array(rows) + b',"next_cursor":' + next_cursor.encode() + b',"limit":'
+                + str(limit).encode() + b',"counts":' + rows_array(q.counts(w, stages)) + b"}")
+
+    return json_response(await reader.cached(("dlq", after, limit, reasons, stages), read))

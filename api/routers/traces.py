@@ -1,0 +1,116 @@
+"""GET /api/traces (keyset pages), /api/traces/compare, /api/traces/{trace_id}."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from api.cursor import Position, decode_cursor, encode_cursor
+from api.deps import ReaderDep, Readable, SettingsDep, json_response
+from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
+from api.models import TraceComparison, TracePage, Trace
+from api.queries import traces as q
+from api.queries.jsonrows import last_row, row_count, rows_array
+
+router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Readable])
+
+MAX_LIMIT = 500
+_ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 404, 422)}
+
+
+def parse_meta(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    """``key=value`` strings as pairs; anything else is the caller's mistake."""
+    out = []
+    for n, pair in enumerate(pairs):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(
+                f"meta filter {pair!r} is not key=value; write e.g. meta=lang=en",
+                [{"field": f"query.meta.{n}", "message": "expected key=value"}],
+            )
+        out.append((key, value))
+    return tuple(out)
+
+
+def page_body(rows: bytes, limit: int) -> bytes:
+    """The page's JSON, built around the rows the engine serialized."""
+    last = last_row(rows)
+    full = row_count(rows) >= limit and last is not None
+    cursor = json.dumps(encode_cursor(Position(last["partition"], last["offset"]))) if full else "null"
+    return b'{"items":' + rows_array(rows) + b',"next_cursor":' + cursor.encode() + b',"limit":' + str(limit).encode() + b"}"
+
+
+@router.get("", response_model=TracePage, responses=_ERRORS, summary="List traces, a page at a time")
+async def list_traces(
+    reader: ReaderDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page, at most 500.")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page; none for the first.")] = None,
+    source: Annotated[list[str], Query(description="Keep traces from any of these sources.")] = [],  # noqa: B006
+    trace_version: Annotated[list[int], Query(ge=-(2**31), le=2**31 - 1, description="Keep these versions.")] = [],  # noqa: B006
+    meta: Annotated[list[str], Query(description="key=value that meta must hold; repeat for several.",
+                                     examples=["lang=en"])] = [],  # noqa: B006
+    created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    created_until: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
+) -> Response:
+    """Traces in log order (partition, offset), without step bodies.
+
+    Pages never overlap or skip: each starts strictly after the previous
+    page's last trace, so traces written while you page simply show up at
+    the end of their partition.
+    """
+    where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta), created_from, created_until)
+    after = decode_cursor(cursor)
+    topic = settings.topics.valid
+    body = await reader.cached(
+        ("traces", topic, after, limit, where),
+        lambda w: page_body(q.list_page(w, topic, after, limit, where), limit),
+    )
+    return json_response(body)
+
+
+def _not_found(trace_id: str, field: str) -> NotFound:
+    return NotFound(
+        f"no trace with trace_id {trace_id!r} in the warehouse; it may not be materialized yet, "
+        "or it was dead-lettered (GET /api/dlq)",
+        [{"field": field, "message": "unknown trace_id"}],
+    )
+
+
+def _trace_or_404(row: bytes, trace_id: str, field: str) -> dict:
+    if not row:
+        raise _not_found(trace_id, field)
+    return json.loads(row)
+
+
+@router.get("/compare", response_model=TraceComparison, responses=_ERRORS, summary="Two traces side by side")
+async def compare_traces(
+    reader: ReaderDep,
+    a: Annotated[str, Query(min_length=1, description="trace_id of the first trace.")],
+    b: Annotated[str, Query(min_length=1, description="trace_id of the second trace.")],
+) -> Response:
+    """Both traces whole, the fields that differ, and their steps aligned by index."""
+    row_a, row_b = await reader.run(lambda w: (q.by_id(w, a), q.by_id(w, b)))
+    ta, tb = _trace_or_404(row_a, a, "query.a"), _trace_or_404(row_b, b, "query.b")
+    steps_a, steps_b = {s["i"]: s for s in ta["steps"]}, {s["i"]: s for s in tb["steps"]}
+    pairs = [
+        {"i": i, "a": steps_a.get(i), "b": steps_b.get(i), "same": steps_a.get(i) == steps_b.get(i)}
+        for i in sorted(steps_a.keys() | steps_b.keys())
+    ]
+    differing = sorted(k for k in ta if k not in ("steps",) and ta[k] != tb.get(k))
+    return json_response(json.dumps({"a": ta, "b": tb, "differing_fields": differing, "steps": pairs}).encode())
+
+
+@router.get("/{trace_id}", response_model=Trace, responses=_ERRORS, summary="One trace, whole")
+async def get_trace(
+    reader: ReaderDep,
+    trace_id: Annotated[str, Path(min_length=1, description="The trace's id.")],
+) -> Response:
+    """The whole trace (steps in order, with their types) and its topic/partition/offset."""
+    row = await reader.cached(("trace", trace_id), lambda w: q.by_id(w, trace_id))
+    if not row:
+        raise _not_found(trace_id, "path.trace_id")
+    return json_response(row.rstrip(b"\n"))
