@@ -7,7 +7,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from consumers.ranges import read_ranges
+from schemas.codec import AvroCodec
+from schemas.dataset import ContentHasher, Manifest, select
 from schemas.exports import record_id, render_completion
+from trainer.config import ConfigError
 from trainer.tokenizer import encode_example
 
 
@@ -48,3 +52,33 @@ def tokenize(examples: Sequence[Example], max_len: int) -> dict[str, np.ndarray]
         "tokens": np.stack([t for t, _ in pairs]),
         "loss_mask": np.stack([m for _, m in pairs]),
     }
+
+
+async def read_examples(bootstrap: str, manifest: Manifest, codec: AvroCodec) -> tuple[list[Example], list[Example]]:
+    """The manifest's records, replayed from Kafka, split into train and eval; checks the content hash.
+
+    Raises:
+        ConfigError: the replay does not hash to the manifest's ``content_sha256``.
+    """
+    hasher = ContentHasher()
+    split: dict[str, list[Mapping[str, Any]]] = {"train": [], "eval": []}
+    async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
+        for name, selected in select((record,), manifest.filter, manifest.split, "all"):
+            hasher.add(selected)
+            split[name].append(selected)
+    if manifest.content_sha256 and hasher.hexdigest() != manifest.content_sha256:
+        raise ConfigError(
+            f"dataset {manifest.name}@{manifest.version} replayed to content_sha256 {hasher.hexdigest()}, "
+            f"its manifest says {manifest.content_sha256}; the log under its ranges changed, "
+            "create a new dataset version"
+        )
+    return examples_from_records(split["train"]), examples_from_records(split["eval"])
+
+
+def no_train_split(manifest: Manifest) -> ConfigError:
+    """The error for a dataset whose train split is empty."""
+    return ConfigError(
+        f"dataset {manifest.name}@{manifest.version} has no records in its train split "
+        f"({manifest.record_count} records, {manifest.eval_count} in eval); "
+        "create a dataset with a smaller eval share or a wider filter"
+    )

@@ -37,6 +37,40 @@ class Result:
     checkpoint_sha256: str | None
 
 
+def checkpointer(workdir: Path | str | None) -> Checkpointer:
+    """The run's checkpointer: ``workdir / "checkpoints"``, or one that does nothing."""
+    return Checkpointer(None if workdir is None else Path(workdir) / "checkpoints")
+
+
+def data_identity(n_examples: int, train_cfg: TrainConfig) -> dict[str, int]:
+    """What a checkpoint's data position refers to; a resumed run must have the same."""
+    return {"examples": n_examples, "seed": train_cfg.seed}
+
+
+def checkpoint_due(micro: int, train_cfg: TrainConfig) -> bool:
+    """After micro-batch ``micro``: an update just finished, and it is every K-th or the last."""
+    update, rest = divmod(micro, train_cfg.grad_accum_steps)
+    return rest == 0 and (update % train_cfg.checkpoint_every == 0 or update == train_cfg.total_steps)
+
+
+def restore(ckpt: Checkpointer, state: TrainState, data_id: dict[str, int]) -> tuple[int | None, TrainState]:
+    """``(checkpoint step, state)`` from the newest checkpoint, or ``(None, state)`` without one.
+
+    Raises:
+        ConfigError: the checkpoint was written for other data (its position would be wrong).
+    """
+    restored = ckpt.restore_latest(state)
+    if restored is None:
+        return None, state
+    step, state, data = restored
+    if {k: data.get(k) for k in data_id} != data_id or data.get("next_batch") != int(state.step):
+        raise ConfigError(
+            f"checkpoint {ckpt.path(step)} was written for data {data}, this run "
+            f"has {data_id}; use a fresh workdir for a different data set or seed"
+        )
+    return step, state
+
+
 def train_and_evaluate(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -63,20 +97,13 @@ def train_and_evaluate(
     apply, params = build(model_cfg, train_cfg.seed, train_cfg.dtype)
     fns = make_train_fns(apply, train_cfg)
     state = fns.init(params)
-    ckpt = Checkpointer(None if workdir is None else Path(workdir) / "checkpoints")
-    data_id = {"examples": len(train_examples), "seed": train_cfg.seed}
-    resumed_from = None
+    ckpt = checkpointer(workdir)
+    data_id = data_identity(len(train_examples), train_cfg)
     last_path: Path | None = None
     last_sha: str | None = None
     try:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            resumed_from, state, data = restored
-            if {k: data.get(k) for k in data_id} != data_id or data.get("next_batch") != int(state.step):
-                raise ConfigError(
-                    f"checkpoint {ckpt.path(resumed_from)} was written for data {data}, this run "
-                    f"has {data_id}; use a fresh workdir for a different data set or seed"
-                )
+        resumed_from, state = restore(ckpt, state, data_id)
+        if resumed_from is not None:
             last_path = ckpt.path(resumed_from)
         arrays = tokenize(train_examples, model_cfg.max_len)
         k = train_cfg.grad_accum_steps
@@ -92,8 +119,7 @@ def train_and_evaluate(
             if on_metrics is not None:
                 on_metrics(metrics)
             update = micro // k
-            if micro % k == 0 and (update % train_cfg.checkpoint_every == 0
-                                   or update == train_cfg.total_steps):
+            if checkpoint_due(micro, train_cfg):
                 path = ckpt.save(update, state, {**data_id, "next_batch": micro})
                 if path is not None:
                     last_path, last_sha = path, sha256_dir(path)

@@ -6,6 +6,14 @@ all keyed by ``run_id``:
 
     queued → started → metrics / checkpoint … → evaluated → completed
                        (any failure)        → failed
+                       (cancel_requested)   → cancelled
+
+One worker trains in this process; more train data-parallel on Ray actors
+(``trainer.distributed``), which restart from the last checkpoint when one
+dies. A rerun with the same ``run_id`` resumes from the workdir's checkpoint
+and does not publish a step twice (``trainer.runlog`` reads what was
+published). ``tracestream runs cancel`` publishes ``cancel_requested``; the
+run watches for it and stops.
 
 Training runs in a worker thread (``asyncio.to_thread``); its hooks hand
 events to the event loop with ``loop.call_soon_threadsafe``, and one
@@ -31,16 +39,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from consumers.ranges import read_ranges
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, Manifest, select
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from trainer.config import ConfigError, Preset, from_mapping
-from trainer.data import Example, examples_from_records
+from trainer.data import no_train_split, read_examples
 from trainer.loop import train_and_evaluate
+from trainer.runlog import Published, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ class RunFailed(TracestreamError):
 
 
 class RunCancelled(TracestreamError):
-    """The run was cancelled before it finished."""
+    """The run was cancelled before it finished (``tracestream runs cancel``); ``cancelled`` was published."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class RunOutcome:
     final_loss: float | None
     scorecard: dict[str, Any]
     checkpoint: Path | None
+    workers: int = 1
+    restarts: int = 0  # times the run's actors died and were restarted from the checkpoint
 
 
 def canonical_json(value: Any) -> str:
@@ -148,27 +157,34 @@ async def run_training(
     run_id: str | None = None,
     workdir: Path | None = None,
     metrics_every: int = 1,
+    workers: int = 1,
+    max_restarts: int = 3,
 ) -> RunOutcome:
     """Train on ``dataset`` (``version`` None: the latest ready one) and publish the run's events.
 
     ``config`` is ``trainer.config.from_mapping``'s input (default: the tiny
     preset). Metrics are published every ``metrics_every`` optimizer steps
     (and for the last one); checkpoints go to ``workdir`` (default
-    ``settings.home / "runs" / run_id``).
+    ``settings.home / "runs" / run_id``). ``workers`` > 1 trains on that many
+    Ray actors (``settings.ray_address``, or a local Ray started here), whose
+    death restarts them from the last checkpoint up to ``max_restarts`` times.
 
     Raises:
         UnknownDataset: no ready dataset of that name/version (a ``failed`` event is published).
         ConfigError: the config is invalid or the dataset has no training records (likewise).
+        RunCancelled: a ``cancel_requested`` event arrived (``cancelled`` is published).
         RunFailed: training itself failed (likewise; the original error is chained).
     """
     if isinstance(metrics_every, bool) or not isinstance(metrics_every, int) or metrics_every < 1:
         raise ConfigError(f"metrics_every must be an integer >= 1, got {metrics_every!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     run_id = run_id or uuid.uuid4().hex
     workdir = Path(workdir) if workdir is not None else settings.home / "runs" / run_id
     codec = AvroCodec(default_registry())
     base: dict[str, Any] = {
         "run_id": run_id, "dataset_name": dataset, "dataset_version": version or 0, "dataset_sha256": "",
-        "config": "", "seed": 0, "workers": 1,
+        "config": "", "seed": 0, "workers": workers,
     }
 
     def event(event_type: str, **fields: Any) -> dict[str, Any]:
@@ -178,8 +194,13 @@ async def run_training(
     publisher = _Publisher(bootstrap, settings.topics.runs, codec, run_id)
     await publisher.start()
     stop = threading.Event()
+    runlog = RunLog(bootstrap, settings.topics.runs, run_id, codec)
+    watcher: asyncio.Task | None = None
+    trainer = None
     try:
         try:
+            published = await runlog.open()
+            watcher = asyncio.create_task(runlog.watch(stop.set), name=f"run-cancel-{run_id}")
             manifest = (await load_catalog(bootstrap, settings.topics.datasets, codec)).get(dataset, version).manifest
             base.update(dataset_version=manifest.version, dataset_sha256=manifest.content_sha256)
             try:
@@ -188,22 +209,36 @@ async def run_training(
                 raise ConfigError(f"invalid trainer config for run {run_id}: {exc}") from exc
             base.update(config=config_json(preset), seed=preset.train.seed)
             publisher.put(event("queued"))
-            train, evals = await _read_examples(bootstrap, manifest, codec)
-            if not train:
-                raise ConfigError(
-                    f"dataset {manifest.name}@{manifest.version} has no records in its train split "
-                    f"({manifest.record_count} records, {manifest.eval_count} in eval); "
-                    "create a dataset with a smaller eval share or a wider filter"
+            hooks = _Hooks(preset, metrics_every, publisher.put_threadsafe, event, stop, published)
+            if workers == 1:
+                train, evals = await read_examples(bootstrap, manifest, codec)
+                if not train:
+                    raise no_train_split(manifest)
+                workdir.mkdir(parents=True, exist_ok=True)
+                publisher.put(event("started"))
+                result = await asyncio.to_thread(
+                    train_and_evaluate, preset.model, preset.train, train, evals, workdir,
+                    on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint,
                 )
-            workdir.mkdir(parents=True, exist_ok=True)
-            publisher.put(event("started"))
-            hooks = _Hooks(preset, metrics_every, publisher.put_threadsafe, event, stop)
-            result = await asyncio.to_thread(
-                train_and_evaluate, preset.model, preset.train, train, evals, workdir,
-                on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint,
-            )
+                eval_count = len(evals)
+            else:
+                from trainer.distributed import RayTrainer, connect
+
+                trainer = RayTrainer(preset, bootstrap, manifest, workdir, workers=workers, run_id=run_id,
+                                     max_restarts=max_restarts)
+                connect(settings)
+                workdir.mkdir(parents=True, exist_ok=True)
+                counts = await asyncio.to_thread(trainer.start)
+                if not counts.train:
+                    raise no_train_split(manifest)
+                publisher.put(event("started"))
+                result = await asyncio.to_thread(
+                    trainer.train, on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint,
+                    should_stop=hooks.check_stop,
+                )
+                eval_count = counts.eval
             scorecard = dict(result.scorecard)
-            if not evals:
+            if not eval_count:
                 scorecard["note"] = (
                     f"dataset {manifest.name}@{manifest.version} has an empty eval split; nothing was scored. "
                     "Create the dataset with --split eval=0.1 (or similar) to get a scorecard."
@@ -213,7 +248,9 @@ async def run_training(
             await publisher.close()
         except BaseException as exc:
             stop.set()  # a cancelled run's training thread stops at its next step
-            cancelled = isinstance(exc, asyncio.CancelledError)
+            if trainer is not None:
+                await asyncio.shield(asyncio.to_thread(trainer.shutdown))
+            cancelled = isinstance(exc, (asyncio.CancelledError, RunCancelled))
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TracestreamError) else str(exc)
             await _publish_last(publisher, event("cancelled" if cancelled else "failed",
                                                  error="run was cancelled" if cancelled else error))
@@ -222,9 +259,16 @@ async def run_training(
             raise RunFailed(f"run {run_id} failed: {error}") from exc
     finally:
         stop.set()
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        await runlog.close()
+        if trainer is not None:
+            await asyncio.to_thread(trainer.shutdown)
     return RunOutcome(
         run_id=run_id, status="completed", steps=result.step, final_loss=hooks.final_loss,
-        scorecard=scorecard, checkpoint=result.checkpoint,
+        scorecard=scorecard, checkpoint=result.checkpoint, workers=workers,
+        restarts=trainer.restarts if trainer is not None else 0,
     )
 
 
@@ -241,27 +285,12 @@ async def _publish_last(publisher: _Publisher, event: dict[str, Any]) -> None:
         log.exception("could not publish the %s event of run %s", event["event_type"], event["run_id"])
 
 
-async def _read_examples(bootstrap: str, manifest: Manifest, codec: AvroCodec) -> tuple[list[Example], list[Example]]:
-    """The manifest's records, replayed from Kafka, split into train and eval; checks the content hash."""
-    hasher = ContentHasher()
-    split: dict[str, list[Mapping[str, Any]]] = {"train": [], "eval": []}
-    async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
-        for name, selected in select((record,), manifest.filter, manifest.split, "all"):
-            hasher.add(selected)
-            split[name].append(selected)
-    if manifest.content_sha256 and hasher.hexdigest() != manifest.content_sha256:
-        raise ConfigError(
-            f"dataset {manifest.name}@{manifest.version} replayed to content_sha256 {hasher.hexdigest()}, "
-            f"its manifest says {manifest.content_sha256}; the log under its ranges changed, "
-            "create a new dataset version"
-        )
-    return examples_from_records(split["train"]), examples_from_records(split["eval"])
-
-
 class _Hooks:
     """The training thread's hooks: aggregate micro-steps into per-update metrics and queue events."""
 
-    def __init__(self, preset: Preset, every: int, put, event, stop: threading.Event) -> None:
+    def __init__(self, preset: Preset, every: int, put, event, stop: threading.Event,
+                 published: Published) -> None:
+        self.published = published  # what an earlier attempt of this run published: not again
         self.k = preset.train.grad_accum_steps
         self.total = preset.train.total_steps
         self.every = every
@@ -273,9 +302,12 @@ class _Hooks:
         self.since = time.perf_counter()
         self.final_loss: float | None = None
 
-    def on_metrics(self, m: dict[str, Any]) -> None:
+    def check_stop(self) -> None:
         if self.stop.is_set():
             raise RunCancelled("run was cancelled")
+
+    def on_metrics(self, m: dict[str, Any]) -> None:
+        self.check_stop()
         self.losses.append(float(m["loss"]))
         self.tokens += float(m.get("tokens", 0.0))
         if m["micro_step"] % self.k:
@@ -286,6 +318,8 @@ class _Hooks:
         self.losses, self.tokens, self.since = [], 0.0, now
         self.final_loss = loss
         step = int(m["step"])
+        if step <= self.published.metrics_step:
+            return
         if step % self.every == 0 or step == self.total:
             self.put(self.event("metrics", metrics={
                 "step": step, "loss": loss, "learning_rate": float(m["learning_rate"]),
@@ -293,6 +327,8 @@ class _Hooks:
             }))
 
     def on_checkpoint(self, step: int, path: Path, sha256: str) -> None:
+        if step <= self.published.checkpoint_step:
+            return
         self.put(self.event("checkpoint", checkpoint={"step": int(step), "path": str(path), "sha256": sha256}))
 
 

@@ -10,6 +10,12 @@ per-micro-batch means, which equals one big batch exactly when the
 micro-batches hold equally many masked tokens (always true for full
 sequences), and is the usual approximation otherwise.
 
+For data parallelism across processes (``trainer.distributed``) the workers
+instead return ``compute_grad_sums``: the gradient of the *summed* masked
+loss and the token count. Summing those over workers and dividing by the
+total count is the gradient of the global batch's mean loss exactly,
+however the masked tokens fall across the shards.
+
 Step counting: ``TrainState.step`` counts micro-batches (train_step calls), so
 it is also the index of the next batch to read; an optimizer update happens
 every ``grad_accum_steps`` of them, and the schedule counts updates.
@@ -66,8 +72,8 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.MultiSteps(inner, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
 
 
-def masked_loss(apply: Apply, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """``(mean cross-entropy over masked target tokens, number of masked tokens)``.
+def masked_loss_sum(apply: Apply, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """``(summed cross-entropy over masked target tokens, number of masked tokens)``.
 
     Position t predicts token t+1; a target counts when its loss_mask is 1.
     """
@@ -76,8 +82,13 @@ def masked_loss(apply: Apply, params: Params, batch: Batch) -> tuple[jax.Array, 
     targets = tokens[:, 1:]
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    count = weights.sum()
-    return (ce * weights).sum() / jnp.maximum(count, 1.0), count
+    return (ce * weights).sum(), weights.sum()
+
+
+def masked_loss(apply: Apply, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """``(mean cross-entropy over masked target tokens, number of masked tokens)``."""
+    total, count = masked_loss_sum(apply, params, batch)
+    return total / jnp.maximum(count, 1.0), count
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class TrainFns:
 
     - ``init(params) -> TrainState``
     - ``compute_grads(params, batch) -> (grads, {"loss", "tokens"})``
+    - ``compute_grad_sums(params, batch) -> (grads of the summed loss, {"loss_sum", "tokens"})``
     - ``apply_grads(state, grads) -> (state, {"grad_norm", "learning_rate"})``
     - ``train_step(state, batch) -> (state, {"loss", "grad_norm", "learning_rate", "tokens"})``
     - ``eval_loss(params, batch) -> (mean loss, tokens)``
@@ -93,6 +105,7 @@ class TrainFns:
 
     init: Any
     compute_grads: Any
+    compute_grad_sums: Any
     apply_grads: Any
     train_step: Any
     eval_loss: Any
@@ -114,6 +127,12 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
         )(params)
         return grads, {"loss": loss, "tokens": count}
 
+    def compute_grad_sums(params: Params, batch: Batch):
+        (total, count), grads = jax.value_and_grad(
+            lambda p: masked_loss_sum(apply, p, batch), has_aux=True
+        )(params)
+        return grads, {"loss_sum": total, "tokens": count}
+
     def apply_grads(state: TrainState, grads: Params):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -131,6 +150,7 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
     return TrainFns(
         init=init,  # eager: cheaper than compiling it
         compute_grads=jax.jit(compute_grads),
+        compute_grad_sums=jax.jit(compute_grad_sums),
         apply_grads=jax.jit(apply_grads),
         train_step=jax.jit(train_step),
         eval_loss=jax.jit(lambda p, b: masked_loss(apply, p, b)),

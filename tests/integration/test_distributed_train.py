@@ -1,0 +1,161 @@
+"""Data-parallel training on Ray actors against a real dataset on the real broker.
+
+- 1 and 2 actors on the same global batch and seed follow the single-process loss curve;
+- an actor killed mid-run is replaced from the last checkpoint: every metrics step is on
+  runs.events exactly once, and the curve is the uninterrupted one;
+- a ``cancel_requested`` event stops the run: ``cancelled`` is published and the actors are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from deploy.kafka import ensure_topics_async
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import Manifest, Split
+from schemas.registry import default_registry
+from streams.catchup import wait_until_caught_up
+from streams.generator import generate_events
+from streams.snapshot import DatasetRequest, create_dataset
+from tests.integration.support import publish, running_processors
+from tests.integration.test_train_run import run_events
+from trainer.config import ConfigError, from_mapping
+from trainer.data import read_examples
+from trainer.distributed import NAMESPACE, RayTrainer, actor_name
+from trainer.loop import train_and_evaluate
+from trainer.run import RunCancelled, run_training
+from trainer.runlog import request_cancel
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(180)]
+
+CODEC = AvroCodec(default_registry())
+
+
+async def make_dataset(settings: Settings, n: int = 60, name: str = "sft") -> Manifest:
+    async with running_processors(settings):
+        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await publish(settings, generate_events(n, seed=5, broken_share=0.0))
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        return await create_dataset(settings, settings.kafka_bootstrap, DatasetRequest(name, split=Split(eval_share=0.1)),
+                                    CODEC)
+
+
+async def reference_losses(settings: Settings, manifest: Manifest, config: dict) -> list[float]:
+    """The single-process loop's loss per micro-step on the same data: the curve every run must follow."""
+    preset = from_mapping(config)
+    train, _ = await read_examples(settings.kafka_bootstrap, manifest, CODEC)
+    result = await asyncio.to_thread(train_and_evaluate, preset.model, preset.train, train, [], None)
+    return [m["loss"] for m in result.history]
+
+
+def actor_alive(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+async def test_one_and_two_actors_follow_the_single_process_curve(settings: Settings, ray_cluster, tmp_path: Path):
+    manifest = await make_dataset(settings)
+    config = {"preset": "tiny", "train": {"total_steps": 8, "warmup_steps": 2, "batch_size": 6}}
+    expected = await reference_losses(settings, manifest, config)
+    preset = from_mapping(config)
+    curves, finals = {}, {}
+    for workers in (1, 2):
+        trainer = RayTrainer(preset, settings.kafka_bootstrap, manifest, tmp_path / f"w{workers}", workers=workers,
+                             run_id=f"equiv-{workers}-{settings.app_id}")
+        try:
+            counts = await asyncio.to_thread(trainer.start)
+            assert counts.train == manifest.train_count and counts.eval == manifest.eval_count
+            result = await asyncio.to_thread(trainer.train)
+        finally:
+            trainer.shutdown()
+        assert [m["micro_step"] for m in result.history] == list(range(1, 9))
+        assert result.step == 8 and result.checkpoint == tmp_path / f"w{workers}" / "checkpoints" / "8"
+        assert result.scorecard["items"] == manifest.eval_count
+        curves[workers] = [m["loss"] for m in result.history]
+        finals[workers] = result.state.params
+    assert expected[-1] < expected[0]
+    np.testing.assert_allclose(curves[1], expected, rtol=2e-5)
+    np.testing.assert_allclose(curves[2], expected, rtol=2e-5)
+    for a, b in zip(jax_leaves(finals[1]), jax_leaves(finals[2])):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+async def test_killed_actor_is_replaced_and_no_step_is_lost_or_repeated(settings: Settings, ray_cluster,
+                                                                        tmp_path: Path):
+    manifest = await make_dataset(settings)
+    config = {"preset": "tiny", "train": {"total_steps": 40, "warmup_steps": 4, "checkpoint_every": 5}}
+    expected = await reference_losses(settings, manifest, config)
+    run_id = f"kill-{settings.app_id}"
+    seen_before_kill = []
+
+    async def kill_rank1_after_step_6() -> None:
+        while True:
+            steps = [e["metrics"]["step"] for e in await run_events(settings, run_id) if e["metrics"]]
+            if steps and steps[-1] >= 6:
+                seen_before_kill.append(steps[-1])
+                ray.kill(ray.get_actor(actor_name(run_id, 1, 1), namespace=NAMESPACE), no_restart=True)
+                return
+            await asyncio.sleep(0.05)
+
+    killer = asyncio.create_task(kill_rank1_after_step_6())
+    outcome = await run_training(settings, settings.kafka_bootstrap, manifest.name, None, config, run_id=run_id,
+                                 workdir=tmp_path / "run", workers=2)
+    await killer
+    assert seen_before_kill[0] < 40
+    assert outcome.status == "completed" and outcome.steps == 40 and outcome.restarts == 1
+
+    events = await run_events(settings, run_id)
+    types = [e["event_type"] for e in events]
+    assert types[:2] == ["queued", "started"] and types[-2:] == ["evaluated", "completed"], types
+    metrics = [e["metrics"] for e in events if e["event_type"] == "metrics"]
+    assert [m["step"] for m in metrics] == list(range(1, 41))  # none lost, none repeated across the restart
+    np.testing.assert_allclose([m["loss"] for m in metrics], expected, rtol=2e-5)
+    checkpoints = [e["checkpoint"]["step"] for e in events if e["event_type"] == "checkpoint"]
+    assert checkpoints == list(range(5, 41, 5))
+    assert {e["workers"] for e in events} == {2}
+    # the replacements are the second attempt's actors; all of them are gone after the run
+    assert not any(actor_alive(actor_name(run_id, rank, attempt)) for rank in (0, 1) for attempt in (1, 2, 3))
+
+
+async def test_cancel_request_stops_the_actors_and_publishes_cancelled(settings: Settings, ray_cluster,
+                                                                      tmp_path: Path):
+    manifest = await make_dataset(settings)
+    config = {"preset": "tiny", "train": {"total_steps": 2000, "checkpoint_every": 1000}}
+    run_id = f"cancel-{settings.app_id}"
+    run = asyncio.create_task(run_training(settings, settings.kafka_bootstrap, manifest.name, None, config,
+                                           run_id=run_id, workdir=tmp_path / "run", workers=2))
+    while not [e for e in await run_events(settings, run_id) if e["metrics"]]:
+        assert not run.done(), run
+        await asyncio.sleep(0.1)
+    assert actor_alive(actor_name(run_id, 0, 1)) and actor_alive(actor_name(run_id, 1, 1))
+    await request_cancel(settings.kafka_bootstrap, settings.topics.runs, run_id, CODEC)
+    with pytest.raises(RunCancelled):
+        await asyncio.wait_for(run, timeout=60)
+
+    events = await run_events(settings, run_id)
+    types = [e["event_type"] for e in events]
+    assert types[-1] == "cancelled" and "cancel_requested" in types and "completed" not in types, types
+    steps = [e["metrics"]["step"] for e in events if e["metrics"]]
+    assert steps == list(range(1, len(steps) + 1)) and steps[-1] < 2000
+    assert not actor_alive(actor_name(run_id, 0, 1)) and not actor_alive(actor_name(run_id, 1, 1))
+
+
+async def test_workers_beyond_the_batch_size_are_refused(settings: Settings, tmp_path: Path):
+    preset = from_mapping({"train": {"batch_size": 2}})
+    with pytest.raises(ConfigError, match=r"workers \(3\) must not exceed TrainConfig.batch_size \(2\)"):
+        RayTrainer(preset, settings.kafka_bootstrap, None, tmp_path, workers=3, run_id="r")

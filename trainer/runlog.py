@@ -1,0 +1,130 @@
+"""A run's view of runs.events: what earlier attempts published, and cancel requests while it runs.
+
+Control is event-sourced: ``tracestream runs cancel RUN`` publishes a
+``cancel_requested`` event, and the run's driver, which reads its own key on
+runs.events from the moment it starts, stops its training and publishes
+``cancelled``. A request counts only if it comes after the driver opened the
+log, so a rerun of the same run id is not cancelled by a stale request.
+
+Reading what earlier attempts of the same run id published lets a rerun
+after a driver crash resume from the checkpoint without publishing a metrics
+step or a checkpoint twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consumers.lag import topic_partitions
+from consumers.log import read_to_end
+from schemas.codec import AvroCodec
+from schemas.errors import TracestreamError
+
+RUN_EVENT = "RunEvent"
+CANCEL_REQUESTED = "cancel_requested"
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+"""Event types that end a run; ``cancel_requested`` does not (the driver answers it with ``cancelled``)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """The highest metrics step and checkpoint step earlier attempts of a run published (0: none)."""
+
+    metrics_step: int = 0
+    checkpoint_step: int = 0
+
+
+class RunLog:
+    """One consumer on runs.events for one run id: ``open`` reads the past, ``watch`` the future."""
+
+    def __init__(self, bootstrap: str, topic: str, run_id: str, codec: AvroCodec) -> None:
+        self.bootstrap, self.topic, self.run_id, self.codec = bootstrap, topic, run_id, codec
+        self.key = run_id.encode()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def open(self) -> Published:
+        """Read the run's events up to the current end of runs.events; ``watch`` continues from there."""
+        partitions = await topic_partitions(self.bootstrap, [self.topic])
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                         isolation_level="read_committed", fetch_max_wait_ms=100)
+        await self.consumer.start()
+        self.consumer.assign(partitions)
+        ends = await self.consumer.end_offsets(partitions)
+        await self.consumer.seek_to_beginning(*partitions)
+        metrics_step = checkpoint_step = 0
+        for tp in partitions:
+            while await self.consumer.position(tp) < ends[tp]:
+                for record in (await self.consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    if record.offset >= ends[tp] or record.key != self.key:
+                        continue
+                    event, _ = self.codec.decode_latest(record.value, RUN_EVENT)
+                    if event.get("metrics"):
+                        metrics_step = max(metrics_step, int(event["metrics"]["step"]))
+                    if event.get("checkpoint"):
+                        checkpoint_step = max(checkpoint_step, int(event["checkpoint"]["step"]))
+            self.consumer.seek(tp, ends[tp])
+        return Published(metrics_step, checkpoint_step)
+
+    async def watch(self, on_cancel: Callable[[], None]) -> None:
+        """Call ``on_cancel()`` when a ``cancel_requested`` event for this run arrives, then return."""
+        assert self.consumer is not None, "call open() first"
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if record.key != self.key:
+                        continue
+                    event, _ = self.codec.decode_latest(record.value, RUN_EVENT)
+                    if event["event_type"] == CANCEL_REQUESTED:
+                        on_cancel()
+                        return
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+
+
+class UnknownRun(TracestreamError):
+    """No event of that run id is on runs.events."""
+
+
+class RunAlreadyFinished(TracestreamError):
+    """The run already ended (completed, failed or cancelled); there is nothing to cancel."""
+
+
+async def request_cancel(bootstrap: str, topic: str, run_id: str, codec: AvroCodec) -> dict[str, Any]:
+    """Publish ``cancel_requested`` for ``run_id``, naming the same dataset and config as its other events.
+
+    Returns the event published. The run's driver answers with ``cancelled``.
+
+    Raises:
+        UnknownRun: the run has no event on ``topic``.
+        RunAlreadyFinished: its latest event is completed, failed or cancelled.
+    """
+    events = []
+    for record in await read_to_end(bootstrap, topic):
+        if record.key == run_id.encode():
+            event, _ = codec.decode_latest(record.value, RUN_EVENT)
+            events.append(event)
+    if not events:
+        raise UnknownRun(f"no run {run_id!r} on {topic}; `tracestream runs list` shows the runs")
+    last = events[-1]
+    if last["event_type"] in FINISHED:
+        raise RunAlreadyFinished(
+            f"run {run_id} already ended: {last['event_type']} at {last['at'].isoformat()}; nothing to cancel"
+        )
+    event = {**last, "event_type": CANCEL_REQUESTED, "at": datetime.now(UTC), "metrics": None, "checkpoint": None,
+             "scorecard": None, "error": None}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, codec.encode(event, RUN_EVENT), key=run_id.encode())
+    finally:
+        await producer.stop()
+    return event
