@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     materialize_batch_size: int = Field(default=2000, description="Rows per ClickHouse insert.")
     materialize_batch_seconds: float = Field(default=0.2, description="Longest wait to fill an insert batch.")
     warehouse_retry_max_seconds: float = Field(default=5.0, description="Ceiling of the backoff while the warehouse is down.")
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ray_address", "TRACESTREAM_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="Address of an existing Ray cluster (Ray's own RAY_ADDRESS); when unset training starts a local one.",
+    )
+    ray_temp_dir: Path = Field(
+        default=Path("/tmp/tracestream-ray"),
+        description="Temp folder of the local Ray instance; keep it short (Ray's unix socket paths must fit ~107 chars).",
+    )
     api_host: str = Field(default="127.0.0.1", description="Interface the read API (`tracestream serve`) listens on.")
     api_port: int = Field(default=8080, description="Port of the read API.")
     api_token: str | None = Field(

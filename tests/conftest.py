@@ -59,3 +59,17 @@ def settings(kafka_bootstrap: str, session_home: Path) -> Settings:
         web_port=free_port(),
         materialize_batch_seconds=0.1,
     )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One Ray instance for the whole test session (starting one costs seconds); RAY_ADDRESS joins a cluster."""
+    import ray
+
+    from trainer.distributed import connect
+
+    connect(Settings())
+    try:
+        yield
+    finally:
+        ray.shutdown()
