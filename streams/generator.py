@@ -10,6 +10,11 @@ Every ``calculate`` step contains its arithmetic as ``a op b … = r`` with the
 operators ``+ − × ÷`` (usual precedence), and the last ``calculate`` step's
 result is the final answer, so a test can recompute every trace.
 
+A second kind, ``arith`` (``generate_events(..., kind="arith")``), gives short
+column-arithmetic traces (``What is 37 + 48?``, three steps, under 200 bytes
+rendered) from its own seeded stream: small enough that a byte-level model
+with a short context sees the whole example, answer included.
+
 Determinism: event ``index`` of stream ``seed`` depends only on
 ``(seed, index)`` (its own ``random.Random``), never on global random state,
 uuid4 or the clock: the trace id is derived from ``(seed, index)`` and
@@ -97,6 +102,10 @@ MODELS = (
 )
 STEP_TYPES = ("restate", "plan", "calculate", "check", "conclude")
 GENERATOR_TAG = "tracestream-synth/1"
+TRACE_KINDS = ("word", "arith")
+"""``word``: the multi-step word problems below (the default); ``arith``: short column arithmetic."""
+ARITH_SOURCE = "arith-synth"
+ARITH_GENERATOR_TAG = "tracestream-arith/1"
 
 
 class Breakage(StrEnum):
@@ -868,6 +877,61 @@ def generate_trace(rng: random.Random, index: int) -> dict:
     return record
 
 
+# --- short arithmetic traces (kind "arith") ----------------------------------------
+
+
+def generate_arith_trace(rng: random.Random, index: int) -> dict:
+    """One short column-arithmetic trace: ``What is 37 + 48?`` worked digit by digit.
+
+    Two-digit operands, ``+`` or ``−`` (never a negative result). Steps: the
+    ones column (with its carry or borrow), the tens column (carry/borrow
+    written out, 0 included, so every trace has the same shape), and the
+    whole sum restated; the answer is the tens result followed by the ones
+    digit (a leading 0 dropped). Rendered for SFT the example stays under
+    200 bytes, so a small ``max_len`` keeps ``<answer>`` in view.
+    """
+    op = rng.choice("+−")
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    if op == "−" and a < b:
+        a, b = b, a
+    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
+    if op == "+":
+        ones = a0 + b0
+        carry = ones // 10
+        tens = a1 + b1 + carry
+        answer = a + b
+        steps = [f"ones: {a0} + {b0} = {ones}", f"tens: {a1} + {b1} + {carry} = {tens}"]
+    else:
+        carry = int(a0 < b0)
+        ones = a0 + 10 * carry - b0
+        tens = a1 - b1 - carry
+        answer = a - b
+        steps = [f"ones: {a0 + 10 * carry} − {b0} = {ones}", f"tens: {a1} − {b1} − {carry} = {tens}"]
+    text = f"{a} {op} {b}"
+    return {
+        "trace_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "trace_version": TRACE_VERSION,
+        "prompt": f"What is {text}?",
+        "steps": [
+            {"i": 0, "type": "calculate", "content": steps[0]},
+            {"i": 1, "type": "calculate", "content": steps[1]},
+            {"i": 2, "type": "conclude", "content": f"{text} = {answer}"},
+        ],
+        "final_answer": str(answer),
+        "meta": {"difficulty": "medium" if carry else "easy", "topic": "arithmetic",
+                 "op": "add" if op == "+" else "subtract", "generator": ARITH_GENERATOR_TAG,
+                 "lang": "en"},
+        "source": ARITH_SOURCE,
+        "created_at": BASE_TIME + timedelta(seconds=index),
+        "score": None,
+    }
+
+
+def _stream_trace_id(stream: str, seed: int, index: int) -> str:
+    digest = hashlib.sha256(f"{stream}-generate:{seed}:{index}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
 def schema_version_of(record: dict) -> int:
     """2 when the record has a ``model`` key, else 1."""
     return 2 if "model" in record else 1
@@ -1008,32 +1072,41 @@ def _pick_kind(rng: random.Random) -> Breakage:
     return rng.choices(_KINDS, cum_weights=_CUM_WEIGHTS)[0]
 
 
-def generate_event(seed: int, index: int, broken_share: float = 0.05) -> GeneratedEvent:
-    """Event ``index`` of stream ``seed``; depends on nothing else."""
-    rng = random.Random(f"tracestream:{seed}:{index}")
+def generate_event(seed: int, index: int, broken_share: float = 0.05, kind: str = "word") -> GeneratedEvent:
+    """Event ``index`` of stream ``seed`` of trace kind ``kind``; depends on nothing else."""
+    if kind not in TRACE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(TRACE_KINDS)}, got {kind!r}")
+    stream = "tracestream" if kind == "word" else f"tracestream-{kind}"
+    rng = random.Random(f"{stream}:{seed}:{index}")
     broken = rng.random() < broken_share
-    kind = _pick_kind(rng) if broken else None
-    record = generate_trace(rng, index)
-    trace_id = trace_id_for(seed, index)
+    breakage = _pick_kind(rng) if broken else None
+    record = generate_trace(rng, index) if kind == "word" else generate_arith_trace(rng, index)
+    trace_id = trace_id_for(seed, index) if kind == "word" else _stream_trace_id(stream, seed, index)
     record["trace_id"] = trace_id
     version = schema_version_of(record)
-    if kind is None:
+    if breakage is None:
         return GeneratedEvent(trace_id, record, None, None, version)
-    if kind in PAYLOAD_KINDS:
-        payload = _break_payload(rng, record, kind)
-        return GeneratedEvent(trace_id, None, payload, kind.value, None, source_record=record)
-    return GeneratedEvent(trace_id, _break_record(rng, record, kind), None, kind.value, version)
+    if breakage in PAYLOAD_KINDS:
+        payload = _break_payload(rng, record, breakage)
+        return GeneratedEvent(trace_id, None, payload, breakage.value, None, source_record=record)
+    return GeneratedEvent(trace_id, _break_record(rng, record, breakage), None, breakage.value, version)
 
 
-def generate_events(count: int, seed: int, broken_share: float = 0.05) -> Iterator[GeneratedEvent]:
+def generate_events(
+    count: int, seed: int, broken_share: float = 0.05, kind: str = "word"
+) -> Iterator[GeneratedEvent]:
     """``count`` events of stream ``seed``, about ``broken_share`` of them broken.
 
-    Lazy: events are built as they are consumed.
+    ``kind`` is ``"word"`` (the multi-step word problems, ~2 KB) or ``"arith"``
+    (short column-arithmetic traces for training). Lazy: events are built as
+    they are consumed.
     """
     if not 0.0 <= broken_share <= 1.0:
         raise ValueError(f"broken_share must be between 0 and 1, got {broken_share}")
+    if kind not in TRACE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(TRACE_KINDS)}, got {kind!r}")
     for index in range(count):
-        yield generate_event(seed, index, broken_share)
+        yield generate_event(seed, index, broken_share, kind)
 
 
 # --- JSON lines -------------------------------------------------------------------

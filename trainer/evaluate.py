@@ -1,16 +1,21 @@
-"""Evaluation: masked loss and perplexity, greedy decoding, exact match on ``<answer>``.
+"""Evaluation: masked loss and perplexity, greedy decoding, exact match on ``<answer>``, a baseline.
 
-Decoding is the simple, obviously-correct kind: every step re-runs the model
-over a fixed ``(N, max_len)`` buffer (one compilation for all steps; causal
-attention makes the padding after each row's position irrelevant) and reads
-the logits at each row's own position. O(new_tokens × forward), fine for
-small models; a KV cache is the optimisation to add when it matters.
+Decoding runs whole on the device: one jitted prefill of a fixed
+``(batch, max_len)`` buffer, then a ``while_loop`` that extends every row by
+one token per step through the model's KV cache (``trainer.model.decoder``)
+and stops when all rows have emitted EOS. Each new token costs one position,
+not a forward pass over the buffer, and one compilation serves every batch.
+
+An exact match means little alone: ``baseline`` says what always answering
+the commonest answer scores on the same items.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +25,7 @@ import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import Example, tokenize
-from trainer.model import Apply, Params
+from trainer.model import Apply, Decoder, Params, decoder
 from trainer.tokenizer import EOS, PAD, decode, encode_prompt
 from trainer.train import make_train_fns
 
@@ -60,42 +65,96 @@ def score(generations: Sequence[str], examples: Sequence[Example]) -> dict[str, 
     }
 
 
-@jax.jit(static_argnums=0)
-def _next_tokens(apply: Apply, params: Params, buf: jax.Array, pos: jax.Array) -> jax.Array:
-    logits = apply(params, buf)
-    return jnp.argmax(logits[jnp.arange(buf.shape[0]), pos - 1], axis=-1).astype(jnp.int32)
+def majority_baseline(
+    examples: Sequence[Example], train_examples: Sequence[Example] | None = None
+) -> dict[str, Any]:
+    """The exact match of always giving one answer, the commonest: what ignoring the prompt scores.
+
+    With ``train_examples`` the answer is the commonest ``final_answer`` of
+    the train split (what a model that learned only the answer distribution
+    would say). Without them it is the commonest answer of ``examples``
+    themselves: the best any constant answer can score on them, a stricter
+    bar. Ties go to the answer that sorts first, so the figure is reproducible.
+    """
+    pool = examples if train_examples is None else train_examples
+    counts = Counter(e.final_answer for e in pool)
+    if not counts or not examples:
+        return {"kind": "majority_answer", "answer": None, "exact_match": 0.0,
+                "from": "eval" if train_examples is None else "train"}
+    top = max(counts.values())
+    answer = min(a for a, c in counts.items() if c == top)
+    hits = sum(e.final_answer == answer for e in examples)
+    return {"kind": "majority_answer", "answer": answer, "exact_match": hits / len(examples),
+            "from": "eval" if train_examples is None else "train"}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _greedy(dec: Decoder, params: Params, buf: jax.Array, start: jax.Array, max_new: int):
+    """``(buf, end)``: rows of ``buf`` extended greedily from ``start`` until EOS, ``max_new`` or the end.
+
+    One prefill of the whole buffer, then one cached position per step in a
+    ``while_loop`` that stops as soon as every row is done.
+    """
+    n, t = buf.shape
+    rows = jnp.arange(n)
+    logits, cache = dec.prefill(params, buf)
+    first = jnp.argmax(logits[rows, start - 1], axis=-1).astype(jnp.int32)
+
+    def more(carry):
+        i, _, pos, _, done, _ = carry
+        return (i < max_new) & ~jnp.all(done | (pos >= t))
+
+    def step(carry):
+        i, buf, pos, tok, done, cache = carry
+        write = ~done & (pos < t)
+        at = jnp.minimum(pos, t - 1)
+        buf = buf.at[rows, at].set(jnp.where(write, tok, buf[rows, at]))
+        done = done | (write & (tok == EOS))
+        logits, cache = dec.extend(params, tok, at, cache)
+        nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return i + 1, buf, pos + write, nxt, done, cache
+
+    init = (jnp.int32(0), buf, start, first, jnp.zeros(n, bool), cache)
+    _, buf, pos, _, _, _ = jax.lax.while_loop(more, step, init)
+    return buf, pos
 
 
 def generate(
-    apply: Apply, params: Params, prompts: Sequence[str], max_len: int, max_new_tokens: int
+    params: Params,
+    prompts: Sequence[str],
+    model_cfg: ModelConfig,
+    max_new_tokens: int,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 64,
 ) -> list[str]:
-    """Greedy completions (text up to EOS) for ``prompts``, all decoded in one batch.
+    """Greedy completions (text up to EOS) for ``prompts``, decoded with a KV cache in fixed-size batches.
 
-    Each prompt is cut from the left so that ``max_new_tokens`` fit (or at
-    least half the buffer stays for the prompt).
+    A prompt is cut from the left only as far as needed to leave
+    ``min(max_new_tokens, max_len // 2)`` positions for the completion; a
+    shorter prompt leaves more, and decoding goes on to ``max_new_tokens``
+    or the end of the ``max_len`` buffer. Every batch has ``batch_size``
+    rows (the last is padded), so one compilation serves a whole eval.
     """
     if not prompts:
         return []
-    new = min(max_new_tokens, max_len // 2)
-    rows = [encode_prompt(p, max_len - new) for p in prompts]
-    buf = np.full((len(rows), max_len), PAD, np.int32)
-    for i, r in enumerate(rows):
-        buf[i, : len(r)] = r
-    start = np.array([len(r) for r in rows], np.int32)
-    pos = start.copy()
-    done = np.zeros(len(rows), bool)
-    buf_j = jnp.asarray(buf)
-    for _ in range(new):
-        nxt = np.asarray(_next_tokens(apply, params, buf_j, jnp.asarray(pos)))
-        write = ~done & (pos < max_len)
-        idx = np.nonzero(write)[0]
-        buf_j = buf_j.at[idx, pos[idx]].set(nxt[idx])
-        done |= write & (nxt == EOS)
-        pos = pos + write
-        if (done | (pos >= max_len)).all():
-            break
-    out = np.asarray(buf_j)
-    return [decode(out[i, start[i]: pos[i]]) for i in range(len(rows))]
+    max_len = model_cfg.max_len
+    dec = decoder(model_cfg, dtype)
+    reserve = min(max_new_tokens, max_len // 2)
+    rows = [encode_prompt(p, max_len - reserve) for p in prompts]
+    size = min(batch_size, len(rows))
+    texts: list[str] = []
+    for lo in range(0, len(rows), size):
+        chunk = rows[lo: lo + size]
+        chunk = chunk + [chunk[0]] * (size - len(chunk))  # pad rows: decoded, then dropped
+        buf = np.full((size, max_len), PAD, np.int32)
+        for i, r in enumerate(chunk):
+            buf[i, : len(r)] = r
+        start = np.array([len(r) for r in chunk], np.int32)
+        out, end = _greedy(dec, params, jnp.asarray(buf), jnp.asarray(start), max_new_tokens)
+        out, end = np.asarray(out), np.asarray(end)
+        texts += [decode(out[i, start[i]: end[i]]) for i in range(min(size, len(rows) - lo))]
+    return texts
 
 
 def evaluate(
@@ -104,13 +163,17 @@ def evaluate(
     examples: Sequence[Example],
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
+    train_examples: Sequence[Example] | None = None,
 ) -> dict[str, Any]:
-    """Scorecard ``{items, scored, exact_match, loss, perplexity, by_source}``.
+    """Scorecard ``{items, scored, exact_match, baseline, loss, perplexity, by_source}``.
 
     Loss is the mean over every masked (completion) token of all examples.
+    ``baseline`` is ``majority_baseline(examples, train_examples)``: the
+    exact match to beat before a score means the model read the prompt.
     """
+    baseline = majority_baseline(examples, train_examples)
     if not examples:
-        return {**score([], []), "loss": None, "perplexity": None}
+        return {**score([], []), "baseline": baseline, "loss": None, "perplexity": None}
     arrays = tokenize(examples, model_cfg.max_len)
     eval_loss = make_train_fns(apply, train_cfg).eval_loss
     total = count = 0.0
@@ -121,7 +184,7 @@ def evaluate(
         total += float(loss) * float(n)
         count += float(n)
     loss = total / count if count else float("nan")
-    texts = generate(apply, params, [e.prompt for e in examples], model_cfg.max_len,
-                     train_cfg.eval_max_new_tokens)
+    texts = generate(params, [e.prompt for e in examples], model_cfg, train_cfg.eval_max_new_tokens,
+                     dtype=train_cfg.dtype)
     card = score(texts, examples)
-    return {**card, "loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+    return {**card, "baseline": baseline, "loss": loss, "perplexity": math.exp(min(loss, 700.0))}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,24 @@ from trainer.config import ModelConfig
 
 Params = dict[str, Any]
 Apply = Callable[[Params, jax.Array], jax.Array]
+
+
+class Cache(NamedTuple):
+    """Per-block keys and values of a ``(B, T)`` buffer, each ``[B, T, heads, head_dim]``."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+
+
+class Decoder(NamedTuple):
+    """Pure functions for incremental (KV-cached) decoding; build with ``decoder``.
+
+    - ``prefill(params, tokens[B, T]) -> (logits[B, T, vocab], cache)``
+    - ``extend(params, token[B], pos[B], cache) -> (logits[B, vocab], cache)``
+    """
+
+    prefill: Callable[[Params, jax.Array], tuple[jax.Array, Cache]]
+    extend: Callable[[Params, jax.Array, jax.Array, Cache], tuple[jax.Array, Cache]]
 
 
 class Block(nnx.Module):
@@ -40,18 +58,42 @@ class Block(nnx.Module):
         self.up = nnx.Linear(d, cfg.d_ff, dtype=dtype, rngs=rngs)
         self.down = nnx.Linear(cfg.d_ff, d, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         b, t, d = x.shape
-        h = self.n_heads
         q, k, v = jnp.split(self.qkv(self.norm1(x)), 3, axis=-1)
-        q, k, v = (a.reshape(b, t, h, d // h) for a in (q, k, v))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(d // h)
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+        return tuple(a.reshape(b, t, self.n_heads, d // self.n_heads) for a in (q, k, v))
+
+    def _attend_and_mlp(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
+                        visible: jax.Array) -> jax.Array:
+        """``visible[b|1, q, k]``: which keys each query may see."""
+        b, t, d = x.shape
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(d // self.n_heads)
+        scores = jnp.where(visible[:, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         att = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d)
         x = x + self.out(att)
         return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Causal self-attention over ``x[B, T, d]``; also returns this block's keys and values."""
+        t = x.shape[1]
+        q, k, v = self._qkv(x)
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+        return self._attend_and_mlp(x, q, k, v, causal), k, v
+
+    def extend(self, x: jax.Array, pos: jax.Array, keys: jax.Array, values: jax.Array):
+        """One new position per row: ``x[B, 1, d]`` at ``pos[B]``, attending to cached ``keys[B, T, …]``.
+
+        Writes this position's key and value into the cache first, then lets
+        the query see cache positions ``<= pos`` (anything later in the
+        cache is stale and masked).
+        """
+        q, k, v = self._qkv(x)
+        rows = jnp.arange(x.shape[0])
+        keys = keys.at[rows, pos].set(k[:, 0])
+        values = values.at[rows, pos].set(v[:, 0])
+        visible = (jnp.arange(keys.shape[1])[None, :] <= pos[:, None])[:, None, :]
+        return self._attend_and_mlp(x, q, keys, values, visible), keys, values
 
 
 class Transformer(nnx.Module):
@@ -63,11 +105,28 @@ class Transformer(nnx.Module):
         self.blocks = nnx.List([Block(cfg, dtype, rngs) for _ in range(cfg.n_layers)])
         self.norm = nnx.RMSNorm(cfg.d_model, dtype=dtype, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def prefill(self, tokens: jax.Array) -> tuple[jax.Array, Cache]:
+        """``(logits[B, T, vocab], cache)``: the forward pass, keeping every block's keys and values."""
         x = self.tok(tokens) + self.pos(jnp.arange(tokens.shape[-1]))[None]
+        keys, values = [], []
         for block in self.blocks:
-            x = block(x)
-        return self.tok.attend(self.norm(x)).astype(jnp.float32)
+            x, k, v = block(x)
+            keys.append(k)
+            values.append(v)
+        return self.tok.attend(self.norm(x)).astype(jnp.float32), Cache(tuple(keys), tuple(values))
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return self.prefill(tokens)[0]
+
+    def extend(self, token: jax.Array, pos: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+        """``(logits[B, vocab], cache)`` for ``token[B]`` placed at ``pos[B]`` after what ``cache`` holds."""
+        x = self.tok(token[:, None]) + self.pos(pos[:, None])
+        keys, values = [], []
+        for block, k, v in zip(self.blocks, cache.keys, cache.values):
+            x, k, v = block.extend(x, pos, k, v)
+            keys.append(k)
+            values.append(v)
+        return self.tok.attend(self.norm(x[:, 0])).astype(jnp.float32), Cache(tuple(keys), tuple(values))
 
 
 def build(cfg: ModelConfig, seed: int, dtype: str = "float32") -> tuple[Apply, Params]:
@@ -83,9 +142,14 @@ def build(cfg: ModelConfig, seed: int, dtype: str = "float32") -> tuple[Apply, P
 
 
 @functools.lru_cache(maxsize=8)
-def _apply_for(cfg: ModelConfig, dtype: str) -> Apply:
+def _split_for(cfg: ModelConfig, dtype: str) -> tuple[Any, Any]:
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, jnp.dtype(dtype), nnx.Rngs(0))))
-    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    return graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+
+
+@functools.lru_cache(maxsize=8)
+def _apply_for(cfg: ModelConfig, dtype: str) -> Apply:
+    graphdef, template = _split_for(cfg, dtype)
 
     def apply(params: Params, tokens: jax.Array) -> jax.Array:
         st = jax.tree.map(lambda a: a, template)
@@ -93,6 +157,26 @@ def _apply_for(cfg: ModelConfig, dtype: str) -> Apply:
         return nnx.merge(graphdef, st)(tokens)
 
     return apply
+
+
+@functools.lru_cache(maxsize=8)
+def decoder(cfg: ModelConfig, dtype: str = "float32") -> Decoder:
+    """The KV-cached counterpart of ``build``'s ``apply`` (same parameters, same logits).
+
+    Decoding with it costs one position per new token instead of a whole
+    forward pass over the buffer. The same object for the same ``(cfg, dtype)``.
+    """
+    graphdef, template = _split_for(cfg, dtype)
+
+    def model(params: Params) -> Transformer:
+        st = jax.tree.map(lambda a: a, template)
+        nnx.replace_by_pure_dict(st, params)
+        return nnx.merge(graphdef, st)
+
+    return Decoder(
+        prefill=lambda params, tokens: model(params).prefill(tokens),
+        extend=lambda params, token, pos, cache: model(params).extend(token, pos, cache),
+    )
 
 
 def param_count(params: Params) -> int:

@@ -222,3 +222,76 @@ def test_jsonl_valid_lines_are_plain_json_with_iso_times():
     obj = json.loads(fp.getvalue())
     assert obj["created_at"] == "2025-01-01T00:00:00Z"
     assert obj["trace_id"] == e.trace_id
+
+
+# --- kind "arith": short column-arithmetic traces ------------------------------------
+
+_ARITH_PROMPT = re.compile(r"What is (\d+) ([+−]) (\d+)\?")
+
+
+def test_arith_stream_is_deterministic_and_its_own():
+    a = list(generate_events(200, seed=4, broken_share=0.1, kind="arith"))
+    assert a == list(generate_events(200, seed=4, broken_share=0.1, kind="arith"))
+    assert list(generate_events(50, seed=4, broken_share=0.1, kind="arith")) == a[:50]
+    assert generate_event(4, 123, 0.1, kind="arith") == a[123]
+    other_seed = list(generate_events(200, seed=5, broken_share=0.1, kind="arith"))
+    assert [e.record and e.record["prompt"] for e in a] != [e.record and e.record["prompt"] for e in other_seed]
+    word = {e.trace_id for e in generate_events(200, seed=4)}
+    assert word.isdisjoint(e.trace_id for e in a)
+    assert len({e.trace_id for e in a}) == 200
+    with pytest.raises(ValueError, match="kind"):
+        list(generate_events(1, seed=4, kind="poetry"))
+
+
+def test_arith_traces_are_correct_column_arithmetic():
+    events = list(generate_events(2000, seed=8, broken_share=0.0, kind="arith"))
+    ops = Counter()
+    for e in events:
+        rec = e.record
+        a, op, b = _ARITH_PROMPT.fullmatch(rec["prompt"]).groups()
+        ops[op] += 1
+        expected = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert expected >= 0
+        assert rec["final_answer"] == str(expected)
+        assert [s["type"] for s in rec["steps"]] == ["calculate", "calculate", "conclude"]
+        assert [s["i"] for s in rec["steps"]] == [0, 1, 2]
+        ones, tens, conclude = (s["content"] for s in rec["steps"])
+        for step in (ones, tens, conclude):
+            ((expr, result),) = _CALC.findall(step)
+            assert _evaluate(expr) == Decimal(result), (e.trace_id, step)
+        assert conclude == f"{a} {op} {b} = {expected}"
+        # the answer is the tens result followed by the ones digit, as a worked column sum says
+        assert int(_CALC.findall(tens)[0][1]) * 10 + int(_CALC.findall(ones)[0][1]) % 10 == expected
+        assert rec["source"] == "arith-synth" and rec["meta"]["topic"] == "arithmetic"
+        assert e.schema_version == 1 and "model" not in rec
+    assert ops["+"] > 800 and ops["−"] > 800
+    assert len({e.record["final_answer"] for e in events}) > 150
+
+
+def test_arith_events_pass_validation_and_breakages_keep_their_reasons():
+    validator = Validator(_codec(), max_event_bytes=1024 * 1024)
+    at = Coordinates("traces.raw", 0, 0)
+    reasons = Counter()
+    for e in generate_events(1500, seed=2, broken_share=0.3, kind="arith"):
+        outcome = validator(_message_bytes(e), e.trace_id.encode(), at)
+        if e.expected_reason is None:
+            assert isinstance(outcome, Accepted), e.trace_id
+        else:
+            assert isinstance(outcome, Rejected) and outcome.reason == e.expected_reason
+            reasons[outcome.reason] += 1
+    assert len(reasons) >= 6
+
+
+def test_arith_examples_fit_a_short_context_answer_included():
+    """Rendered as the trainer renders them, every example fits 224 tokens with ``<answer>`` whole."""
+    from trainer.data import example_from_record
+    from trainer.tokenizer import decode, encode_example
+
+    sizes = []
+    for e in generate_events(2000, seed=6, broken_share=0.0, kind="arith"):
+        ex = example_from_record(e.record)
+        tokens, mask = encode_example(ex.prompt, ex.completion, 224)
+        assert decode(tokens[mask == 1]) == ex.completion
+        assert ex.completion.endswith(f"<answer>{ex.final_answer}</answer>")
+        sizes.append(len(ex.prompt.encode()) + len(ex.completion.encode()) + 3)
+    assert max(sizes) <= 224 and mean(sizes) < 210

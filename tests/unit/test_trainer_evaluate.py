@@ -1,11 +1,15 @@
 """Eval scoring on hand-made strings; greedy decoding and the scorecard on a tiny model."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from trainer.config import TINY
 from trainer.data import Example
-from trainer.evaluate import evaluate, extract_answer, score
+from trainer.evaluate import evaluate, extract_answer, generate, majority_baseline, score
 from trainer.model import build
+from trainer.tokenizer import EOS, PAD, decode, encode_prompt
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +45,47 @@ def test_evaluate_untrained_model_gives_a_full_scorecard():
     assert card["items"] == 2 and card["exact_match"] == 0.0
     assert card["loss"] > 4.0 and card["perplexity"] > 50  # ~ln(260) before training
     assert set(card["by_source"]) == {"s1", "s2"}
+    assert card["baseline"] == {"kind": "majority_answer", "answer": "1", "exact_match": 0.5, "from": "eval"}
+    with_train = evaluate(apply, params, examples, TINY.model, TINY.train, train_examples=[ex("42")] * 3)
+    assert with_train["baseline"]["answer"] == "42" and with_train["baseline"]["from"] == "train"
+
+
+def test_majority_baseline():
+    evals = [ex("5"), ex("5"), ex("7"), ex("9")]
+    assert majority_baseline(evals) == {"kind": "majority_answer", "answer": "5", "exact_match": 0.5,
+                                        "from": "eval"}
+    train = [ex("9"), ex("9"), ex("5")]
+    assert majority_baseline(evals, train)["answer"] == "9"
+    assert majority_baseline(evals, train)["exact_match"] == 0.25
+    assert majority_baseline(evals, [ex("3")])["exact_match"] == 0.0  # an answer eval never has
+    assert majority_baseline([ex("b"), ex("a")])["answer"] == "a"  # a tie goes to the first in order
+    assert majority_baseline([])["exact_match"] == 0.0
+
+
+def _greedy_without_cache(apply, params, prompts, max_len, max_new):
+    """The obvious decoder: a full forward pass per new token, one prompt at a time."""
+    f = jax.jit(apply)
+    out = []
+    for p in prompts:
+        seq = encode_prompt(p, max_len - min(max_new, max_len // 2))
+        start = len(seq)
+        while len(seq) < max_len and len(seq) - start < max_new:
+            buf = np.full((1, max_len), PAD, np.int32)
+            buf[0, : len(seq)] = seq
+            nxt = int(jnp.argmax(f(params, jnp.asarray(buf))[0, len(seq) - 1]))
+            seq.append(nxt)
+            if nxt == EOS:
+                break
+        out.append(decode(seq[start:]))
+    return out
+
+
+def test_cached_batched_greedy_decoding_matches_the_obvious_decoder():
+    apply, params = build(TINY.model, 3)
+    prompts = ["What is 12 + 30?", "x", "a much longer prompt than the others " * 3, "7 − 2", "ü?"]
+    expected = _greedy_without_cache(apply, params, prompts, TINY.model.max_len, 90)
+    assert any(len(t) > 20 for t in expected)  # rows ran past half the buffer, not just to EOS at once
+    got = generate(params, prompts, TINY.model, 90, batch_size=2)  # 3 batches, the last one padded
+    assert got == expected
+    assert generate(params, prompts, TINY.model, 90) == expected
+    assert generate(params, [], TINY.model, 90) == []
