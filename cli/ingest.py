@@ -17,7 +17,7 @@ from rich.progress import (
 )
 
 from cli.common import console, load_settings, out, require_bootstrap
-from streams.generator import generate_events, write_jsonl
+from streams.generator import TRACE_KINDS, generate_events, write_jsonl
 from streams.jsonl import publish_jsonl
 from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
@@ -28,9 +28,12 @@ def generate(
     seed: int = typer.Option(0, "--seed", "-s", help="Same seed, same file."),
     broken_share: float = typer.Option(0.05, "--broken-share", min=0.0, max=1.0, help="Share of deliberately broken lines."),
     out_file: Path | None = typer.Option(None, "--out", "-o", help="Output JSON Lines file (default: stdout)."),
+    kind: str = typer.Option("word", "--kind", help="word: multi-step word problems (~2 KB); arith: short column arithmetic for training (see the arith trainer preset)."),
 ) -> None:
     """Write realistic arithmetic reasoning traces as JSON Lines, deterministically for a seed."""
-    events = generate_events(count, seed, broken_share=broken_share)
+    if kind not in TRACE_KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(TRACE_KINDS)}, got {kind!r}")
+    events = generate_events(count, seed, broken_share=broken_share, kind=kind)
     if out_file is None:
         write_jsonl(events, sys.stdout)
         return
