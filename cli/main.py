@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from cli import dataset, demo, ingest, runs, stack, train, trainer, worker
+from cli import subscribe as subscribe_cli
+from cli import serve as serve_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
 app.add_typer(stack.app, name="stack")
@@ -18,6 +20,9 @@ app.command()(worker.rebuild)
 app.command()(train.train)
 app.command()(trainer.trainer)
 app.command()(demo.demo)
+app.command()(subscribe_cli.tail)
+app.command()(subscribe_cli.lag)
+app.command()(serve_cli.serve)
 
 if __name__ == "__main__":
     app()

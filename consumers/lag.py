@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from consumers.errors import UnknownGroupError
+
 _COORDINATOR_ATTEMPTS = 20
 
 
@@ -93,3 +95,31 @@ async def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> list[P
         (PartitionLag(group, tp.topic, tp.partition, committed.get(tp, 0), end) for tp, end in ends.items()),
         key=lambda lag: (lag.topic, lag.partition),
     )
+
+
+async def consumer_groups(bootstrap: str) -> list[str]:
+    """Every consumer group the cluster knows: with members, or with committed offsets it still keeps."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return sorted({group[0] for group in await admin.list_consumer_groups()})
+    finally:
+        await admin.close()
+
+
+async def known_group_lag(bootstrap: str, group: str, topics: Iterable[str] | None = None) -> list[PartitionLag]:
+    """Lag of a group that must exist, on ``topics`` or, by default, on every topic it committed offsets on.
+
+    Raises:
+        UnknownGroupError: the cluster does not know ``group`` (the message lists the groups it knows).
+    """
+    groups = await consumer_groups(bootstrap)
+    if group not in groups:
+        shown = ", ".join(groups[:20]) + (" …" if len(groups) > 20 else "") if groups else "none"
+        raise UnknownGroupError(
+            f"consumer group {group!r} is not known to the cluster at {bootstrap}: it has no members and no "
+            f"committed offsets (groups: {shown}); check the name"
+        )
+    if topics is None:
+        topics = sorted({tp.topic for tp in await committed_offsets(bootstrap, group)})
+    return await group_lag(bootstrap, group, topics)

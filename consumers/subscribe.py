@@ -101,7 +101,9 @@ class Subscription:
     and what was handled is committed.
 
     A subscription is iterated once; it stops by itself only when a dataset
-    is read to its end or nothing arrives for ``idle_timeout_s``.
+    is read to its end or nothing arrives for ``idle_timeout_s`` (for a group
+    member, counted from its partitions' assignment: joining a group takes
+    the broker's initial rebalance delay, 3 s by default).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Subscription:
         self._settled.set()
         self._revoking: set[TopicPartition] = set()
         self._last_commit = time.monotonic()
+        self._assigned_at: float | None = None
         self._started = False
         self._iterated = False
         self._exhausted = False
@@ -284,8 +287,10 @@ class Subscription:
                 continue
             await self._maybe_commit(force=True)  # going to the broker: settle what was handled
             wait_ms = _POLL_MS
-            if self._idle_timeout_s is not None:
-                left_s = self._idle_timeout_s - (time.monotonic() - idle_since)
+            if self._idle_timeout_s is not None and not self._joining():
+                # A group member's quiet time counts from its (latest) assignment, not from the join's wait.
+                quiet_since = max(idle_since, self._assigned_at or idle_since)
+                left_s = self._idle_timeout_s - (time.monotonic() - quiet_since)
                 if left_s <= 0:
                     return None
                 wait_ms = max(1, min(_POLL_MS, int(left_s * 1000)))
@@ -331,8 +336,13 @@ class Subscription:
         if self._consumer is not None:
             await self._commit(revoked)
 
+    def _joining(self) -> bool:
+        """A group member waiting for its first assignment, or for the one after a revocation."""
+        return self.group is not None and (self._assigned_at is None or bool(self._revoking))
+
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._revoking.clear()
+        self._assigned_at = time.monotonic()
         log.info("group %s: assigned %s", self.group, sorted(assigned))
 
 
