@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import Field
 
 from api.cursor import Position, decode_cursor, encode_cursor
 from api.deps import ReaderDep, Readable, SettingsDep, json_response
@@ -18,6 +19,7 @@ from api.queries.jsonrows import last_row, row_count, rows_array
 router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Readable])
 
 MAX_LIMIT = 500
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 404, 422)}
 
 
@@ -50,7 +52,7 @@ async def list_traces(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page, at most 500.")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page; none for the first.")] = None,
     source: Annotated[list[str], Query(description="Keep traces from any of these sources.")] = [],  # noqa: B006
-    trace_version: Annotated[list[int], Query(ge=-(2**31), le=2**31 - 1, description="Keep these versions.")] = [],  # noqa: B006
+    trace_version: Annotated[list[Int32], Query(description="Keep these versions.")] = [],  # noqa: B006
     meta: Annotated[list[str], Query(description="key=value that meta must hold; repeat for several.",
                                      examples=["lang=en"])] = [],  # noqa: B006
     created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,

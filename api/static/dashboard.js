@@ -91,11 +91,13 @@ async function refreshStats() {
   const ingest = stats.ingest || {};
   const traces = ingest.traces || {};
   document.getElementById("tile-traces").textContent = fmt.int(traces.total);
-  document.getElementById("tile-dlq").textContent = fmt.int((ingest.dlq || {}).total);
+  document.getElementById("tile-dlq").textContent = fmt.int(stats.dead_letters);
   const minute = (traces.windows || []).find((w) => w.seconds === 60);
   document.getElementById("tile-rate").textContent = minute ? `${fmt.num(minute.per_second, 3)} /s` : "–";
   const lag = (stats.lag || []).reduce((sum, p) => sum + (p.lag || 0), 0);
-  document.getElementById("tile-lag").textContent = stats.lag ? fmt.int(lag) : "–";
+  const lagTile = document.getElementById("tile-lag");
+  lagTile.textContent = stats.lag ? fmt.int(lag) : "–";
+  lagTile.title = stats.lag_error || "";
 
   const points = ingest.traces_per_minute || [];
   if (points.length === 0) {
@@ -178,8 +180,7 @@ async function refreshDatasets() {
 const current = { runId: null, source: null, steps: new Set(), dataset: null };
 
 async function refreshRuns() {
-  const body = await getJSON("/api/runs");
-  const runs = body.items || [];
+  const runs = await getJSON("/api/runs");
   const table = document.getElementById("runs-table");
   fillBody(table, runs.map((r) => el("tr", {
     "data-run": r.run_id, class: r.run_id === current.runId ? "selected" : "",
@@ -288,7 +289,7 @@ function showScorecard(run) {
 async function refreshLeaderboard(dataset) {
   document.getElementById("leaderboard-dataset").textContent = `on ${dataset.name}`;
   const body = await getJSON(`/api/evaluations?dataset=${encodeURIComponent(dataset.name)}`);
-  fillBody(document.getElementById("leaderboard-table"), (body.items || []).map((e) => el("tr", {
+  fillBody(document.getElementById("leaderboard-table"), body.entries.map((e) => el("tr", {
     class: e.run_id === current.runId ? "selected" : "",
   },
     el("td", { class: "num" }, e.rank),
