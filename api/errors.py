@@ -98,6 +98,14 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"field": _field(err.get("loc", ())), "message": err.get("msg", "invalid")} for err in errors]
 
 
+def _described(err: dict[str, Any]) -> str:
+    """``item 7: steps: Field required`` for a batch item, ``query.limit: ...`` otherwise."""
+    loc = list(err.get("loc", ()))
+    if len(loc) >= 2 and loc[0] == "body" and isinstance(loc[1], int):
+        return f"item {loc[1]}: {_field(loc[2:]) or '(the item)'}: {err.get('msg', 'invalid')}"
+    return f"{_field(loc)}: {err.get('msg', 'invalid')}"
+
+
 def install_handlers(app: FastAPI) -> None:
     """Make every error, ours and the framework's, answer in the one shape."""
 
@@ -107,9 +115,12 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        details = validation_details(list(exc.errors()))
-        shown = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
-        return error_response(422, "invalid_request", f"the request is not valid: {shown}", details)
+        errors = list(exc.errors())
+        details = validation_details(errors)
+        shown = "; ".join(_described(err) for err in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        refused = "; nothing was published" if request.method == "POST" else ""
+        return error_response(422, "invalid_request", f"the request is not valid: {shown}{more}{refused}", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,0 +1,121 @@
+"""The HTTP ingest door: batches reach traces.raw whole or not at all, and land in the warehouse once."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.server import serving
+from consumers.lag import end_offsets
+from deploy.settings import Settings
+from streams.catchup import wait_until_caught_up
+from streams.generator import generate_events
+from streams.topics import ensure_pipeline_topics
+from tests.conftest import free_port
+from tests.integration.support import running_processors
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
+
+TOKEN = "ingest-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def as_json(record: dict) -> dict:
+    """A generated record as a producer would send it over HTTP."""
+    out = {k: v for k, v in record.items() if v is not None}
+    out["created_at"] = record["created_at"].isoformat()
+    return out
+
+
+def traces(n: int, seed: int) -> list[dict]:
+    return [as_json(e.record) for e in generate_events(n, seed=seed, broken_share=0.0)]
+
+
+async def raw_events(settings: Settings) -> int:
+    return sum((await end_offsets(settings.kafka_bootstrap, [settings.topics.raw])).values())
+
+
+@pytest.fixture
+def door(settings: Settings) -> Settings:
+    return settings.model_copy(update={"api_port": free_port(), "api_token": TOKEN, "max_event_bytes": 64 * 1024,
+                                       "api_max_body_bytes": 4 * 1024 * 1024})
+
+
+async def test_a_batch_posted_over_http_is_materialized_exactly_once(door: Settings):
+    await ensure_pipeline_topics(door, door.kafka_bootstrap)
+    batch = traces(300, seed=91)
+    app = create_app(door)
+    async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        response = await client.post("/api/traces/batch", json=batch, headers=AUTH)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert body["accepted"] == 300 and body["trace_ids"] == [t["trace_id"] for t in batch]
+        single = {**traces(1, seed=92)[0]}
+        del single["trace_id"]  # the door gives it one
+        one = await client.post("/api/traces", json=single, headers=AUTH)
+        assert one.status_code == 202, one.text
+        (generated_id,) = one.json()["trace_ids"]
+    assert await raw_events(door) == 301
+
+    async with running_processors(door) as processors:
+        await wait_until_caught_up(door, door.kafka_bootstrap)
+        rows, distinct = (await processors.writer.run(lambda w: w.query(
+            f"SELECT count(), uniqExact(trace_id) FROM `{w.database}`.traces FINAL "
+            "WHERE trace_id IN {ids:Array(String)}", {"ids": body["trace_ids"] + [generated_id]})))[0]
+    assert (rows, distinct) == (301, 301)
+
+
+async def test_a_bad_batch_is_refused_whole_naming_the_bad_item(door: Settings):
+    await ensure_pipeline_topics(door, door.kafka_bootstrap)
+    app = create_app(door)
+    async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        shape = traces(20, seed=93)
+        del shape[7]["steps"]
+        response = await client.post("/api/traces/batch", json=shape, headers=AUTH)
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["details"] == [{"field": "body.7.steps", "message": "Field required"}]
+        assert "item 7" in error["message"]
+
+        rule = traces(20, seed=94)
+        rule[12]["steps"] = [{"i": 0, "type": "plan", "content": "a"}, {"i": 0, "type": "plan", "content": "b"}]
+        response = await client.post("/api/traces/batch", json=rule, headers=AUTH)
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert "item 12" in error["message"] and "duplicate_step_index" in error["message"]
+        assert error["details"][0]["field"] == "body.12"
+
+        big = traces(5, seed=95)
+        big[3]["steps"][0]["content"] = "x" * 19_000
+        big[3]["steps"] += [{"i": 100 + k, "type": "pad", "content": "y" * 19_000} for k in range(4)]
+        response = await client.post("/api/traces/batch", json=big, headers=AUTH)
+        assert response.status_code == 413
+        assert "item 3" in response.json()["error"]["message"] and "65,536" in response.json()["error"]["message"]
+
+        over = traces(1, seed=96) * 1001
+        response = await client.post("/api/traces/batch", json=over, headers=AUTH)
+        assert response.status_code == 422 and "1000" in response.json()["error"]["message"]
+
+        huge = b"[" + b",".join([json.dumps(t).encode() for t in traces(1, seed=97)] * 3000) + b"]"
+        response = await client.post("/api/traces/batch", content=huge, headers={**AUTH, "Content-Type": "application/json"})
+        assert response.status_code == 413 and "4,194,304" in response.json()["error"]["message"]
+    assert await raw_events(door) == 0, "a refused batch published something"
+
+
+async def test_ingest_needs_the_token(door: Settings):
+    await ensure_pipeline_topics(door, door.kafka_bootstrap)
+    app = create_app(door)
+    trace = traces(1, seed=98)[0]
+    async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        missing = await client.post("/api/traces", json=trace)
+        assert missing.status_code == 401
+        assert missing.json()["error"] == {
+            "code": "unauthorized", "details": [],
+            "message": "publishing needs a bearer token: send 'Authorization: Bearer <TRACESTREAM_API_TOKEN>'"}
+        wrong = await client.post("/api/traces/batch", json=[trace], headers={"Authorization": "Bearer guess"})
+        assert wrong.status_code == 401
+        assert (await client.get("/api/traces")).status_code == 200  # reads stay open
+    assert await raw_events(door) == 0
