@@ -6,12 +6,14 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+from mode import Service
 
 from deploy.settings import Settings
-from streams.app import build_app
+from streams.app import Processors, build_app
 from streams.catchup import wait_until_caught_up
 from streams.stats import lag_stats, warehouse_stats
 from streams.topics import ensure_pipeline_topics
@@ -19,17 +21,24 @@ from streams.topics import ensure_pipeline_topics
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, bootstrap: str, *, until_caught_up: bool = False, loglevel: str = "warning") -> None:
+def run_worker(
+    settings: Settings, bootstrap: str, *, until_caught_up: bool = False, loglevel: str = "warning",
+    services: Callable[[Processors], Iterable[Service]] | None = None,
+) -> None:
     """Serve the processors until stopped (SIGTERM/SIGINT), or until caught up.
 
     With ``until_caught_up`` the worker stops itself, through the same graceful
     path as SIGTERM (so the last commits happen), once every processor has
-    committed what was in the log when it started.
+    committed what was in the log when it started. ``services`` makes more
+    services to run in the worker (``tracestream serve`` adds the API), started
+    after the processors and stopped before them.
     """
     asyncio.run(ensure_pipeline_topics(settings, bootstrap))
     asyncio.set_event_loop(asyncio.new_event_loop())
     processors = build_app(settings, bootstrap)
     app, writer = processors.app, processors.writer
+    for service in services(processors) if services else ():
+        app.add_dependency(service)
 
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
