@@ -67,6 +67,35 @@ async def test_two_members_of_a_group_split_the_partitions_and_see_every_event_o
     assert all("model" in r.value for r in seen_a + seen_b)
 
 
+async def test_a_member_joining_mid_stream_takes_over_partitions_without_loss_or_duplicates(settings: Settings):
+    events = valid_events(400, seed=19)
+    await publish(settings, events)
+    seen_a: list[Record] = []
+    seen_b: list[Record] = []
+
+    async def slow_drain(subscription, into: list[Record]) -> None:
+        async for record in subscription:
+            into.append(record)
+            await asyncio.sleep(0.025)  # a body that takes time (10 s in all), so the rebalance lands mid-stream
+
+    async with subscribe(settings, "traces.raw", group="team-f", idle_timeout_s=4) as a:
+        first = asyncio.create_task(slow_drain(a, seen_a))
+        await wait_for_count(seen_a, 60)
+        async with subscribe(settings, "traces.raw", group="team-f", idle_timeout_s=4) as b:
+            await asyncio.gather(first, slow_drain(b, seen_b))
+
+    assert sorted(r.key for r in seen_a + seen_b) == sorted(e.trace_id for e in events)
+    assert seen_b, "the second member never got a partition"
+
+
+
+async def wait_for_count(items: list, count: int, timeout_s: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(items) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(items)} of {count} arrived"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_failed_body_is_delivered_again_after_restart_and_nothing_before_it(settings: Settings):
     events = valid_events(120, seed=12)
     await publish(settings, events)
