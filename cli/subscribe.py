@@ -30,11 +30,14 @@ def _plain(value: Any) -> Any:
 
 
 def item_json(item: Record | Undecodable) -> str:
-    """One JSON line: the coordinates, then the decoded value (or the error and the original bytes, base64)."""
+    """One JSON line: the coordinates, the headers as text, then the decoded value (or the error and the
+    original bytes). Datetimes are ISO 8601, bytes base64."""
     line: dict[str, Any] = {
         "topic": item.topic, "partition": item.partition, "offset": item.offset,
         "timestamp": item.timestamp.isoformat(), "key": item.key,
     }
+    if item.headers:
+        line["headers"] = {name: value.decode("utf-8", errors="backslashreplace") for name, value in item.headers}
     if isinstance(item, Record):
         line.update(schema=item.schema, schema_version=item.schema_version, value=item.value)
     else:

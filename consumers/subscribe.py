@@ -91,6 +91,8 @@ class Subscription:
     before it were handled and are committed when the subscription closes.
     A crash (no close at all) re-delivers what was handled since the last
     commit, so make the body idempotent or keyed by ``record.coordinates``.
+    A body that runs longer than the consumer's ``max.poll.interval.ms``
+    (5 minutes) makes the member leave the group, and its partitions move on.
     Leaving a bare ``async for`` early (``break``) cannot be told apart from
     a failure, so the record in hand is not committed; use ``async with``
     for the clean exit to count it as handled.
@@ -230,7 +232,11 @@ class Subscription:
                 await self._batches.aclose()
 
     async def __aenter__(self) -> Subscription:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
