@@ -11,7 +11,7 @@ operators ``+ − × ÷`` (usual precedence), and the last ``calculate`` step's
 result is the final answer, so a test can recompute every trace.
 
 A second kind, ``arith`` (``generate_events(..., kind="arith")``), gives short
-column-arithmetic traces (``What is 37 + 48?``, three steps, under 200 bytes
+column-arithmetic traces (``What is 37 + 48?``, two steps, at most 160 bytes
 rendered) from its own seeded stream: small enough that a byte-level model
 with a short context sees the whole example, answer included.
 
@@ -883,16 +883,16 @@ def generate_trace(rng: random.Random, index: int) -> dict:
 def generate_arith_trace(rng: random.Random, index: int) -> dict:
     """One short column-arithmetic trace: ``What is 37 + 48?`` worked digit by digit.
 
-    Two-digit operands, ``+`` or ``−`` (never a negative result). Steps: the
-    ones column (with its carry or borrow), the tens column (carry/borrow
-    written out, 0 included, so every trace has the same shape), and the
-    whole sum restated; the answer is the tens result followed by the ones
-    digit (a leading 0 dropped). Rendered for SFT the example stays under
-    200 bytes, so a small ``max_len`` keeps ``<answer>`` in view.
+    Two-digit operands, ``+`` or ``-`` (never a negative result), ASCII so that
+    every symbol is one byte-level token. Two steps: the ones column, then
+    the tens column with its carry or borrow written out (0 included, so
+    every trace has the same shape); the answer is the tens result followed
+    by the ones digit (a leading 0 dropped). Rendered for SFT a whole example
+    is at most 160 bytes, so a short ``max_len`` keeps ``<answer>`` in view.
     """
-    op = rng.choice("+−")
+    op = rng.choice("+-")
     a, b = rng.randint(10, 99), rng.randint(10, 99)
-    if op == "−" and a < b:
+    if op == "-" and a < b:
         a, b = b, a
     (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
     if op == "+":
@@ -906,17 +906,12 @@ def generate_arith_trace(rng: random.Random, index: int) -> dict:
         ones = a0 + 10 * carry - b0
         tens = a1 - b1 - carry
         answer = a - b
-        steps = [f"ones: {a0 + 10 * carry} − {b0} = {ones}", f"tens: {a1} − {b1} − {carry} = {tens}"]
-    text = f"{a} {op} {b}"
+        steps = [f"ones: {a0 + 10 * carry} - {b0} = {ones}", f"tens: {a1} - {b1} - {carry} = {tens}"]
     return {
         "trace_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
         "trace_version": TRACE_VERSION,
-        "prompt": f"What is {text}?",
-        "steps": [
-            {"i": 0, "type": "calculate", "content": steps[0]},
-            {"i": 1, "type": "calculate", "content": steps[1]},
-            {"i": 2, "type": "conclude", "content": f"{text} = {answer}"},
-        ],
+        "prompt": f"What is {a} {op} {b}?",
+        "steps": [{"i": i, "type": "calculate", "content": c} for i, c in enumerate(steps)],
         "final_answer": str(answer),
         "meta": {"difficulty": "medium" if carry else "easy", "topic": "arithmetic",
                  "op": "add" if op == "+" else "subtract", "generator": ARITH_GENERATOR_TAG,

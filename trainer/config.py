@@ -147,12 +147,12 @@ SMALL = Preset(
 """A real (if small) run: ~0.87M parameters; a few minutes on a 2-core CPU."""
 
 ARITH = Preset(
-    ModelConfig(d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=224),
-    TrainConfig(batch_size=32, learning_rate=3e-3, warmup_steps=20, total_steps=300,
-                checkpoint_every=100, eval_max_new_tokens=208),
+    ModelConfig(d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=160),
+    TrainConfig(batch_size=16, learning_rate=3e-3, warmup_steps=30, total_steps=800,
+                checkpoint_every=200, eval_max_new_tokens=144),
 )
 """Short arithmetic traces (``tracestream generate --kind arith``): every example, answer
-included, fits 224 tokens, so greedy decoding can reach ``<answer>``; ~130k parameters."""
+included, fits 160 tokens, so greedy decoding can reach ``<answer>``; ~126k parameters."""
 
 PRESETS = {"tiny": TINY, "small": SMALL, "arith": ARITH}
 

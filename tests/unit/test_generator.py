@@ -226,7 +226,8 @@ def test_jsonl_valid_lines_are_plain_json_with_iso_times():
 
 # --- kind "arith": short column-arithmetic traces ------------------------------------
 
-_ARITH_PROMPT = re.compile(r"What is (\d+) ([+−]) (\d+)\?")
+_ARITH_PROMPT = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
+_ARITH_CALC = re.compile(r"^(ones|tens): (\d+(?: [+-] \d+)+) = (\d+)$")
 
 
 def test_arith_stream_is_deterministic_and_its_own():
@@ -253,18 +254,18 @@ def test_arith_traces_are_correct_column_arithmetic():
         expected = int(a) + int(b) if op == "+" else int(a) - int(b)
         assert expected >= 0
         assert rec["final_answer"] == str(expected)
-        assert [s["type"] for s in rec["steps"]] == ["calculate", "calculate", "conclude"]
-        assert [s["i"] for s in rec["steps"]] == [0, 1, 2]
-        ones, tens, conclude = (s["content"] for s in rec["steps"])
-        for step in (ones, tens, conclude):
-            ((expr, result),) = _CALC.findall(step)
-            assert _evaluate(expr) == Decimal(result), (e.trace_id, step)
-        assert conclude == f"{a} {op} {b} = {expected}"
-        # the answer is the tens result followed by the ones digit, as a worked column sum says
-        assert int(_CALC.findall(tens)[0][1]) * 10 + int(_CALC.findall(ones)[0][1]) % 10 == expected
+        assert [(s["i"], s["type"]) for s in rec["steps"]] == [(0, "calculate"), (1, "calculate")]
+        (col1, expr1, ones), (col2, expr2, tens) = (_ARITH_CALC.fullmatch(s["content"]).groups()
+                                                    for s in rec["steps"])
+        assert (col1, col2) == ("ones", "tens")
+        assert _evaluate(expr1) == int(ones) and _evaluate(expr2) == int(tens)
+        # the digits worked are the operands' own, and the columns compose to the answer
+        assert expr1.split(f" {op} ")[1] == b[1] and expr1.split(f" {op} ")[0][-1] == a[1]
+        assert expr2.split(f" {op} ")[:2] == [a[0], b[0]]
+        assert int(tens) * 10 + int(ones) % 10 == expected
         assert rec["source"] == "arith-synth" and rec["meta"]["topic"] == "arithmetic"
         assert e.schema_version == 1 and "model" not in rec
-    assert ops["+"] > 800 and ops["−"] > 800
+    assert ops["+"] > 800 and ops["-"] > 800
     assert len({e.record["final_answer"] for e in events}) > 150
 
 
@@ -283,15 +284,15 @@ def test_arith_events_pass_validation_and_breakages_keep_their_reasons():
 
 
 def test_arith_examples_fit_a_short_context_answer_included():
-    """Rendered as the trainer renders them, every example fits 224 tokens with ``<answer>`` whole."""
+    """Rendered as the trainer renders them, every example fits 160 tokens with ``<answer>`` whole."""
     from trainer.data import example_from_record
     from trainer.tokenizer import decode, encode_example
 
     sizes = []
     for e in generate_events(2000, seed=6, broken_share=0.0, kind="arith"):
         ex = example_from_record(e.record)
-        tokens, mask = encode_example(ex.prompt, ex.completion, 224)
+        tokens, mask = encode_example(ex.prompt, ex.completion, 160)
         assert decode(tokens[mask == 1]) == ex.completion
         assert ex.completion.endswith(f"<answer>{ex.final_answer}</answer>")
         sizes.append(len(ex.prompt.encode()) + len(ex.completion.encode()) + 3)
-    assert max(sizes) <= 224 and mean(sizes) < 210
+    assert max(sizes) <= 160

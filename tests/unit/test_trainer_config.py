@@ -3,7 +3,9 @@
 import pytest
 
 from schemas.errors import ConfigurationError
+from streams.generator import generate_events
 from trainer.config import (
+    ARITH,
     SMALL,
     TINY,
     ConfigError,
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.unit
 
 def test_presets_and_overrides():
     assert from_mapping({}) == TINY
+    assert from_mapping({"preset": "arith"}) == ARITH
     p = from_mapping({"preset": "small", "train": {"seed": 3}, "model": {"n_layers": 1}})
     assert p.train.seed == 3 and p.model.n_layers == 1
     assert p.model.d_model == SMALL.model.d_model
@@ -51,3 +54,16 @@ def test_full_mapping_without_base():
     assert ModelConfig.from_mapping(ModelConfig().__dict__) == ModelConfig()
     with pytest.raises(ConfigError, match="missing"):
         TrainConfig.from_mapping({"seed": 1})
+
+
+def test_arith_preset_sees_whole_arith_examples_and_decodes_far_enough():
+    """Nothing of an arith trace is cut at ``max_len``, and decoding has room for the longest completion."""
+    from trainer.data import examples_from_records
+    from trainer.tokenizer import encode_prompt
+
+    examples = examples_from_records(e.record for e in generate_events(3000, 12, 0.0, kind="arith"))
+    for e in examples:
+        prompt = encode_prompt(e.prompt, ARITH.model.max_len)
+        completion = len(e.completion.encode()) + 1  # + EOS
+        assert len(prompt) + completion <= ARITH.model.max_len
+        assert completion <= ARITH.train.eval_max_new_tokens
