@@ -177,7 +177,8 @@ async function refreshDatasets() {
 
 /* ---------- runs: list, loss curve (live), scorecard, leaderboard ---------- */
 
-const current = { runId: null, source: null, steps: new Set(), dataset: null };
+/* The selected run: its curve as step -> loss (the one truth the chart is drawn from) and its live stream. */
+const current = { runId: null, source: null, points: new Map(), lastStep: -Infinity };
 
 async function refreshRuns() {
   const runs = await getJSON("/api/runs");
@@ -197,35 +198,54 @@ async function refreshRuns() {
     return;
   }
   panelMessage("panel-runs", "");
-  const follow = document.getElementById("follow-latest").checked;
+  const following = document.getElementById("follow-latest").checked;
   // Runs come oldest first: follow the newest one still going, else the newest.
   const newestFirst = runs.slice().reverse();
   const latest = newestFirst.find((r) => !TERMINAL.has(r.status)) || newestFirst[0];
-  if (!current.runId || (follow && latest.run_id !== current.runId)) await selectRun(latest.run_id);
+  if (!current.runId || (following && latest.run_id !== current.runId)) await selectRun(latest.run_id);
 }
 
 async function selectRun(runId) {
   if (current.source) current.source.close();
-  Object.assign(current, { runId, source: null, steps: new Set() });
+  Object.assign(current, { runId, source: null, points: new Map(), lastStep: -Infinity });
   for (const tr of document.querySelectorAll("#runs-table tbody tr")) {
     tr.classList.toggle("selected", tr.dataset.run === runId);
   }
-  const [detail, metrics] = await Promise.all([
-    getJSON(`/api/runs/${encodeURIComponent(runId)}`),
-    getJSON(`/api/runs/${encodeURIComponent(runId)}/metrics`),
-  ]);
+  const [detail] = await Promise.all([getJSON(`/api/runs/${encodeURIComponent(runId)}`), loadCurve(runId)]);
   if (current.runId !== runId) return;  // another run was picked meanwhile
   const run = detail.run;
-  const points = (metrics.points || []).slice().sort((a, b) => a.step - b.step);
-  points.forEach((m) => current.steps.add(m.step));
-  plot("chart-loss", [
-    { type: "scatter", mode: "lines+markers", name: "train loss", x: points.map((m) => m.step),
-      y: points.map((m) => m.loss), line: { color: COLORS[0] }, marker: { size: 4 } },
-  ], { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } }, showlegend: false });
   showScorecard(run);
   refreshLeaderboard(run.dataset).catch((e) => console.warn("leaderboard:", e));
   if (!TERMINAL.has(run.status)) follow(runId);
-  else setLive(`${run.status}: ${fmt.int(points.length)} steps`, false);
+  else setLive(`${run.status}: ${fmt.int(current.points.size)} steps`, false);
+}
+
+function drawCurve() {
+  const steps = [...current.points.keys()].sort((a, b) => a - b);
+  plot("chart-loss", [
+    { type: "scatter", mode: "lines+markers", name: "train loss", x: steps, y: steps.map((s) => current.points.get(s)),
+      line: { color: COLORS[0] }, marker: { size: 4 } },
+  ], { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } }, showlegend: false });
+}
+
+/* Merge the stored curve (/metrics) into the chart: the first draw, and the repair when the stream skipped a point. */
+async function loadCurve(runId) {
+  const metrics = await getJSON(`/api/runs/${encodeURIComponent(runId)}/metrics`);
+  if (current.runId !== runId) return;
+  for (const m of metrics.points) current.points.set(m.step, m.loss);
+  current.lastStep = Math.max(current.lastStep, ...metrics.points.map((m) => m.step));
+  drawCurve();
+}
+
+function addPoint(step, loss) {
+  if (current.points.has(step)) return;
+  current.points.set(step, loss);
+  if (step > current.lastStep) {
+    current.lastStep = step;
+    Plotly.extendTraces("chart-loss", { x: [[step]], y: [[loss]] }, [0]);
+  } else {
+    drawCurve();  // an earlier step arrived late: redraw in step order
+  }
 }
 
 /* Extend the selected run's curve from its Server-Sent Events until it ends. */
@@ -233,24 +253,25 @@ function follow(runId) {
   const source = new EventSource(`/api/runs/${encodeURIComponent(runId)}/events`);
   current.source = source;
   setLive("live: waiting for metrics…", true);
-  const onEvent = (message) => {
+  const onEvent = async (message) => {
     if (current.runId !== runId) { source.close(); return; }
     const event = JSON.parse(message.data);
-    if (event.event_type === "metrics" && event.metrics && !current.steps.has(event.metrics.step)) {
-      current.steps.add(event.metrics.step);
-      Plotly.extendTraces("chart-loss", { x: [[event.metrics.step]], y: [[event.metrics.loss]] }, [0]);
+    if (event.event_type === "metrics" && event.metrics) {
+      addPoint(event.metrics.step, event.metrics.loss);
       setLive(`live: step ${event.metrics.step}, loss ${fmt.num(event.metrics.loss)}`, true);
+    } else if (event.event_type === "metrics") {
+      await loadCurve(runId);  // a metrics event without its numbers: read them from the stored curve
     } else if (TERMINAL.has(event.event_type)) {
       source.close();
-      setLive(`${event.event_type}: ${current.steps.size} steps`, false);
-      refreshRunDetails(runId);
+      await loadCurve(runId);
+      setLive(`${event.event_type}: ${fmt.int(current.points.size)} steps`, false);
+      await refreshRunDetails(runId);
     } else if (event.event_type === "evaluated") {
-      refreshRunDetails(runId);
+      await refreshRunDetails(runId);
     }
   };
-  source.onmessage = onEvent;
   for (const type of ["queued", "started", "metrics", "checkpoint", "evaluated", "completed", "failed", "cancelled"]) {
-    source.addEventListener(type, onEvent);
+    source.addEventListener(type, (message) => onEvent(message).catch((e) => console.warn("run stream:", e)));
   }
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) setLive("live stream closed", false); };
 }

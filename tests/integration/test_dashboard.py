@@ -81,7 +81,13 @@ class Page:
             if last:
                 return last
             await asyncio.sleep(0.25)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last saw {last!r}")
+        shot = await self.call(screenshot, self.driver, "dashboard-timeout.png")
+        state = await self.script(
+            "return ['#runs-table tbody', '#run-live', '#scorecard', '.panel .empty:not([hidden])']"
+            ".map(s => Array.from(document.querySelectorAll(s)).map(e => e.innerText).join(' | '))")
+        console = await self.call(self.driver.get_log, "browser")
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last saw {last!r}; "
+                             f"page: {state}; console: {console}; screenshot: {shot}")
 
 
 @pytest.mark.asyncio
