@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -84,8 +85,8 @@ async def test_tail_without_from_beginning_shows_only_new_records(settings: Sett
         while proc.poll() is None and sent < len(fresh) and time.monotonic() < deadline:
             await publish(settings, fresh[sent:sent + 1])
             sent += 1
-            time.sleep(0.2)
-        stdout, stderr = proc.communicate(timeout=60)
+            await asyncio.sleep(0.2)
+        stdout, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
@@ -100,7 +101,8 @@ async def test_lag_defaults_to_the_processors_groups(settings: Settings):
     async with running_processors(settings):
         await publish(settings, events)
         await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        report = json.loads(cli(settings, "lag", "--json").stdout)
+        # In a thread: the processors keep heartbeating in this event loop while the command runs.
+        report = json.loads((await asyncio.to_thread(cli, settings, "lag", "--json")).stdout)
     groups = {(row["group"], row["topic"]) for row in report}
     assert (validate_group(settings), settings.topics.raw) in groups
     assert (materialize_group(settings), settings.topics.valid) in groups
