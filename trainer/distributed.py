@@ -100,9 +100,10 @@ class Worker:
     """
 
     def __init__(self, rank: int, workers: int, preset: Preset, bootstrap: str, manifest: Manifest,
-                 workdir: str | None) -> None:
+                 workdir: str | None, compilation_cache: str | None = None) -> None:
         self.rank, self.workers, self.preset = rank, workers, preset
         self.bootstrap, self.manifest, self.workdir = bootstrap, manifest, workdir
+        self.compilation_cache = compilation_cache
         self.ckpt = None
 
     def load(self) -> dict[str, Any]:
@@ -118,6 +119,12 @@ class Worker:
         from trainer.model import build
         from trainer.train import make_train_fns
 
+        if self.compilation_cache:
+            # Fresh actors (a restart after a death, the next run) reuse the compiled step instead of
+            # spending seconds compiling it again.
+            jax.config.update("jax_compilation_cache_dir", self.compilation_cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         model_cfg, train_cfg = self.preset
         train, evals = asyncio.run(read_examples(self.bootstrap, self.manifest, AvroCodec(default_registry())))
         info: dict[str, Any] = {"train": len(train), "eval": len(evals), "resumed_from": None,
@@ -223,13 +230,15 @@ def _unwrap(exc: RayTaskError) -> BaseException:
 class RayTrainer:
     """Drives one run's actors: start them, step them, restart them from the last checkpoint when one dies.
 
-    ``start`` then ``train``; ``shutdown`` always (it kills the actors). Every
+    ``compilation_cache`` is a folder for JAX's persistent compilation cache,
+    shared by the actors. ``start`` then ``train``; ``shutdown`` always (it kills the actors). Every
     method blocks, so async callers run them in a thread. The driver only adds
     numpy arrays; JAX runs in the actors.
     """
 
     def __init__(self, preset: Preset, bootstrap: str, manifest: Manifest, workdir: Path | None, *,
-                 workers: int, run_id: str, max_restarts: int = 3) -> None:
+                 workers: int, run_id: str, max_restarts: int = 3,
+                 compilation_cache: Path | None = None) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
         if workers > preset.train.batch_size:
@@ -240,6 +249,7 @@ class RayTrainer:
         self.preset, self.bootstrap, self.manifest = preset, bootstrap, manifest
         self.workdir = None if workdir is None else str(Path(workdir).absolute())
         self.workers, self.run_id, self.max_restarts = workers, run_id, max_restarts
+        self.compilation_cache = None if compilation_cache is None else str(Path(compilation_cache).absolute())
         self.restarts = 0
         self.attempt = 0
         self.actors: list[Any] = []
@@ -273,7 +283,8 @@ class RayTrainer:
         with self._lock:
             self.actors = [
                 remote.options(name=actor_name(self.run_id, rank, self.attempt), **options).remote(
-                    rank, self.workers, self.preset, self.bootstrap, self.manifest, self.workdir)
+                    rank, self.workers, self.preset, self.bootstrap, self.manifest, self.workdir,
+                    self.compilation_cache)
                 for rank in range(self.workers)
             ]
         infos = self._get([a.load.remote() for a in self.actors])

@@ -225,7 +225,7 @@ async def run_training(
                 from trainer.distributed import RayTrainer, connect
 
                 trainer = RayTrainer(preset, bootstrap, manifest, workdir, workers=workers, run_id=run_id,
-                                     max_restarts=max_restarts)
+                                     max_restarts=max_restarts, compilation_cache=settings.cache_dir / "jax")
                 connect(settings)
                 workdir.mkdir(parents=True, exist_ok=True)
                 counts = await asyncio.to_thread(trainer.start)

@@ -32,7 +32,7 @@ from trainer.loop import train_and_evaluate
 from trainer.run import RunCancelled, run_training
 from trainer.runlog import request_cancel
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
 
 CODEC = AvroCodec(default_registry())
 
@@ -62,43 +62,32 @@ def actor_alive(name: str) -> bool:
     return True
 
 
-async def test_one_and_two_actors_follow_the_single_process_curve(settings: Settings, ray_cluster, tmp_path: Path):
+async def test_two_actors_follow_the_single_process_curve(settings: Settings, ray_cluster, tmp_path: Path):
+    """N=1 is the in-process loop (what ``run_training`` runs for one worker); N=2 runs on Ray."""
     manifest = await make_dataset(settings)
-    config = {"preset": "tiny", "train": {"total_steps": 8, "warmup_steps": 2, "batch_size": 6}}
+    config = {"preset": "tiny", "train": {"total_steps": 8, "warmup_steps": 2, "batch_size": 6,
+                                          "eval_max_new_tokens": 8}}
     expected = await reference_losses(settings, manifest, config)
-    preset = from_mapping(config)
-    curves, finals = {}, {}
-    for workers in (1, 2):
-        trainer = RayTrainer(preset, settings.kafka_bootstrap, manifest, tmp_path / f"w{workers}", workers=workers,
-                             run_id=f"equiv-{workers}-{settings.app_id}")
-        try:
-            counts = await asyncio.to_thread(trainer.start)
-            assert counts.train == manifest.train_count and counts.eval == manifest.eval_count
-            result = await asyncio.to_thread(trainer.train)
-        finally:
-            trainer.shutdown()
-        assert [m["micro_step"] for m in result.history] == list(range(1, 9))
-        assert result.step == 8 and result.checkpoint == tmp_path / f"w{workers}" / "checkpoints" / "8"
-        assert result.scorecard["items"] == manifest.eval_count
-        curves[workers] = [m["loss"] for m in result.history]
-        finals[workers] = result.state.params
+    trainer = RayTrainer(from_mapping(config), settings.kafka_bootstrap, manifest, tmp_path, workers=2,
+                         run_id=f"equiv-{settings.app_id}", compilation_cache=settings.cache_dir / "jax")
+    try:
+        counts = await asyncio.to_thread(trainer.start)
+        assert counts.train == manifest.train_count and counts.eval == manifest.eval_count
+        result = await asyncio.to_thread(trainer.train)
+    finally:
+        trainer.shutdown()
+    assert [m["micro_step"] for m in result.history] == list(range(1, 9))
+    assert result.step == 8 and result.checkpoint == tmp_path / "checkpoints" / "8"
+    assert result.scorecard["items"] == manifest.eval_count
     assert expected[-1] < expected[0]
-    np.testing.assert_allclose(curves[1], expected, rtol=2e-5)
-    np.testing.assert_allclose(curves[2], expected, rtol=2e-5)
-    for a, b in zip(jax_leaves(finals[1]), jax_leaves(finals[2])):
-        np.testing.assert_allclose(a, b, atol=2e-5)
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
+    np.testing.assert_allclose([m["loss"] for m in result.history], expected, rtol=2e-5)
 
 
 async def test_killed_actor_is_replaced_and_no_step_is_lost_or_repeated(settings: Settings, ray_cluster,
                                                                         tmp_path: Path):
     manifest = await make_dataset(settings)
-    config = {"preset": "tiny", "train": {"total_steps": 40, "warmup_steps": 4, "checkpoint_every": 5}}
+    config = {"preset": "tiny", "train": {"total_steps": 40, "warmup_steps": 4, "checkpoint_every": 5,
+                                          "eval_max_new_tokens": 8}}
     expected = await reference_losses(settings, manifest, config)
     run_id = f"kill-{settings.app_id}"
     seen_before_kill = []
