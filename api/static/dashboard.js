@@ -105,10 +105,18 @@ async function refreshStats() {
     panelMessage("panel-ingest", "no data: no traces ingested in the last hour");
     return;
   }
+  // One bar per minute, centred on its minute, on an axis that always spans the last hour.
+  const MINUTE_MS = 60_000;
+  const iso = (ms) => new Date(ms).toISOString();
+  const now = Date.now();
   plot("chart-ingest", [
-    { type: "bar", name: "traces per minute", x: points.map((p) => p.minute), y: points.map((p) => p.rows),
-      marker: { color: COLORS[0] } },
-  ], { xaxis: { type: "date" }, yaxis: { title: { text: "traces / minute" } } });
+    { type: "bar", name: "traces per minute", x: points.map((p) => iso(Date.parse(p.minute) + MINUTE_MS / 2)),
+      y: points.map((p) => p.rows), width: points.map(() => MINUTE_MS * 0.85), marker: { color: COLORS[0] },
+      hovertemplate: "%{x|%H:%M}: %{y} traces<extra></extra>" },
+  ], {
+    xaxis: { type: "date", range: [iso(now - 60 * MINUTE_MS), iso(now + MINUTE_MS)] },
+    yaxis: { title: { text: "traces / minute" } },
+  });
   panelMessage("panel-ingest", "");
 }
 
@@ -133,6 +141,8 @@ async function refreshDlq() {
 
 /* ---------- datasets ---------- */
 
+const rangesOf = (dataset) => (dataset.manifest && dataset.manifest.ranges) || [];
+
 async function refreshDatasets() {
   const datasets = await getJSON("/api/datasets");
   const table = document.getElementById("datasets-table");
@@ -145,7 +155,7 @@ async function refreshDatasets() {
   // One bar per (dataset version, partition): from its start offset to its end offset.
   const bars = datasets.map((d, k) => {
     const label = `${d.name}@${d.version}`;
-    const ranges = (d.manifest && d.manifest.ranges) || [];
+    const ranges = rangesOf(d);
     return {
       type: "bar", orientation: "h", name: label,
       y: ranges.map((r) => `${label} p${r.partition}`),
@@ -168,7 +178,7 @@ async function refreshDatasets() {
     el("td", {}, el("span", { class: `status ${d.status}` }, d.status)),
     el("td", { class: "num" }, fmt.int(d.record_count)),
     el("td", { class: "num" }, `${fmt.int(d.train_count)} / ${fmt.int(d.eval_count)}`),
-    el("td", { class: "mono" }, ((d.manifest && d.manifest.ranges) || []).map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ")),
+    el("td", { class: "mono" }, rangesOf(d).map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ")),
     el("td", { class: "mono", title: d.content_sha256 || "" }, fmt.short(d.content_sha256)),
     el("td", {}, fmt.time(d.manifest && d.manifest.created_at)),
   )));
@@ -265,7 +275,7 @@ function follow(runId) {
       source.close();
       await loadCurve(runId);
       setLive(`${event.event_type}: ${fmt.int(current.points.size)} steps`, false);
-      await refreshRunDetails(runId);
+      await Promise.all([refreshRunDetails(runId), guarded("panel-runs", refreshRuns)]);
     } else if (event.event_type === "evaluated") {
       await refreshRunDetails(runId);
     }

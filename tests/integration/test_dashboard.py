@@ -24,7 +24,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, serving
+from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, serving, wait_until
 from tests.integration.support import expected_outcome, publish, running_processors
 from trainer.run import run_training
 from warehouse.client import Warehouse
@@ -172,7 +172,7 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             assert live_loss["x"] == list(range(1, LIVE_STEPS + 1))
             assert live_loss["y"][-1] == pytest.approx(outcome.final_loss)
             partial = {n for n in seen_counts if 0 < n < LIVE_STEPS}
-            assert len(partial) >= 2, f"the curve did not grow while the run trained (point counts seen: {sorted(seen_counts)})"
+            assert len(partial) >= 2, f"the curve did not grow while the run trained (counts seen: {sorted(seen_counts)})"
 
             await page.wait("the live run's scorecard", lambda: page.script(
                 "return document.getElementById('scorecard-run').textContent === 'run-live' && "
@@ -190,6 +190,20 @@ async def _points_if(page: Page, div_id: str, count: int) -> dict | None:
 async def _view_of(page: Page, trace_id: str) -> dict | None:
     view = await page.script(TRACE_VIEW)
     return view if view["trace_id"] == trace_id else None
+
+
+def test_an_empty_warehouse_shows_no_data_in_every_panel_without_errors(settings: Settings, browser):
+    with serving(create_app(settings)) as base:
+        browser.get(base + "/dashboard")
+        messages = wait_until(browser, """
+            const shown = Array.from(document.querySelectorAll('.panel .empty:not([hidden])'));
+            return shown.length === 5 && shown.map(p => p.closest('.panel').id + ': ' + p.textContent);
+        """, timeout_s=30, what="a 'no data' line in each of the five panels")
+        assert all(": no data: " in m for m in messages), messages
+        charts = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.chart')).map(c => (c.data || []).length)")
+        assert charts == [0, 0, 0, 0]
+        assert console_errors(browser) == []
 
 
 def test_plotly_is_served_from_the_installed_package_with_caching(settings: Settings):
