@@ -26,29 +26,33 @@ class ApiState:
     metrics: ApiMetrics
     publisher: Publisher | None = None
 
+    def __post_init__(self) -> None:
+        # ``settings.topics`` builds a settings object (it reads the environment): once, not per request.
+        self.topics = self.settings.topics
 
-def get_state(request: Request) -> ApiState:
+
+async def get_state(request: Request) -> ApiState:
     return request.app.state.api
 
 
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.api.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_reader(request: Request) -> WarehouseReader:
+async def get_reader(request: Request) -> WarehouseReader:
     return request.app.state.api.reader
 
 
 ReaderDep = Annotated[WarehouseReader, Depends(get_reader)]
 
 
-def get_bootstrap(request: Request) -> str:
+async def get_bootstrap(request: Request) -> str:
     bootstrap = request.app.state.api.bootstrap
     if not bootstrap:
         raise Unavailable("no Kafka bootstrap is configured; set TRACESTREAM_KAFKA_BOOTSTRAP or start the local stack")
@@ -58,7 +62,7 @@ def get_bootstrap(request: Request) -> str:
 BootstrapDep = Annotated[str, Depends(get_bootstrap)]
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     publisher = request.app.state.api.publisher
     if publisher is None:
         raise Unavailable("the ingest door has no Kafka producer; set TRACESTREAM_KAFKA_BOOTSTRAP and restart")
@@ -79,14 +83,14 @@ def _check(settings: Settings, credentials: HTTPAuthorizationCredentials | None,
         raise Unauthorized(f"the bearer token is wrong; {what} needs the token of TRACESTREAM_API_TOKEN")
 
 
-def require_ingest_token(
+async def require_ingest_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Publishing needs the token whenever one is set."""
     _check(request.app.state.api.settings, credentials, "publishing")
 
 
-def require_read_token(
+async def require_read_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Reads are open unless ``api_protect_reads`` puts them behind the same token."""
@@ -95,6 +99,7 @@ def require_read_token(
         _check(settings, credentials, "reading")
 
 
+# Dependencies are coroutines: FastAPI would run plain functions on a thread pool, per request.
 Readable = Depends(require_read_token)
 Ingestible = Depends(require_ingest_token)
 

@@ -22,7 +22,11 @@ T = TypeVar("T")
 
 
 class WarehouseReader:
-    """Runs functions of the warehouse on one thread; caches what ``cached`` is asked to."""
+    """Runs functions of the warehouse on one thread; caches what ``cached`` is asked to.
+
+    Identical questions asked while one is running share its answer rather
+    than queue up behind it on the warehouse thread.
+    """
 
     def __init__(self, warehouse_factory: Callable[[], Warehouse], *, cache_entries: int = 4096) -> None:
         self._factory = warehouse_factory
@@ -31,6 +35,7 @@ class WarehouseReader:
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._cache_entries = cache_entries
         self._cache_generation: int | None = None
+        self._in_flight: dict[Hashable, asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
 
@@ -54,10 +59,22 @@ class WarehouseReader:
                 self.hits += 1
                 self._cache.move_to_end(key)
                 return self._cache[key]
+        if generation is None or not self._cache_entries:
+            self.misses += 1
+            return await self.run(fn)
+        pending = self._in_flight.get((generation, key))
+        if pending is not None:  # the same question is being asked already: share its answer
+            self.hits += 1
+            return await asyncio.shield(pending)
         self.misses += 1
-        value = await self.run(fn)
-        # The generation is read again: a write during the query may or may not be in the answer.
-        if generation is not None and self._warehouse.generation == generation == self._cache_generation:
+        future = asyncio.ensure_future(self.run(fn))
+        self._in_flight[(generation, key)] = future
+        try:
+            value = await asyncio.shield(future)
+        finally:
+            self._in_flight.pop((generation, key), None)
+        # A write during the query may or may not be in the answer: keep it only if none happened.
+        if self._warehouse.generation == generation == self._cache_generation:
             self._cache[key] = value
             if len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import Field
 
 from api.cursor import Position, decode_cursor, encode_cursor
-from api.deps import ReaderDep, Readable, SettingsDep, json_response
+from api.deps import ReaderDep, Readable, StateDep, json_response
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.models import TraceComparison, TracePage, Trace
 from api.queries import traces as q
 from api.queries.jsonrows import last_row, row_count, rows_array
+from api.reader import WarehouseReader
 
 router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Readable])
 
@@ -48,7 +49,7 @@ def page_body(rows: bytes, limit: int) -> bytes:
 @router.get("", response_model=TracePage, responses=_ERRORS, summary="List traces, a page at a time")
 async def list_traces(
     reader: ReaderDep,
-    settings: SettingsDep,
+    state: StateDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page, at most 500.")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page; none for the first.")] = None,
     source: Annotated[list[str], Query(description="Keep traces from any of these sources.")] = [],  # noqa: B006
@@ -65,13 +66,20 @@ async def list_traces(
     the end of their partition.
     """
     where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta), created_from, created_until)
-    after = decode_cursor(cursor)
-    topic = settings.topics.valid
-    body = await reader.cached(
+    return json_response(await read_page(reader, state.topics.valid, decode_cursor(cursor), limit, where))
+
+
+async def read_page(reader: WarehouseReader, topic: str, after: Position, limit: int, where: q.TraceFilter) -> bytes:
+    """One page's JSON (``api.fastlane`` serves unfiltered pages through here too)."""
+    return await reader.cached(
         ("traces", topic, after, limit, where),
         lambda w: page_body(q.list_page(w, topic, after, limit, where), limit),
     )
-    return json_response(body)
+
+
+async def read_trace(reader: WarehouseReader, trace_id: str) -> bytes:
+    """One trace's JSON line, or b'' when there is none."""
+    return await reader.cached(("trace", trace_id), lambda w: q.by_id(w, trace_id))
 
 
 def _not_found(trace_id: str, field: str) -> NotFound:
@@ -112,7 +120,7 @@ async def get_trace(
     trace_id: Annotated[str, Path(min_length=1, description="The trace's id.")],
 ) -> Response:
     """The whole trace (steps in order, with their types) and its topic/partition/offset."""
-    row = await reader.cached(("trace", trace_id), lambda w: q.by_id(w, trace_id))
+    row = await read_trace(reader, trace_id)
     if not row:
         raise _not_found(trace_id, "path.trace_id")
     return json_response(row.rstrip(b"\n"))

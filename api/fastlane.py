@@ -1,0 +1,78 @@
+"""The two hottest reads without FastAPI's per-request parameter machinery.
+
+``GET /api/traces`` with nothing but ``limit``/``cursor``, and
+``GET /api/traces/{trace_id}``, are answered here, through the same functions
+as their routes (``read_page``, ``read_trace``) and so with the same bytes:
+FastAPI's dependency and parameter solving costs more CPU than a cached
+answer does. Anything else (filters, a bad value, a trace that does not exist,
+reads behind the token) goes on to the routes, which give the documented
+answers and errors.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl
+
+from api.cursor import decode_cursor
+from api.errors import InvalidRequest
+from api.queries.traces import TraceFilter
+from api.routers.traces import MAX_LIMIT, read_page, read_trace
+
+_LIST = SimpleNamespace(path="/api/traces")
+_ONE = SimpleNamespace(path="/api/traces/{trace_id}")
+_NOT_IDS = {"compare", "batch"}
+_NO_FILTER = TraceFilter()
+_HEADERS = [(b"content-type", b"application/json")]
+
+
+class TraceReadFastLane:
+    def __init__(self, app: Any, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not self.state.settings.api_protect_reads:
+            path = scope["path"]
+            if path == "/api/traces":
+                page = _simple_page(scope["query_string"])
+                if page is not None:
+                    scope["route"] = _LIST
+                    limit, after = page
+                    body = await read_page(self.state.reader, self.state.topics.valid, after, limit, _NO_FILTER)
+                    await _send(send, body)
+                    return
+            elif path.startswith("/api/traces/") and not scope["query_string"]:
+                trace_id = path[len("/api/traces/"):]
+                if trace_id and "/" not in trace_id and trace_id not in _NOT_IDS:
+                    row = await read_trace(self.state.reader, trace_id)
+                    if row:
+                        scope["route"] = _ONE
+                        await _send(send, row.rstrip(b"\n"))
+                        return
+        await self.app(scope, receive, send)
+
+
+def _simple_page(query_string: bytes) -> tuple[int, Any] | None:
+    """(limit, position) when the query holds only a valid limit and/or cursor, each once; else None."""
+    try:
+        pairs = parse_qsl(query_string.decode("ascii"), keep_blank_values=True, strict_parsing=bool(query_string))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    given = dict(pairs)
+    if len(given) != len(pairs) or not set(given) <= {"limit", "cursor"}:
+        return None
+    limit_text = given.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        return None
+    try:
+        return int(limit_text), decode_cursor(given.get("cursor"))
+    except InvalidRequest:
+        return None
+
+
+async def _send(send: Any, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

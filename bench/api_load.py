@@ -1,0 +1,332 @@
+"""The read API and the HTTP ingest door under load, from a second process on loopback.
+
+    python -m bench.api_load [--traces 100000] [--seconds 10] [--connections 16] [--ingest-seconds 8]
+
+This process fills the warehouse and serves the API; a second process (this
+module with ``--client``) runs a bounded load client on raw asyncio sockets
+(HTTP/1.1 keep-alive, N connections, fixed duration) and reports every
+request's latency back as JSON.
+
+Filling: ``--traces`` generated traces are encoded as the producer SDK encodes
+them, turned into ``traces`` rows by the materializer's own row builder
+(``streams.materialize.trace_rows``) with made-up Kafka coordinates (4
+partitions, dense offsets) and inserted straight into the embedded warehouse.
+The pipeline is not run: the figures are about reading.
+
+Phases, each ``--seconds`` long:
+
+- ``GET /healthz``: the floor of this stack (uvicorn + FastAPI, no warehouse);
+- ``GET /api/traces?limit=100`` following ``next_cursor`` (every connection
+  walks the log from its start, as clients reading the head of the log do),
+  against the API as configured (answers cached until the next write, which
+  this phase has none of) and against the same API with the cache off (every
+  page is a ClickHouse query);
+- ``GET /api/traces/{id}`` for random ids (cache on, so repeats are hits);
+- ``POST /api/traces/batch`` with 1000 traces per request (JSON pre-built by
+  the client), acknowledged by Kafka before the 202: traces/s accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    SHARED_MACHINE_NOTE,
+    emit_json,
+    kafka,
+    load_average,
+    machine,
+    percentile,
+    quiet_logging,
+    run_settings,
+    temp_workdir,
+)
+from deploy.settings import Settings
+
+PARTITIONS = 4
+FILL_CHUNK = 5000
+
+
+# --- the client (second process) --------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: send a request, read one response (Content-Length framed)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024 * 1024)
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split(b" ", 2)[1])
+        length, chunked = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value:
+                chunked = True
+        if not chunked:
+            return status, await self.reader.readexactly(length)
+        parts = []
+        while (size := int((await self.reader.readline()).strip(), 16)) > 0:
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readline()
+        await self.reader.readline()
+        return status, b"".join(parts)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _next_cursor(body: bytes) -> str | None:
+    rest = body[body.rfind(b'"next_cursor":') + 14:]
+    return None if rest.startswith(b"null") else rest[1:rest.index(b'"', 1)].decode()
+
+
+async def _load(host: str, port: int, connections: int, seconds: float, make_request) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    items = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(n: int) -> None:
+        nonlocal items
+        conn = await Connection.open(host, port)
+        state: dict[str, Any] = {"n": n}
+        try:
+            while time.perf_counter() < deadline:
+                method, path, body = make_request(state)
+                started = time.perf_counter()
+                status, payload = await conn.request(method, path, body)
+                latencies.append(time.perf_counter() - started)
+                statuses[status] = statuses.get(status, 0) + 1
+                items += state.get("on_response", lambda s, p: 0)(status, payload)
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(connections)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies), "wall_s": round(wall, 3), "requests_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2), "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())}, "items": items,
+    }
+
+
+def list_requests(start_cursors: list[str]):
+    def make(state: dict) -> tuple[str, str, bytes]:
+        if "cursor" not in state:
+            state["cursor"] = start_cursors[state["n"] % len(start_cursors)]
+
+            def on_response(status: int, payload: bytes) -> int:
+                state["cursor"] = _next_cursor(payload) if status == 200 else None
+                return 100 if status == 200 else 0
+
+            state["on_response"] = on_response
+        cursor = state["cursor"]
+        return "GET", "/api/traces?limit=100" + (f"&cursor={cursor}" if cursor else ""), b""
+    return make
+
+
+def by_id_requests(ids: list[str], seed: int):
+    rng = random.Random(seed)
+
+    def make(state: dict) -> tuple[str, str, bytes]:
+        return "GET", f"/api/traces/{rng.choice(ids)}", b""
+    return make
+
+
+def ingest_requests(bodies: list[bytes]):
+    def make(state: dict) -> tuple[str, str, bytes]:
+        state.setdefault("i", state["n"])
+        state["i"] += 1
+        state.setdefault("on_response", lambda status, payload: 1000 if status == 202 else 0)
+        return "POST", "/api/traces/batch", bodies[state["i"] % len(bodies)]
+    return make
+
+
+def ingest_bodies(count: int, seed: int) -> list[bytes]:
+    from streams.generator import generate_events
+
+    bodies, batch = [], []
+    for event in generate_events(count * 1000, seed, broken_share=0.0):
+        record = {k: v for k, v in event.record.items() if v is not None}
+        record["created_at"] = record["created_at"].isoformat()
+        batch.append(record)
+        if len(batch) == 1000:
+            bodies.append(json.dumps(batch).encode())
+            batch = []
+    return bodies
+
+
+async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
+    host, out = spec["host"], {}
+    for phase in spec["phases"]:
+        kind, port = phase["kind"], phase["port"]
+        if kind == "healthz":
+            make = lambda state: ("GET", "/healthz", b"")  # noqa: E731
+        elif kind == "list":
+            make = list_requests(spec["start_cursors"])
+        elif kind == "by_id":
+            make = by_id_requests(spec["ids"], seed=1)
+        else:
+            bodies = ingest_bodies(phase["bodies"], seed=99)
+            make = ingest_requests(bodies)
+        await _load(host, port, phase["connections"], min(1.0, phase["seconds"]), make)  # warm-up, not counted
+        out[phase["name"]] = await _load(host, port, phase["connections"], phase["seconds"], make)
+    return out
+
+
+# --- the server (this process) ------------------------------------------------------------
+
+
+def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
+    """Insert ``count`` traces as the materializer would write them; their ids and the seconds it took."""
+    from datetime import datetime, timezone
+
+    from schemas.codec import AvroCodec
+    from schemas.registry import default_registry
+    from streams.coordinates import Coordinates
+    from streams.generator import generate_events
+    from streams.materialize import InboundEvent, trace_rows
+    from streams.producer import murmur2
+    from warehouse.client import Warehouse
+
+    codec = AvroCodec(default_registry())
+    warehouse = Warehouse.connect(settings)
+    next_offset = [0] * PARTITIONS
+    ids: list[str] = []
+    started = time.perf_counter()
+    chunk: list[InboundEvent] = []
+    for event in generate_events(count, seed, broken_share=0.0):
+        key = event.trace_id.encode()
+        partition = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+        value = codec.encode(event.record, "Trace", event.schema_version)
+        chunk.append(InboundEvent(Coordinates(settings.topics.valid, partition, next_offset[partition]), key, value))
+        next_offset[partition] += 1
+        ids.append(event.trace_id)
+        if len(chunk) == FILL_CHUNK:
+            warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(timezone.utc)).columns)
+            chunk = []
+    if chunk:
+        warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(timezone.utc)).columns)
+    return ids, time.perf_counter() - started
+
+
+async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
+    from api.app import create_app
+    from api.server import serving
+    from bench.common import free_port
+
+    cached_port, uncached_port = free_port(), free_port()
+    cached = create_app(settings)
+    uncached = create_app(settings.model_copy(update={"api_cache_entries": 0}), ingest=False)
+    rng = random.Random(5)
+    seconds, conns = args.seconds, args.connections
+    spec = {"host": "127.0.0.1", "ids": rng.sample(ids, min(len(ids), 20000)), "start_cursors": [None], "phases": [
+        {"name": "healthz", "kind": "healthz", "port": cached_port, "connections": conns, "seconds": seconds},
+        {"name": "list_cached", "kind": "list", "port": cached_port, "connections": conns, "seconds": seconds},
+        {"name": "list_uncached", "kind": "list", "port": uncached_port, "connections": conns, "seconds": seconds},
+        {"name": "by_id", "kind": "by_id", "port": cached_port, "connections": conns, "seconds": seconds},
+        {"name": "ingest_batch_1000", "kind": "ingest", "port": cached_port, "connections": args.ingest_connections,
+         "seconds": args.ingest_seconds, "bodies": 8},
+    ]}
+    spec_file = Path(args.workdir) / "client.json"
+    spec_file.write_text(json.dumps(spec))
+    async with serving(cached, "127.0.0.1", cached_port), serving(uncached, "127.0.0.1", uncached_port):
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.api_load", "--client", str(spec_file),
+            stdout=subprocess.PIPE, env=settings.child_environment(), cwd=Path(__file__).resolve().parents[1])
+        stdout, _ = await client.communicate()
+        if client.returncode != 0:
+            raise SystemExit(f"the load client failed ({client.returncode})")
+        reader = cached.state.api.reader
+        figures = json.loads(stdout.decode().strip().splitlines()[-1])
+        figures["cache"] = {"hits": reader.hits, "misses": reader.misses}
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traces", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each read phase.")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--ingest-seconds", type=float, default=8.0)
+    parser.add_argument("--ingest-connections", type=int, default=2)
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        print(json.dumps(asyncio.run(client_main(json.loads(Path(args.client).read_text())))))
+        return
+
+    quiet_logging()
+    base = Settings()
+    info = machine()
+    print(f"machine: {info['cpus']} cores ({info['cpu_model']}), Python {info['python']}; "
+          f"load average at start {load_average()}")
+    print("note: " + SHARED_MACHINE_NOTE.format(cpus=info["cpus"]) + "; the load client is one more process on them")
+    with temp_workdir() as workdir, kafka(base, workdir) as target:
+        settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="api")
+        args.workdir = str(workdir)
+        from streams.topics import ensure_pipeline_topics
+
+        asyncio.run(ensure_pipeline_topics(settings, target.bootstrap))
+        print(f"kafka: {target.description}")
+        ids, fill_s = fill(settings, args.traces, seed=2026)
+        print(f"filled the embedded warehouse with {len(ids):,} traces in {fill_s:.1f} s "
+              "(materializer row builder, direct insert)")
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        figures = asyncio.run(serve_and_load(settings, args, ids))
+
+    print(f"\n{args.connections} connections, {args.seconds:g} s per read phase; latency from the client's side")
+    floor = figures["healthz"]["requests_per_s"]
+    for name in ("healthz", "list_cached", "list_uncached", "by_id"):
+        f = figures[name]
+        print(f"  {name:<14} {f['requests_per_s']:>8,.0f} req/s  p50 {f['p50_ms']:>6.2f} ms  p99 {f['p99_ms']:>7.2f} ms"
+              f"  ({f['requests_per_s'] / floor:.2f}x healthz)  statuses {f['statuses']}")
+    ingest = figures["ingest_batch_1000"]
+    print(f"  ingest (POST /api/traces/batch, 1000 traces, {args.ingest_connections} connections): "
+          f"{ingest['items'] / ingest['wall_s']:,.0f} traces/s accepted, p50 {ingest['p50_ms']:.0f} ms, "
+          f"p99 {ingest['p99_ms']:.0f} ms per batch, statuses {ingest['statuses']}")
+    print(f"  list cached/uncached: {figures['list_cached']['requests_per_s'] / max(figures['list_uncached']['requests_per_s'], 1e-9):.1f}x; "
+          f"API cache hits {figures['cache']['hits']:,}, misses {figures['cache']['misses']:,}")
+    print(f"load average at end {load_average()}")
+    emit_json("api_load", {"traces": len(ids), "connections": args.connections, "seconds": args.seconds,
+                            "fill_s": round(fill_s, 1), **figures, "machine": info})
+
+
+if __name__ == "__main__":
+    main()
