@@ -64,7 +64,7 @@ def live_api(kafka_bootstrap: str, session_home: Path) -> Iterator[str]:
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=15, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=10, deadline=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck),
                      phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
 def test_no_operation_answers_with_a_server_error(case, live_api: str):
