@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumers.errors import UnknownGroupError
+from consumers.errors import UnknownGroupError, UnknownTopicError
 
 _COORDINATOR_ATTEMPTS = 20
 
@@ -112,6 +112,7 @@ async def known_group_lag(bootstrap: str, group: str, topics: Iterable[str] | No
 
     Raises:
         UnknownGroupError: the cluster does not know ``group`` (the message lists the groups it knows).
+        UnknownTopicError: one of the ``topics`` given does not exist.
     """
     groups = await consumer_groups(bootstrap)
     if group not in groups:
@@ -122,4 +123,10 @@ async def known_group_lag(bootstrap: str, group: str, topics: Iterable[str] | No
         )
     if topics is None:
         topics = sorted({tp.topic for tp in await committed_offsets(bootstrap, group)})
+    else:
+        topics = list(topics)
+        existing = {tp.topic for tp in await topic_partitions(bootstrap, topics)}
+        missing = [topic for topic in topics if topic not in existing]
+        if missing:
+            raise UnknownTopicError(f"topic {', '.join(missing)} does not exist on {bootstrap}; check the name")
     return await group_lag(bootstrap, group, topics)

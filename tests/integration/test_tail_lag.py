@@ -56,6 +56,7 @@ async def test_tail_with_a_group_commits_what_it_printed_and_lag_shows_the_rest(
     assert len(printed) == 25
 
     report = json.loads(cli(settings, "lag", "--group", "readers", "--json").stdout)
+    assert report == json.loads(cli(settings, "lag", "--group", "readers", "--topic", "traces.raw", "--json").stdout)
     assert {row["topic"] for row in report} == {settings.topics.raw}
     assert {row["partition"] for row in report} == set(range(settings.partitions))
     for row in report:
@@ -111,7 +112,8 @@ async def test_lag_defaults_to_the_processors_groups(settings: Settings):
     assert sum(row["end"] for row in report if row["topic"] == settings.topics.raw) == 150
 
 
-def test_unknown_topics_and_groups_are_named_with_a_non_zero_exit(settings: Settings):
+@pytest.mark.asyncio
+async def test_unknown_topics_and_groups_are_named_with_a_non_zero_exit(settings: Settings):
     done = cli(settings, "tail", "traces.nope", "--timeout", "1")
     assert done.returncode == 2
     assert "topic traces.nope does not exist" in done.stderr
@@ -119,6 +121,12 @@ def test_unknown_topics_and_groups_are_named_with_a_non_zero_exit(settings: Sett
     done = cli(settings, "lag", "--group", "nobody-reads-this")
     assert done.returncode == 2
     assert "consumer group 'nobody-reads-this' is not known" in done.stderr
+
+    await publish(settings, generate_events(3, seed=26, broken_share=0.0))
+    assert cli(settings, "tail", "traces.raw", "--group", "known", "--from-beginning", "--limit", "1").returncode == 0
+    done = cli(settings, "lag", "--group", "known", "--topic", "traces.nope")
+    assert done.returncode == 2
+    assert "topic traces.nope does not exist" in done.stderr
 
     done = cli(settings, "lag", "--topic", "traces.raw")
     assert done.returncode == 2 and "--topic needs --group" in done.stderr
