@@ -97,8 +97,9 @@ def screenshot(driver: Any, name: str) -> Path:
     """Save a full-page PNG under test-artifacts/ and return its path."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(900, min(int(height) + 40, 8000)))
+    for _ in range(2):  # resizing can reflow the page, so measure again
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, max(900, min(int(height) + 120, 8000)))
     driver.save_screenshot(str(path))
     return path
 
