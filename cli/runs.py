@@ -1,4 +1,9 @@
-"""`tracestream runs list|show`: training runs, folded from runs.events (the log, not the warehouse)."""
+"""`tracestream runs list|show|cancel`: training runs, folded from runs.events (the log, not the warehouse).
+
+Cancelling is an event too: `runs cancel` publishes `cancel_requested`, and the
+run's driver, which watches runs.events, stops its workers and publishes
+`cancelled`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from rich.table import Table
 from cli.common import console, load_settings, out, require_bootstrap
 from consumers.log import read_to_end
 from schemas.codec import AvroCodec
+from schemas.errors import TracestreamError
 from schemas.registry import default_registry
+from trainer.runlog import CANCEL_REQUESTED, request_cancel
 
 app = typer.Typer(no_args_is_help=True, help="Training runs and their events.")
 
@@ -28,10 +35,11 @@ async def _runs(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
 
 def _summary(events: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = events[0], events[-1]
+    status = "cancelling" if last["event_type"] == CANCEL_REQUESTED else last["event_type"]
     metrics = [e["metrics"] for e in events if e.get("metrics")]
     scorecard = next((json.loads(e["scorecard"]) for e in reversed(events) if e.get("scorecard")), None)
     return {
-        "run_id": first["run_id"], "status": last["event_type"],
+        "run_id": first["run_id"], "status": status, "workers": last["workers"],
         "dataset": f"{first['dataset_name']}@{first['dataset_version']}", "dataset_sha256": first["dataset_sha256"],
         "steps": metrics[-1]["step"] if metrics else 0, "loss": metrics[-1]["loss"] if metrics else None,
         "exact_match": scorecard.get("exact_match") if scorecard else None, "error": last.get("error"),
@@ -49,11 +57,11 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         out.print_json(json.dumps(rows))
         return
     table = Table(title="runs")
-    for column in ("run_id", "status", "dataset", "steps", "loss", "exact_match", "updated_at"):
+    columns = ("run_id", "status", "dataset", "workers", "steps", "loss", "exact_match", "updated_at")
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in
-                        ("run_id", "status", "dataset", "steps", "loss", "exact_match", "updated_at")))
+        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in columns))
     out.print(table)
 
 
@@ -69,3 +77,16 @@ def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
     for event in runs[run_id]:
         detail = event.get("metrics") or event.get("checkpoint") or event.get("error") or event.get("scorecard") or ""
         out.print(f"{event['at'].isoformat()} {event['event_type']:>10} {detail}")
+
+
+@app.command()
+def cancel(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
+    """Ask a running run to stop: publishes cancel_requested; the run answers with cancelled."""
+    settings = load_settings()
+    bootstrap = require_bootstrap(settings)
+    try:
+        asyncio.run(request_cancel(bootstrap, settings.topics.runs, run_id, AvroCodec(default_registry())))
+    except TracestreamError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    out.print(f"cancel requested for run {run_id}; it publishes `cancelled` when its workers have stopped")

@@ -1,4 +1,4 @@
-"""`tracestream train DATASET[@VERSION]`: one local training run, announced on runs.events."""
+"""`tracestream train DATASET[@VERSION] [--workers N]`: one training run, announced on runs.events."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cli.common import console, load_settings, out, require_bootstrap
 from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 from trainer.config import ConfigError
-from trainer.run import run_training
+from trainer.run import RunCancelled, run_training
 
 
 def _dataset_ref(text: str) -> tuple[str, int | None]:
@@ -43,6 +43,10 @@ def train(
         None, "--config", help='JSON file: {"preset": "tiny"|"small", "model": {...}, "train": {...}}.'
     ),
     run_id: str | None = typer.Option(None, "--run-id", help="Run id (default: a new uuid); reusing one resumes it."),
+    workers: int = typer.Option(
+        1, "--workers", "-w",
+        help="Data-parallel workers: 1 trains in this process, more train on Ray actors (RAY_ADDRESS, or a local Ray).",
+    ),
 ) -> None:
     """Train the byte-level LM on a dataset, publishing queued/started/metrics/checkpoint/evaluated/completed."""
     settings = load_settings()
@@ -51,7 +55,13 @@ def train(
         name, version = _dataset_ref(dataset)
         mapping = _read_config(config)
         asyncio.run(ensure_pipeline_topics(settings, bootstrap))
-        outcome = asyncio.run(run_training(settings, bootstrap, name, version, mapping, run_id=run_id))
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        outcome = asyncio.run(run_training(settings, bootstrap, name, version, mapping, run_id=run_id,
+                                           workers=workers))
+    except RunCancelled as exc:
+        console.print(f"[yellow]run cancelled:[/yellow] {exc}")
+        raise typer.Exit(3) from None
     except TracestreamError as exc:
         console.print(f"[red]training failed:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -59,7 +69,9 @@ def train(
     loss = "n/a" if outcome.final_loss is None else f"{outcome.final_loss:.4f}"
     exact = (f"{card.get('exact_match', 0.0):.3f} on {card.get('items', 0)} eval items"
              if card.get("items") else "n/a (empty eval split)")
-    out.print(f"run {outcome.run_id} {outcome.status}: {outcome.steps} steps, final loss {loss}, exact match {exact}")
+    restarts = f", {outcome.restarts} restart(s) after a worker died" if outcome.restarts else ""
+    out.print(f"run {outcome.run_id} {outcome.status}: {outcome.steps} steps on {outcome.workers} worker(s){restarts}, "
+              f"final loss {loss}, exact match {exact}")
     if outcome.checkpoint is not None:
         out.print(f"checkpoint: {outcome.checkpoint}")
 
