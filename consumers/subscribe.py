@@ -171,6 +171,8 @@ class Subscription:
             raise await _unknown_topic(bootstrap, self.topic, self._settings.topic_prefix)
         if self._dataset is not None:
             self._batches = read_range_batches_raw(bootstrap, self._dataset.ranges, batch_records=_MAX_RECORDS)
+            # The reader checks every range before its first batch: fail here, not mid-iteration.
+            self._buffer.extend(await anext(self._batches, None) or ())
             return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,

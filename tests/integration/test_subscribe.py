@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timezone
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.errors import UndecodableRecordError, UnknownTopicError
+from consumers.errors import RangeBeyondEndError, UndecodableRecordError, UnknownTopicError
 from consumers.records import Record, Undecodable
 from consumers.subscribe import subscribe
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, OffsetRange, select
+from schemas.dataset import ContentHasher, Manifest, OffsetRange, select
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from streams.catchup import wait_until_caught_up
@@ -202,4 +203,14 @@ async def test_undecodable_records_raise_with_coordinates_or_come_as_items(setti
 async def test_an_unknown_topic_is_named(settings: Settings):
     with pytest.raises(UnknownTopicError, match=rf"topic {settings.topic_prefix}traces\.nope does not exist"):
         async with subscribe(settings, f"{settings.topic_prefix}traces.nope", group="team-e"):
+            pass
+
+
+async def test_a_dataset_range_past_the_end_is_refused_before_anything_is_yielded(settings: Settings):
+    await publish(settings, valid_events(10, seed=20))
+    topic = settings.topics.raw
+    manifest = Manifest(name="future", version=1, topic=topic, ranges=(OffsetRange(topic, 0, 0, 10_000),),
+                        created_at=datetime.now(timezone.utc))
+    with pytest.raises(RangeBeyondEndError, match=rf"{re.escape(topic)}\[0\] ends at 10000, past the high watermark"):
+        async with subscribe(settings, "traces.raw", dataset=manifest):
             pass
