@@ -9,7 +9,9 @@ parameters: nothing stateful crosses a ``jax.jit`` boundary.
 Pre-norm blocks (RMSNorm), causal multi-head self-attention, GELU MLP,
 learned positions, output projection tied to the token embedding.
 Parameters are float32; ``dtype`` is the compute dtype (logits and softmax
-stay float32).
+stay float32). ``decoder`` gives the same model as ``prefill``/``extend``
+over a key-value cache, for generation that costs one position per token;
+both paths share the blocks' code, only the attention mask differs.
 """
 
 from __future__ import annotations
