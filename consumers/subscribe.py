@@ -13,6 +13,10 @@ Three ways to position a subscription:
 - no group: this process reads every partition, from ``start`` or from
   ``since`` (the first record at or after that instant, per partition), and
   commits nothing.
+- ``group="G", since=t``: first moves the group's committed offsets to the
+  first record at or after ``t`` (as ``kafka-consumer-groups --reset-offsets
+  --to-datetime`` does; refused while the group has active members), then
+  joins it: to reprocess from an instant.
 - ``dataset=manifest``: exactly the manifest's offset ranges, in (partition,
   offset) order, then the iteration ends (``consumers.ranges`` checks the
   ranges are all still in the log before anything is yielded).
@@ -40,10 +44,10 @@ from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import UndecodableRecordError, UnknownTopicError
+from consumers.errors import SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.handled import HandledOffsets
 from consumers.lag import topic_partitions
 from consumers.ranges import read_range_batches_raw
@@ -185,6 +189,8 @@ class Subscription:
             retry_backoff_ms=50,
         )
         if self.group is not None:
+            if self._since is not None:
+                await reset_group_offsets(bootstrap, self.group, partitions, self._since)
             consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._consumer = consumer
         await consumer.start()
@@ -196,18 +202,14 @@ class Subscription:
 
     async def _position(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         """Seek every partition explicitly, so records published after ``start`` returns are never skipped."""
-        ends = await consumer.end_offsets(partitions)
         if self._since is not None:
-            at_ms = int(self._since.timestamp() * 1000)
-            found = await consumer.offsets_for_times({tp: at_ms for tp in partitions})
-            for tp in partitions:
-                consumer.seek(tp, found[tp].offset if found[tp] is not None else ends[tp])
+            offsets = await _offsets_at(consumer, partitions, self._since)
         elif self._start == "earliest":
-            for tp, offset in (await consumer.beginning_offsets(partitions)).items():
-                consumer.seek(tp, offset)
+            offsets = await consumer.beginning_offsets(partitions)
         else:
-            for tp in partitions:
-                consumer.seek(tp, ends[tp])
+            offsets = await consumer.end_offsets(partitions)
+        for tp, offset in offsets.items():
+            consumer.seek(tp, offset)
 
     async def close(self, *, handled: bool = False) -> None:
         """Commit what was handled (the record in hand too when ``handled``) and leave the group.
@@ -366,7 +368,7 @@ def subscribe(settings: Settings, topic: str, group: str | None = None, **option
             ``runs.events``) or a full topic name.
         group: consumer group; None reads every partition and commits nothing.
         start: ``earliest`` or ``latest``: where to begin without a committed offset (or without a group).
-        since: (no group) begin at the first record at or after this instant.
+        since: begin at the first record at or after this instant (with a group: reset the group to it first).
         dataset: (no group) read exactly this manifest's ranges, then stop.
         on_undecodable: ``raise`` (default) or ``yield`` ``Undecodable`` items.
         idle_timeout_s: stop when nothing arrives for this long; None follows the topic forever.
@@ -376,8 +378,8 @@ def subscribe(settings: Settings, topic: str, group: str | None = None, **option
         codec: decodes values; one on the default registry by default.
 
     Raises:
-        ConfigurationError: options that contradict each other (``group`` with ``since`` or ``dataset``,
-            a dataset of another topic).
+        ConfigurationError: options that contradict each other (``group`` with ``dataset``, ``since`` with
+            ``dataset``, a dataset of another topic).
     """
     return Subscription(settings, topic, group=group, **options)
 
@@ -392,11 +394,10 @@ def _check_options(topic: str, group: str | None, start: str, since: datetime | 
         raise ConfigurationError("a consumer group name must not be empty; pass group=None to read without one")
     if since is not None and since.tzinfo is None:
         raise ConfigurationError(f"since={since.isoformat()} is a naive datetime; give a timezone (e.g. UTC)")
-    if group is not None and (since is not None or dataset is not None):
-        what = "since" if since is not None else "dataset"
+    if group is not None and dataset is not None:
         raise ConfigurationError(
-            f"{what}= positions a group-less reader; group {group!r} goes on from its committed offsets. "
-            "Drop group= to replay, or reset the group's offsets with kafka-consumer-groups --reset-offsets"
+            f"dataset= replays fixed ranges without a group; group {group!r} goes on from its committed offsets. "
+            "Drop group= to read the dataset"
         )
     if since is not None and dataset is not None:
         raise ConfigurationError("give since= or dataset=, not both")
@@ -405,6 +406,42 @@ def _check_options(topic: str, group: str | None, start: str, since: datetime | 
             f"dataset {dataset.name}@{dataset.version} names offsets of {dataset.topic}, not {topic}; "
             f"subscribe to {dataset.topic}"
         )
+
+
+async def _offsets_at(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], at: datetime
+) -> dict[TopicPartition, int]:
+    """Per partition, the first offset whose timestamp is at or after ``at`` (the end when none is)."""
+    at_ms = int(at.timestamp() * 1000)
+    found = await consumer.offsets_for_times({tp: at_ms for tp in partitions})
+    ends = await consumer.end_offsets(partitions)
+    return {tp: found[tp].offset if found[tp] is not None else ends[tp] for tp in partitions}
+
+
+async def reset_group_offsets(bootstrap: str, group: str, partitions: list[TopicPartition], at: datetime) -> None:
+    """Commit for ``group`` the first offset at or after ``at`` on every partition (``--reset-offsets --to-datetime``).
+
+    Raises:
+        SubscriptionError: the group has active members; the broker takes offsets from outside
+            the group only while it is empty.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                isolation_level="read_committed", retry_backoff_ms=50)
+    await consumer.start()
+    await asyncio.sleep(0)
+    try:
+        consumer.assign(partitions)
+        offsets = await _offsets_at(consumer, partitions, at)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            topic = partitions[0].topic
+            raise SubscriptionError(
+                f"cannot move group {group!r} on {topic} to {at.isoformat()}: the broker refused the commit "
+                f"({type(exc).__name__}), as it does while the group has active members; stop them first"
+            ) from exc
+    finally:
+        await consumer.stop()
 
 
 def _bootstrap(settings: Settings) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.errors import RangeBeyondEndError, UndecodableRecordError, UnknownTopicError
+from consumers.errors import RangeBeyondEndError, SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.records import Record, Undecodable
 from consumers.subscribe import subscribe
 from deploy.settings import Settings
@@ -144,6 +144,27 @@ async def test_a_time_seek_starts_at_the_first_record_at_or_after_it(settings: S
         got = [record async for record in records]
     assert sorted(r.key for r in got) == sorted(e.trace_id for e in after)
     assert all(r.timestamp >= since for r in got)
+
+
+async def test_a_group_reset_to_a_time_reprocesses_from_there_and_is_refused_while_members_run(settings: Settings):
+    before, after = valid_events(30, seed=27), valid_events(20, seed=28)
+    await publish(settings, before)
+    await asyncio.sleep(0.1)
+    since = datetime.now(timezone.utc)
+    await asyncio.sleep(0.1)
+    await publish(settings, after)
+    async with subscribe(settings, "traces.raw", group="team-g", idle_timeout_s=2) as records:
+        assert len([r async for r in records]) == 50  # the group is at the end now
+
+    async with subscribe(settings, "traces.raw", group="team-g", since=since, idle_timeout_s=2) as records:
+        again = [r async for r in records]
+    assert sorted(r.key for r in again) == sorted(e.trace_id for e in after)
+
+    async with subscribe(settings, "traces.raw", group="team-g") as running:
+        await wait_split(running, partitions=settings.partitions)
+        with pytest.raises(SubscriptionError, match="cannot move group 'team-g'.*active members; stop them first"):
+            async with subscribe(settings, "traces.raw", group="team-g", since=since):
+                pass
 
 
 async def test_a_dataset_seek_yields_exactly_the_manifest_records(settings: Settings):

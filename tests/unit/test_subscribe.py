@@ -124,7 +124,6 @@ def dataset(topic: str) -> Manifest:
 
 
 @pytest.mark.parametrize(("options", "complaint"), [
-    ({"group": "g", "since": CREATED}, "committed offsets"),
     ({"group": "g", "dataset": dataset("team-a.traces.valid")}, "committed offsets"),
     ({"since": datetime(2026, 1, 1)}, "naive datetime"),
     ({"dataset": dataset("other.traces.valid")}, "names offsets of other.traces.valid, not team-a.traces.valid"),
