@@ -334,13 +334,20 @@ async function refreshLeaderboard(dataset) {
 
 /* ---------- trace viewer ---------- */
 
-let selectedTrace = null;
+const PAGE_SIZE = 50;
+/* cursors[k] fetches page k of /api/traces (keyset pages in log order); page 0 needs none. */
+const traceList = { cursors: [null], page: 0, selected: null };
 
 async function refreshTraces() {
-  const body = await getJSON("/api/traces?limit=50");
-  const traces = body.items || [];
+  const cursor = traceList.cursors[traceList.page];
+  const body = await getJSON(`/api/traces?limit=${PAGE_SIZE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const traces = body.items;
+  traceList.cursors[traceList.page + 1] = body.next_cursor;
+  document.getElementById("traces-prev").disabled = traceList.page === 0;
+  document.getElementById("traces-next").disabled = !body.next_cursor;
+  document.getElementById("traces-page").textContent = `page ${traceList.page + 1}`;
   fillBody(document.getElementById("traces-table"), traces.map((t) => el("tr", {
-    "data-trace": t.trace_id, class: t.trace_id === selectedTrace ? "selected" : "",
+    "data-trace": t.trace_id, class: t.trace_id === traceList.selected ? "selected" : "",
     onclick: () => showTrace(t.trace_id),
   },
     el("td", { class: "mono", title: t.trace_id }, fmt.short(t.trace_id, 14)),
@@ -353,18 +360,31 @@ async function refreshTraces() {
     return;
   }
   panelMessage("panel-traces", "");
-  if (!selectedTrace) await showTrace(traces[0].trace_id);
+  if (!traceList.selected) await showTrace(traces[0].trace_id);
+}
+
+function turnTracePage(delta) {
+  traceList.page = Math.max(0, traceList.page + delta);
+  guarded("panel-traces", refreshTraces);
 }
 
 async function showTrace(traceId) {
-  selectedTrace = traceId;
+  traceList.selected = traceId;
   for (const tr of document.querySelectorAll("#traces-table tbody tr")) {
     tr.classList.toggle("selected", tr.dataset.trace === traceId);
   }
-  const t = await getJSON(`/api/traces/${encodeURIComponent(traceId)}`);
+  const view = document.getElementById("trace-view");
+  let t;
+  try {
+    t = await getJSON(`/api/traces/${encodeURIComponent(traceId)}`);
+  } catch (error) {
+    view.replaceChildren(el("p", { class: "error" }, error.message));
+    return;
+  }
+  if (traceList.selected !== traceId) return;  // another trace was picked meanwhile
   const steps = t.steps.slice().sort((a, b) => a.i - b.i);
   const meta = Object.entries(t.meta || {}).map(([k, v]) => `${k}=${v}`).join("  ");
-  document.getElementById("trace-view").replaceChildren(
+  view.replaceChildren(
     el("h3", { class: "mono", "data-trace": t.trace_id }, t.trace_id),
     el("p", { class: "coords" },
       `${t.source} · v${t.trace_version} · ${t.topic}[${t.partition}]@${t.offset} · ${fmt.time(t.created_at)}`,
@@ -395,5 +415,17 @@ async function refreshAll() {
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
-refreshAll();
-setInterval(refreshAll, REFRESH_MS);
+/* Refresh, then wait: a slow API never gets overlapping rounds; a hidden tab does not poll. */
+async function loop() {
+  if (!document.hidden) await refreshAll();
+  setTimeout(loop, REFRESH_MS);
+}
+
+document.getElementById("trace-open").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = document.getElementById("trace-id").value.trim();
+  if (id) showTrace(id);
+});
+document.getElementById("traces-prev").addEventListener("click", () => turnTracePage(-1));
+document.getElementById("traces-next").addEventListener("click", () => turnTracePage(+1));
+loop();

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
 
 from api.app import create_app
 from deploy.kafka import ensure_topics_async
@@ -69,6 +70,15 @@ class Page:
 
     async def script(self, script: str, *args) -> Any:
         return await self.call(self.driver.execute_script, script, *args)
+
+    async def open_trace(self, trace_id: str) -> None:
+        def type_and_submit() -> None:
+            box = self.driver.find_element(By.ID, "trace-id")
+            box.clear()
+            box.send_keys(trace_id)
+            self.driver.find_element(By.CSS_SELECTOR, "#trace-open button[type=submit]").click()
+
+        await self.call(type_and_submit)
 
     async def chart(self, div_id: str) -> list[dict]:
         return await self.script(CHART_POINTS, div_id)
@@ -149,8 +159,22 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             expected_steps = sorted(published[pick]["steps"], key=lambda s: s["i"])
             assert view["steps"] == [[s["i"], s["type"], s["content"]] for s in expected_steps]
             assert len(view["steps"]) >= 1
-
             assert console_errors(browser) == []
+
+            # Paging: the next page holds other traces; one opened by id shows; an unknown id is named.
+            await page.script("document.getElementById('traces-next').click()")
+            second = await page.wait("the second page of traces", lambda: page.script(
+                "return document.getElementById('traces-page').textContent === 'page 2' && "
+                "Array.from(document.querySelectorAll('#traces-table tbody tr')).map(r => r.dataset.trace)"))
+            assert second and not set(second) & set(rows)
+            await page.open_trace(second[-1])
+            view = await page.wait("the trace opened by id", lambda: _view_of(page, second[-1]))
+            assert [s[0] for s in view["steps"]] == sorted(s["i"] for s in published[second[-1]]["steps"])
+            await page.open_trace("no-such-trace")
+            refused = await page.wait("the unknown trace's error", lambda: page.script(
+                "return document.querySelector('#trace-view .error')?.textContent"))
+            assert "404" in refused and "no-such-trace" in refused
+            assert all("no-such-trace" in line and "404" in line for line in console_errors(browser))
 
             # A run that starts while the page is open: the page follows it and its curve grows live.
             live = asyncio.create_task(run_training(
