@@ -28,7 +28,7 @@ async function getJSON(path) {
   if (!response.ok) {
     let detail = "";
     try { detail = (await response.json()).error.message; } catch (_) { /* not the API's error shape */ }
-    throw new Error(`GET ${path} answered ${response.status} ${detail}`.trim());
+    throw new Error(`GET ${path} answered ${response.status}${detail ? `: ${detail}` : ""}`);
   }
   return response.json();
 }

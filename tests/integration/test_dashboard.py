@@ -198,6 +198,8 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             partial = {n for n in seen_counts if 0 < n < LIVE_STEPS}
             assert len(partial) >= 2, f"the curve did not grow while the run trained (counts seen: {sorted(seen_counts)})"
 
+            await page.open_trace(pick)  # the screenshot shows a trace, not the error
+            await page.wait("the picked trace again", lambda: _view_of(page, pick))
             await page.wait("the live run's scorecard", lambda: page.script(
                 "return document.getElementById('scorecard-run').textContent === 'run-live' && "
                 "!document.getElementById('scorecard').innerText.includes('no evaluation')"), timeout_s=60)
