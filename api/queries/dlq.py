@@ -22,15 +22,24 @@ def _where(reasons: tuple[str, ...], stages: tuple[str, ...]) -> tuple[list[str]
     return conditions, params
 
 
-def list_page(warehouse: Warehouse, after: Position, limit: int, reasons: tuple[str, ...],
+def list_page(warehouse: Warehouse, topic: str, after: Position, limit: int, reasons: tuple[str, ...],
               stages: tuple[str, ...]) -> bytes:
-    """JSONEachRow rows of up to ``limit`` dead letters after ``after`` (the original bytes left out)."""
+    """JSONEachRow rows of up to ``limit`` dead letters after ``after`` (the original bytes left out).
+
+    Like ``queries.traces.list_page``: the rest of the partition, then the ones above it.
+    """
     conditions, params = _where(reasons, stages)
-    conditions.insert(0, "(partition, offset) > ({p:UInt32}, {o:Int64})")
-    params.update(db=warehouse.database, p=after.partition, o=after.offset, limit=limit)
-    sql = (f"SELECT {_COLUMNS} FROM {{db:Identifier}}.dlq FINAL WHERE {' AND '.join(conditions)} "
-           "ORDER BY topic, partition, offset LIMIT {limit:UInt32}")
-    return warehouse.query_json(sql, params)
+    params.update(db=warehouse.database, topic=topic, p=after.partition, o=after.offset)
+    rows = b""
+    for position in ("partition = {p:UInt32} AND offset > {o:Int64}", "partition > {p:UInt32}"):
+        wanted = limit - rows.count(b"\n")
+        if wanted <= 0:
+            break
+        sql = (f"SELECT {_COLUMNS} FROM {{db:Identifier}}.dlq FINAL "
+               f"WHERE {' AND '.join(['topic = {topic:String}', position, *conditions])} "
+               "ORDER BY topic, partition, offset LIMIT {limit:UInt32}")
+        rows += warehouse.query_json(sql, {**params, "limit": wanted})
+    return rows
 
 
 def counts(warehouse: Warehouse, stages: tuple[str, ...] = ()) -> bytes:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.cursor import Position, decode_cursor, encode_cursor
-from api.deps import ReaderDep, Readable, json_response
+from api.deps import ReaderDep, Readable, StateDep, json_response
 from api.errors import ERROR_SCHEMA
 from api.models import DeadLetterPage
 from api.queries import dlq as q
@@ -22,6 +22,7 @@ _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for
 @router.get("", response_model=DeadLetterPage, responses=_ERRORS, summary="Dead letters and counts by reason")
 async def list_dead_letters(
     reader: ReaderDep,
+    state: StateDep,
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page, at most 500.")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     reason: Annotated[list[str], Query(description="Keep these reason codes, e.g. no_steps.")] = [],  # noqa: B006
@@ -29,14 +30,14 @@ async def list_dead_letters(
 ) -> Response:
     """Dead letters in log order (the original bytes left out), and how many there are by stage and reason."""
     after = decode_cursor(cursor)
-    reasons, stages = tuple(reason), tuple(stage)
+    reasons, stages, topic = tuple(reason), tuple(stage), state.topics.dlq
 
     def read(w) -> bytes:
-        rows = q.list_page(w, after, limit, reasons, stages)
+        rows = q.list_page(w, topic, after, limit, reasons, stages)
         last = last_row(rows)
         full = row_count(rows) >= limit and last is not None
         next_cursor = json.dumps(encode_cursor(Position(last["partition"], last["offset"]))) if full else "null"
         return (b'{"items":' + rows_array(rows) + b',"next_cursor":' + next_cursor.encode() + b',"limit":'
                 + str(limit).encode() + b',"counts":' + rows_array(q.counts(w, stages)) + b"}")
 
-    return json_response(await reader.cached(("dlq", after, limit, reasons, stages), read))
+    return json_response(await reader.cached(("dlq", topic, after, limit, reasons, stages), read))

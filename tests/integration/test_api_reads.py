@@ -183,6 +183,13 @@ async def test_dead_letters_by_reason_match_what_was_broken(settings: Settings):
         only = (await client.get("/api/dlq", params={"reason": reason, "limit": 7})).json()
         assert {item["reason"] for item in only["items"]} == {reason}
         assert len(only["items"]) == min(7, reasons[reason])
+        walked, cursor = [], None
+        while True:
+            page = (await client.get("/api/dlq", params={"limit": 9, **({"cursor": cursor} if cursor else {})})).json()
+            walked += [(item["partition"], item["offset"]) for item in page["items"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        assert walked == sorted(set(walked)) and len(walked) == sum(reasons.values())
 
 
 async def test_stats_health_readiness_and_metrics(settings: Settings):
