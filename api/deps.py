@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import Unauthorized, Unavailable
 from api.metrics import ApiMetrics
 from api.publisher import Publisher
+from api.readahead import ReadAhead
 from api.reader import WarehouseReader
 from deploy.settings import Settings
 
@@ -29,6 +30,7 @@ class ApiState:
     def __post_init__(self) -> None:
         # ``settings.topics`` builds a settings object (it reads the environment): once, not per request.
         self.topics = self.settings.topics
+        self.pages = ReadAhead(self.reader, runs=512 if self.settings.api_cache_entries else 0)
 
 
 async def get_state(request: Request) -> ApiState:

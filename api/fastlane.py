@@ -40,7 +40,7 @@ class TraceReadFastLane:
                 if page is not None:
                     scope["route"] = _LIST
                     limit, after = page
-                    body = await read_page(self.state.reader, self.state.topics.valid, after, limit, _NO_FILTER)
+                    body = await read_page(self.state.pages, self.state.topics.valid, after, limit, _NO_FILTER)
                     await _send(send, body)
                     return
             elif path.startswith("/api/traces/") and not scope["query_string"]:

@@ -44,6 +44,11 @@ class WarehouseReader:
             self._warehouse = self._factory()
         return fn(self._warehouse)
 
+    @property
+    def generation(self) -> int | None:
+        """The warehouse's write generation (None: unknown, or another process may write)."""
+        return self._warehouse.generation if self._warehouse is not None else None
+
     async def run(self, fn: Callable[[Warehouse], T]) -> T:
         """``fn(warehouse)`` on the reader's thread (the warehouse opens on first use)."""
         return await asyncio.wrap_future(self.executor.submit(self._call, fn))

@@ -13,9 +13,10 @@ from typing import Any
 from api.cursor import Position
 from warehouse.client import Warehouse
 
+# partition and offset first: ``api.readahead`` reads each row's key from the start of its JSON line.
 _LIST_COLUMNS = (
-    "trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
-    "length(step_index) AS steps, substringUTF8(prompt, 1, 200) AS prompt_preview, topic, partition, offset"
+    "partition, offset, topic, trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
+    "length(step_index) AS steps, substringUTF8(prompt, 1, 200) AS prompt_preview"
 )
 
 _WHOLE_COLUMNS = (

@@ -14,7 +14,7 @@ from api.deps import ReaderDep, Readable, StateDep, json_response
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.models import TraceComparison, TracePage, Trace
 from api.queries import traces as q
-from api.queries.jsonrows import last_row, row_count, rows_array
+from api.readahead import ReadAhead, page_json
 from api.reader import WarehouseReader
 
 router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Readable])
@@ -38,14 +38,6 @@ def parse_meta(pairs: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def page_body(rows: bytes, limit: int) -> bytes:
-    """The page's JSON, built around the rows the engine serialized."""
-    last = last_row(rows)
-    full = row_count(rows) >= limit and last is not None
-    cursor = json.dumps(encode_cursor(Position(last["partition"], last["offset"]))) if full else "null"
-    return b'{"items":' + rows_array(rows) + b',"next_cursor":' + cursor.encode() + b',"limit":' + str(limit).encode() + b"}"
-
-
 @router.get("", response_model=TracePage, responses=_ERRORS, summary="List traces, a page at a time")
 async def list_traces(
     reader: ReaderDep,
@@ -66,15 +58,14 @@ async def list_traces(
     the end of their partition.
     """
     where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta), created_from, created_until)
-    return json_response(await read_page(reader, state.topics.valid, decode_cursor(cursor), limit, where))
+    return json_response(await read_page(state.pages, state.topics.valid, decode_cursor(cursor), limit, where))
 
 
-async def read_page(reader: WarehouseReader, topic: str, after: Position, limit: int, where: q.TraceFilter) -> bytes:
+async def read_page(pages: ReadAhead, topic: str, after: Position, limit: int, where: q.TraceFilter) -> bytes:
     """One page's JSON (``api.fastlane`` serves unfiltered pages through here too)."""
-    return await reader.cached(
-        ("traces", topic, after, limit, where),
-        lambda w: page_body(q.list_page(w, topic, after, limit, where), limit),
-    )
+    lines, next_position = await pages.page(
+        ("traces", topic, where), after, limit, lambda w, start, n: q.list_page(w, topic, start, n, where))
+    return page_json(lines, next_position, limit, encode_cursor)
 
 
 async def read_trace(reader: WarehouseReader, trace_id: str) -> bytes:

@@ -233,8 +233,8 @@ async function selectRun(runId) {
 function drawCurve() {
   const steps = [...current.points.keys()].sort((a, b) => a - b);
   plot("chart-loss", [
-    { type: "scatter", mode: "lines+markers", name: "train loss", x: steps, y: steps.map((s) => current.points.get(s)),
-      line: { color: COLORS[0] }, marker: { size: 4 } },
+    { type: "scatter", mode: "lines+markers", name: "train loss", x: steps,
+      y: steps.map((s) => current.points.get(s)), line: { color: COLORS[0] }, marker: { size: 4 } },
   ], { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } }, showlegend: false });
 }
 
@@ -242,8 +242,10 @@ function drawCurve() {
 async function loadCurve(runId) {
   const metrics = await getJSON(`/api/runs/${encodeURIComponent(runId)}/metrics`);
   if (current.runId !== runId) return;
-  for (const m of metrics.points) current.points.set(m.step, m.loss);
-  current.lastStep = Math.max(current.lastStep, ...metrics.points.map((m) => m.step));
+  for (const m of metrics.points) {
+    current.points.set(m.step, m.loss);
+    current.lastStep = Math.max(current.lastStep, m.step);
+  }
   drawCurve();
 }
 
@@ -340,7 +342,8 @@ const traceList = { cursors: [null], page: 0, selected: null };
 
 async function refreshTraces() {
   const cursor = traceList.cursors[traceList.page];
-  const body = await getJSON(`/api/traces?limit=${PAGE_SIZE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const after = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
+  const body = await getJSON(`/api/traces?limit=${PAGE_SIZE}${after}`);
   const traces = body.items;
   traceList.cursors[traceList.page + 1] = body.next_cursor;
   document.getElementById("traces-prev").disabled = traceList.page === 0;

@@ -12,7 +12,8 @@ from api.queries.jsonrows import last_row, row_count, rows_array
 from api.queries.runs import status_of
 from api.routers.evaluations import rank
 from api.routers.runs import dataset_matches
-from api.routers.traces import page_body, parse_meta
+from api.readahead import Run, page_json
+from api.routers.traces import parse_meta
 
 pytestmark = pytest.mark.unit
 
@@ -37,15 +38,36 @@ def test_a_cursor_this_api_did_not_make_is_refused_naming_the_parameter(cursor):
     assert "next_cursor" in caught.value.message
 
 
-def test_engine_rows_become_a_json_array_and_a_cursor_only_for_a_full_page():
-    rows = b'{"trace_id":"a\\nb","partition":0,"offset":7}\n{"trace_id":"c","partition":1,"offset":2}\n'
-    assert json.loads(rows_array(rows)) == [{"trace_id": "a\nb", "partition": 0, "offset": 7},
-                                            {"trace_id": "c", "partition": 1, "offset": 2}]
-    assert row_count(rows) == 2 and last_row(rows)["offset"] == 2
-    full = json.loads(page_body(rows, 2))
-    assert decode_cursor(full["next_cursor"]) == Position(1, 2) and full["limit"] == 2
-    assert json.loads(page_body(rows, 3))["next_cursor"] is None
-    assert json.loads(page_body(b"", 10)) == {"items": [], "next_cursor": None, "limit": 10}
+def test_engine_rows_become_a_json_array():
+    rows = b'{"partition":0,"offset":7,"trace_id":"a\\nb"}\n{"partition":1,"offset":2,"trace_id":"c"}\n'
+    assert json.loads(rows_array(rows)) == [{"partition": 0, "offset": 7, "trace_id": "a\nb"},
+                                            {"partition": 1, "offset": 2, "trace_id": "c"}]
+    assert row_count(rows) == 2 and last_row(rows)["offset"] == 2 and rows_array(b"") == b"[]"
+
+
+def _rows(keys: list[tuple[int, int]]) -> bytes:
+    return b"".join(json.dumps({"partition": p, "offset": o, "trace_id": f"t{p}-{o}"}, separators=(",", ":")).encode() + b"\n" for p, o in keys)
+
+
+KEYS = [(0, 3), (0, 9), (1, 0), (1, 1), (2, 5)]
+
+
+def test_a_run_serves_every_page_inside_it_and_no_page_it_cannot_vouch_for():
+    run = Run.parse(START, _rows(KEYS), asked=5)  # as many rows as asked: more may follow
+    lines, nxt = run.page(START, 2)
+    assert [json.loads(x)["trace_id"] for x in lines] == ["t0-3", "t0-9"] and nxt == Position(0, 9)
+    assert [json.loads(x)["offset"] for x in run.page(Position(0, 9), 3)[0]] == [0, 1, 5]
+    assert run.page(Position(1, 0), 3) is None  # only 2 rows left in the run, and it was not the end
+    assert run.page(Position(0, 4), 1) is None  # not a key of the run: another run must answer
+    end = Run.parse(Position(1, 1), _rows(KEYS[4:]), asked=10)  # fewer rows than asked: the end
+    assert end.page(Position(1, 1), 100) == ([_rows(KEYS[4:]).rstrip()], None)
+    assert end.page(Position(2, 5), 100) == ([], None)
+
+
+def test_a_page_names_its_next_cursor_only_when_full():
+    full = json.loads(page_json([b'{"partition":1,"offset":2}'], Position(1, 2), 1, encode_cursor))
+    assert decode_cursor(full["next_cursor"]) == Position(1, 2) and full["limit"] == 1
+    assert json.loads(page_json([], None, 10, encode_cursor)) == {"items": [], "next_cursor": None, "limit": 10}
 
 
 def test_meta_filters_are_key_value_pairs_and_anything_else_is_named():

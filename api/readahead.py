@@ -1,0 +1,135 @@
+"""List pages cut from read-ahead runs: one query serves the next several pages of a cursor walk.
+
+A page query costs ClickHouse about the same for 100 rows as for 1000 (it
+reads whole granules either way), so a page that misses reads a run of rows
+ahead and keeps it; the next pages of the walk are sliced from it, by any
+client. A run is the first N rows after a key at one warehouse generation,
+so any page inside it is exactly what a query would return at that
+generation: every write drops every run (``Warehouse.generation``), and
+without a generation (a ClickHouse server, other writers) nothing is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from api.cursor import Position
+from api.reader import WarehouseReader
+from warehouse.client import Warehouse
+
+_KEY = re.compile(rb'^\{"partition":(\d+),"offset":(\d+)')
+
+Fetch = Callable[[Warehouse, Position, int], bytes]
+"""``fetch(warehouse, after, n)``: JSONEachRow of the first ``n`` rows after ``after``, partition and offset first."""
+
+
+@dataclass
+class Run:
+    """The first rows after ``start`` in key order, at one warehouse generation."""
+
+    start: Position
+    lines: list[bytes]
+    complete: bool
+    """Fewer rows came back than were asked for: nothing followed the last one."""
+    keys: list[Position] = field(default_factory=list)
+    index: dict[Position, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, start: Position, rows: bytes, asked: int) -> Run:
+        lines = rows.splitlines()
+        run = cls(start, lines, complete=len(lines) < asked)
+        for n, line in enumerate(lines):
+            match = _KEY.match(line)
+            if match is None:
+                raise ValueError(f"a list row does not start with partition and offset: {line[:80]!r}")
+            key = Position(int(match[1]), int(match[2]))
+            run.keys.append(key)
+            run.index[key] = n
+        return run
+
+    def page(self, after: Position, limit: int) -> tuple[list[bytes], Position | None] | None:
+        """The page after ``after`` and its next cursor position, or None when this run cannot tell."""
+        if after == self.start:
+            first = 0
+        elif (at := self.index.get(after)) is not None:
+            first = at + 1
+        else:
+            return None
+        available = len(self.lines) - first
+        if available >= limit:
+            return self.lines[first:first + limit], self.keys[first + limit - 1]
+        if self.complete:
+            return self.lines[first:], None
+        return None
+
+
+def page_json(lines: list[bytes], next_position: Position | None, limit: int, encode_cursor) -> bytes:
+    cursor = b'"' + encode_cursor(next_position).encode() + b'"' if next_position is not None else b"null"
+    return b'{"items":[' + b",".join(lines) + b'],"next_cursor":' + cursor + b',"limit":' + str(limit).encode() + b"}"
+
+
+class ReadAhead:
+    """Pages of one list, sliced from runs of ``rows`` rows; at most ``runs`` runs kept."""
+
+    def __init__(self, reader: WarehouseReader, *, rows: int = 1000, runs: int = 512) -> None:
+        self.reader = reader
+        self.rows = rows
+        self.max_runs = runs
+        self._runs: OrderedDict[tuple[Hashable, Position], Run] = OrderedDict()
+        self._by_scope: dict[Hashable, set[tuple[Hashable, Position]]] = {}
+        self._generation: int | None = None
+        self._in_flight: dict[tuple, asyncio.Future] = {}
+        self.queries = 0
+        self.pages = 0
+
+    def _drop_all(self, generation: int | None) -> None:
+        self._runs.clear()
+        self._by_scope.clear()
+        self._generation = generation
+
+    def _find(self, scope: Hashable, after: Position, limit: int) -> tuple[list[bytes], Position | None] | None:
+        for run_key in self._by_scope.get(scope, ()):
+            found = self._runs[run_key].page(after, limit)
+            if found is not None:
+                self._runs.move_to_end(run_key)
+                return found
+        return None
+
+    def _keep(self, scope: Hashable, run: Run) -> None:
+        run_key = (scope, run.start)
+        self._runs[run_key] = run
+        self._by_scope.setdefault(scope, set()).add(run_key)
+        while len(self._runs) > self.max_runs:
+            (old_scope, old_start), _ = self._runs.popitem(last=False)
+            self._by_scope[old_scope].discard((old_scope, old_start))
+
+    async def page(self, scope: Hashable, after: Position, limit: int, fetch: Fetch
+                   ) -> tuple[list[bytes], Position | None]:
+        """The rows of the page after ``after`` and the position its next cursor names (None: not full)."""
+        self.pages += 1
+        generation = self.reader.generation
+        if generation is None or self.max_runs == 0:
+            self.queries += 1
+            run = Run.parse(after, await self.reader.run(lambda w: fetch(w, after, limit)), limit)
+            return run.page(after, limit)
+        if generation != self._generation:
+            self._drop_all(generation)
+        found = self._find(scope, after, limit)
+        if found is not None:
+            return found
+        flight = (generation, scope, after)
+        pending = self._in_flight.get(flight)
+        if pending is None:
+            asked = max(self.rows, limit)
+            self.queries += 1
+            pending = asyncio.ensure_future(self.reader.run(lambda w: Run.parse(after, fetch(w, after, asked), asked)))
+            self._in_flight[flight] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(flight, None))
+        run = await asyncio.shield(pending)
+        if self.reader.generation == generation == self._generation and (scope, after) not in self._runs:
+            self._keep(scope, run)
+        return run.page(after, limit)
