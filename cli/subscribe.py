@@ -46,9 +46,9 @@ def item_json(item: Record | Undecodable) -> str:
 
 
 async def _tail(settings: Settings, bootstrap: str, topic: str, *, group: str | None, from_beginning: bool,
-                limit: int | None, timeout_s: float | None) -> int:
+                since: datetime | None, limit: int | None, timeout_s: float | None) -> int:
     printed = 0
-    async with subscribe(settings, topic, group, start="earliest" if from_beginning else "latest",
+    async with subscribe(settings, topic, group, start="earliest" if from_beginning else "latest", since=since,
                          on_undecodable="yield", idle_timeout_s=timeout_s, bootstrap=bootstrap) as records:
         async for item in records:
             sys.stdout.write(item_json(item) + "\n")
@@ -67,6 +67,9 @@ def tail(
                                         "committed offset). Default: only records published from now on."),
     group: str | None = typer.Option(None, "--group", "-g",
                                      help="Read as a member of this consumer group and commit what was printed."),
+    since: str | None = typer.Option(None, "--since", help="Start at the first record at or after this instant "
+                                     "(ISO 8601 with a timezone, e.g. 2026-11-22T05:00:00Z); with --group, the "
+                                     "group's offsets are moved there first."),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Stop after this many records."),
     timeout_s: float | None = typer.Option(None, "--timeout", min=0.0,
                                            help="Stop after this many seconds without a new record."),
@@ -76,15 +79,28 @@ def tail(
     An undecodable record is printed with its error and original bytes (base64) instead of stopping.
     """
     settings = load_settings()
+    at = _instant(since) if since is not None else None
     bootstrap = require_bootstrap(settings)
     try:
-        asyncio.run(_tail(settings, bootstrap, topic, group=group, from_beginning=from_beginning,
+        asyncio.run(_tail(settings, bootstrap, topic, group=group, from_beginning=from_beginning, since=at,
                           limit=limit, timeout_s=timeout_s))
     except TracestreamError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     except BrokenPipeError:  # `tracestream tail ... | head`: the reader left; the unshown record is not committed
         sys.stderr.close()
+
+
+def _instant(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        console.print(f"[red]error:[/red] --since {text!r} is not an ISO 8601 instant with a timezone; "
+                      "write e.g. 2026-11-22T05:00:00Z or 2026-11-22T06:00:00+01:00", highlight=False)
+        raise typer.Exit(2)
+    return at
 
 
 async def _lag(settings: Settings, bootstrap: str, group: str | None, topics: list[str]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -94,6 +95,23 @@ async def test_tail_without_from_beginning_shows_only_new_records(settings: Sett
     keys = [json.loads(line)["key"] for line in stdout.splitlines()]
     assert len(keys) == 3
     assert set(keys) <= {e.trace_id for e in fresh[:sent]}
+
+
+@pytest.mark.asyncio
+async def test_tail_since_an_instant_prints_only_what_came_after(settings: Settings):
+    before, after = list(generate_events(15, seed=29, broken_share=0.0)), list(generate_events(10, seed=30,
+                                                                                                broken_share=0.0))
+    await publish(settings, before)
+    await asyncio.sleep(0.1)
+    since = datetime.now(timezone.utc)
+    await asyncio.sleep(0.1)
+    await publish(settings, after)
+
+    printed = lines(cli(settings, "tail", "traces.raw", "--since", since.isoformat(), "--timeout", "3"))
+    assert sorted(line["key"] for line in printed) == sorted(e.trace_id for e in after)
+
+    done = cli(settings, "tail", "traces.raw", "--since", "2026-11-22 05:00")
+    assert done.returncode == 2 and "'2026-11-22 05:00' is not an ISO 8601 instant with a timezone" in done.stderr
 
 
 @pytest.mark.asyncio
