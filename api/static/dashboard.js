@@ -227,7 +227,12 @@ async function selectRun(runId) {
   showScorecard(run);
   refreshLeaderboard(run.dataset).catch((e) => console.warn("leaderboard:", e));
   if (!TERMINAL.has(run.status)) follow(runId);
-  else setLive(`${run.status}: ${fmt.int(current.points.size)} steps`, false);
+  else setLive(ended(run), false);
+}
+
+/* How a finished run ended, with its error when it failed. */
+function ended(run) {
+  return `${run.status}: ${fmt.int(current.points.size)} steps${run.error ? `: ${run.error}` : ""}`;
 }
 
 function drawCurve() {
@@ -276,8 +281,8 @@ function follow(runId) {
     } else if (TERMINAL.has(event.event_type)) {
       source.close();
       await loadCurve(runId);
-      setLive(`${event.event_type}: ${fmt.int(current.points.size)} steps`, false);
-      await Promise.all([refreshRunDetails(runId), guarded("panel-runs", refreshRuns)]);
+      const [run] = await Promise.all([refreshRunDetails(runId), guarded("panel-runs", refreshRuns)]);
+      if (current.runId === runId) setLive(ended(run), false);
     } else if (event.event_type === "evaluated") {
       await refreshRunDetails(runId);
     }
@@ -294,6 +299,7 @@ async function refreshRunDetails(runId) {
     showScorecard(run);
     refreshLeaderboard(run.dataset).catch((e) => console.warn("leaderboard:", e));
   }
+  return run;
 }
 
 function setLive(text, on) {

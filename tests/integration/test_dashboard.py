@@ -27,6 +27,7 @@ from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, serving, wait_until
 from tests.integration.support import expected_outcome, publish, running_processors
+from trainer.config import ConfigError
 from trainer.run import run_training
 from warehouse.client import Warehouse
 
@@ -115,6 +116,9 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
         manifest = await create_dataset(
             settings, settings.kafka_bootstrap, DatasetRequest("dash", split=Split(eval_share=0.2)), CODEC
         )
+        with pytest.raises(ConfigError):  # a run that fails at once, before the one that trains
+            await run_training(settings, settings.kafka_bootstrap, "dash", None, {"train": {"total_step": 5}},
+                               run_id="run-bad", workdir=tmp_path / "run-bad")
         done = await run_training(settings, settings.kafka_bootstrap, "dash", None,
                                   {"preset": "tiny", "train": {"total_steps": DONE_STEPS}},
                                   run_id="run-done", workdir=tmp_path / "run-done")
@@ -149,6 +153,15 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             assert loss["y"][-1] == pytest.approx(done.final_loss)
             card = await page.script("return document.getElementById('scorecard').innerText")
             assert f"{done.scorecard['items']}" in card and "exact match" in card
+
+            # The failed run, picked by hand, says why it failed; following the latest run then resumes.
+            await page.script("document.querySelector(`#runs-table tr[data-run='run-bad']`).click()")
+            failed = await page.wait("the failed run's error", lambda: page.script(
+                "const live = document.getElementById('run-live').textContent;"
+                "return live.startsWith('failed') && live"))
+            assert "total_step" in failed
+            assert await page.script("return document.getElementById('follow-latest').checked") is False
+            await page.script("document.getElementById('follow-latest').click()")
 
             # Trace viewer: pick a trace from the list; its steps show in index order with their types.
             rows = await page.wait("the trace list", lambda: page.script(
