@@ -84,8 +84,11 @@ def connect(settings: Settings) -> None:
             return
         temp = Path(settings.ray_temp_dir).absolute()
         temp.mkdir(parents=True, exist_ok=True)
+        # Ray runs workers at nice 15 by default; training actors are the work itself, and at nice 15
+        # they ran ~4x slower than the same step in-process on a machine shared with other jobs.
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, _temp_dir=str(temp),
-                 object_store_memory=256 * 1024 * 1024, log_to_driver=False, logging_level=logging.WARNING)
+                 object_store_memory=256 * 1024 * 1024, log_to_driver=False, logging_level=logging.WARNING,
+                 _system_config={"worker_niceness": 0})
 
 
 def actor_name(run_id: str, rank: int, attempt: int) -> str:
@@ -144,8 +147,16 @@ class Worker:
             grads, m = fns.compute_grad_sums(params, batch)
             return ravel_pytree(grads)[0], m["loss_sum"], m["tokens"]
 
+        def apply(state, flat):
+            return fns.apply_grads(state, unravel(flat))[0]
+
+        def apply_then_grad_sums(state, flat, batch):
+            state = apply(state, flat)
+            return state, grad_sums(state.params, batch)
+
         self._grad_sums = jax.jit(grad_sums)
-        self._apply = jax.jit(lambda state, flat: fns.apply_grads(state, unravel(flat))[0])
+        self._apply = jax.jit(apply)
+        self._apply_then_grad_sums = jax.jit(apply_then_grad_sums)  # one dispatch per step when not saving
         self.data_id = data_identity(self.n, train_cfg)
         if self.rank == 0:
             self.ckpt = checkpointer(self.workdir)
@@ -175,11 +186,16 @@ class Worker:
         from trainer.train import batch_indices, get_batch
 
         started = time.perf_counter()
-        saved = self._apply_and_save(avg, save)
         _, train_cfg = self.preset
         shard = np.array_split(batch_indices(self.n, train_cfg.batch_size, train_cfg.seed, micro),
                                self.workers)[self.rank]
-        flat, loss_sum, tokens = self._grad_sums(self.state.params, get_batch(self.arrays, shard))
+        batch = get_batch(self.arrays, shard)
+        if avg is not None and not save:
+            saved = None
+            self.state, (flat, loss_sum, tokens) = self._apply_then_grad_sums(self.state, avg, batch)
+        else:
+            saved = self._apply_and_save(avg, save)
+            flat, loss_sum, tokens = self._grad_sums(self.state.params, batch)
         flat = np.asarray(flat)  # waits for the device
         return flat, float(loss_sum), float(tokens), time.perf_counter() - started, saved
 

@@ -1,0 +1,185 @@
+"""Training throughput on Ray actors: tokens/s for 1 and 2 actors, gradient-exchange share, MFU.
+
+    python -m bench.training [--preset tiny] [--steps 30] [--warmup 4] [--count 200]
+
+One process: a broker (or TRACESTREAM_KAFKA_BOOTSTRAP), the processors and a
+dataset of ``--count`` generated traces, then the same run (``--steps``
+micro-steps of the preset, no checkpoints until the end) three ways: the
+in-process loop (the baseline: one process, no Ray), ``RayTrainer`` with 1
+actor and with 2 actors on the same global batch. The first ``--warmup``
+steps (compilation) are left out of every figure.
+
+- tokens/s: tokens the model computes (batch_size × (max_len − 1) per micro-step) per second of step time;
+- exchange share: per step, the driver's wall time minus the slowest actor's
+  time inside the step (apply + gradient of its shard), over the wall time.
+  That is what averaging through Ray costs: shipping gradients both ways,
+  the driver's sum, the calls;
+- MFU: model FLOPs per token (6 × matmul parameters + 12 × layers × d_model ×
+  sequence length for attention, PaLM's formula; the learned position table is
+  not a matmul and is left out) × tokens/s, over the *measured* peak: the
+  FLOP/s of a 2048×2048 float32 ``jnp`` matmul timed in this process after
+  the runs. That denominator is what this machine achieves on a large dense
+  matmul, not a vendor peak.
+
+Speeds are printed, never asserted; the machine is shared, so they are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    emit_json,
+    encode_events,
+    kafka,
+    machine,
+    print_machine,
+    print_table,
+    quiet_logging,
+    run_settings,
+    running_processors,
+    temp_workdir,
+    warehouse_kind,
+)
+from bench.ingest import publish
+from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+from streams.catchup import wait_until_caught_up
+from streams.snapshot import DatasetRequest, create_dataset
+from streams.topics import ensure_pipeline_topics
+
+
+def model_flops_per_token(model_cfg, params) -> float:
+    """6 × matmul parameters + 12 × layers × d_model × T (attention scores and mix), forward + backward."""
+    from trainer.model import param_count
+
+    matmul = param_count(params) - model_cfg.max_len * model_cfg.d_model  # the position table is a lookup
+    return 6.0 * matmul + 12.0 * model_cfg.n_layers * model_cfg.d_model * (model_cfg.max_len - 1)
+
+
+def measured_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n×n float32 matmul with jnp on this machine (best of ``repeats``)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * n**3 / best
+
+
+def summarize(history: list[dict[str, Any]], warmup: int, tokens_per_step: int) -> dict[str, float]:
+    measured = history[warmup:]
+    step_s = sum(m["step_s"] for m in measured)
+    compute_s = sum(m["compute_s"] for m in measured)
+    return {"steps": len(measured), "step_ms": 1000 * step_s / len(measured),
+            "tokens_per_s": tokens_per_step * len(measured) / step_s,
+            "exchange_share": (step_s - compute_s) / step_s}
+
+
+def run_local(preset, train, warmup: int) -> list[dict[str, Any]]:
+    """The in-process loop, timed per step through its metrics hook."""
+    from trainer.loop import train_and_evaluate
+
+    history: list[dict[str, Any]] = []
+    last = [time.perf_counter()]
+
+    def on_metrics(m: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        history.append({**m, "step_s": now - last[0], "compute_s": now - last[0]})
+        last[0] = now
+
+    train_and_evaluate(preset.model, preset.train, train, [], None, on_metrics=on_metrics)
+    return history
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    from trainer.config import from_mapping
+    from trainer.data import read_examples
+    from trainer.distributed import RayTrainer, connect
+
+    base = Settings()
+    connect(base)  # Ray first: its daemons start before JAX does anything in this process
+    preset = from_mapping({"preset": args.preset})
+    preset = preset._replace(train=dataclasses.replace(preset.train, total_steps=args.steps, warmup_steps=1,
+                                                       checkpoint_every=args.steps, grad_accum_steps=1))
+    codec = AvroCodec(default_registry())
+    info = machine()
+    with temp_workdir() as workdir, kafka(base, workdir) as target:
+        settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="training")
+        print_machine(info, target.description, warehouse_kind(settings))
+        await ensure_pipeline_topics(settings, target.bootstrap)
+        events = encode_events(args.count, seed=args.seed)
+        await publish(settings, target.bootstrap, events.items, 300, target.broker_pid)
+        async with running_processors(settings, target.bootstrap) as processors:
+            await processors.app.start()
+            await wait_until_caught_up(settings, target.bootstrap)
+            manifest = await create_dataset(settings, target.bootstrap, DatasetRequest("bench"), codec)
+        train, _ = await read_examples(target.bootstrap, manifest, codec)
+
+        from trainer.model import build, param_count
+
+        _, params = build(preset.model, 0)
+        tokens_per_step = preset.train.batch_size * (preset.model.max_len - 1)
+        flops_per_token = model_flops_per_token(preset.model, params)
+        print(f"\npreset {args.preset}: {param_count(params):,} "
+              f"parameters, batch {preset.train.batch_size} × {preset.model.max_len} tokens, {args.steps} steps "
+              f"({args.warmup} left out), {len(train)} train examples")
+
+        results: dict[str, dict[str, float]] = {}
+        results["in-process loop"] = summarize(await asyncio.to_thread(run_local, preset, train, args.warmup),
+                                               args.warmup, tokens_per_step)
+        for workers in (1, 2):
+            trainer = RayTrainer(preset, target.bootstrap, manifest, None, workers=workers,
+                                 run_id=f"bench-{workers}-{time.time_ns()}",
+                                 compilation_cache=settings.cache_dir / "jax")
+            try:
+                await asyncio.to_thread(trainer.start)
+                result = await asyncio.to_thread(trainer.train)
+            finally:
+                trainer.shutdown()
+            results[f"ray, {workers} actor(s)"] = summarize(result.history, args.warmup, tokens_per_step)
+
+    peak = measured_peak_flops()
+    rows = []
+    for name, r in results.items():
+        r["mfu"] = r["tokens_per_s"] * flops_per_token / peak
+        exchange = f"exchange {100 * r['exchange_share']:.1f}% of step time, " if name.startswith("ray") else ""
+        rows.append((name, (f"{r['tokens_per_s']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step, "
+                            f"{exchange}MFU {100 * r['mfu']:.2f}%")))
+    one, two = results["ray, 1 actor(s)"], results["ray, 2 actor(s)"]
+    rows.append(("2 actors / 1 actor", f"{two['tokens_per_s'] / one['tokens_per_s']:.2f}× tokens/s"))
+    rows.append(("2 actors / in-process", f"{two['tokens_per_s'] / results['in-process loop']['tokens_per_s']:.2f}×"))
+    rows.append(("model FLOPs per token", f"{flops_per_token:,.0f}"))
+    rows.append(("measured peak (2048² f32 matmul)", f"{peak / 1e9:,.1f} GFLOP/s"))
+    print_table(f"training throughput, preset {args.preset}", rows)
+    return {"preset": args.preset, "peak_flops": peak, "flops_per_token": flops_per_token,
+            "results": {k: {n: float(np.round(v, 4)) for n, v in r.items()} for k, r in results.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", help="trainer preset (default: tiny, the default config)")
+    parser.add_argument("--steps", type=int, default=30, help="micro-steps per run")
+    parser.add_argument("--warmup", type=int, default=4, help="first steps left out (compilation)")
+    parser.add_argument("--count", type=int, default=200, help="traces in the dataset")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    quiet_logging()
+    emit_json("training", asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
