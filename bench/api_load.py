@@ -16,11 +16,12 @@ The pipeline is not run: the figures are about reading.
 Phases, each ``--seconds`` long:
 
 - ``GET /healthz``: the floor of this stack (uvicorn + FastAPI, no warehouse);
-- ``GET /api/traces?limit=100`` following ``next_cursor`` (every connection
-  walks the log from its start, as clients reading the head of the log do),
-  against the API as configured (answers cached until the next write, which
-  this phase has none of) and against the same API with the cache off (every
-  page is a ClickHouse query);
+- ``GET /api/traces?limit=100`` following ``next_cursor``: every connection
+  walking the log from its start (``list_cached``), each from its own random
+  cursor (``list_scattered``), both against the API as configured (read-ahead
+  runs and answers kept until the next write, which these phases have none
+  of), and walking from the start against the same API with the cache off
+  (``list_uncached``: every page is a ClickHouse query);
 - ``GET /api/traces/{id}`` for random ids (cache on, so repeats are hits);
 - ``POST /api/traces/batch`` with 1000 traces per request (JSON pre-built by
   the client), acknowledged by Kafka before the 202: traces/s accepted.
@@ -189,7 +190,7 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
         if kind == "healthz":
             make = lambda state: ("GET", "/healthz", b"")  # noqa: E731
         elif kind == "list":
-            make = list_requests(spec["start_cursors"])
+            make = list_requests(phase.get("start_cursors") or [None])
         elif kind == "by_id":
             make = by_id_requests(spec["ids"], seed=1)
         else:
@@ -236,6 +237,24 @@ def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
     return ids, time.perf_counter() - started
 
 
+def parts(settings: Settings) -> int:
+    from warehouse.client import Warehouse
+
+    w = Warehouse.connect(settings)
+    return w.query("SELECT count() FROM system.parts WHERE database = {db:String} AND table = 'traces' AND active",
+                   {"db": w.database})[0][0]
+
+
+def merge(settings: Settings) -> float:
+    """Merge the table's parts, as ClickHouse's background merges do some minutes after a load."""
+    from warehouse.client import Warehouse
+
+    w = Warehouse.connect(settings)
+    started = time.perf_counter()
+    w.command(f"OPTIMIZE TABLE `{w.database}`.traces FINAL")
+    return time.perf_counter() - started
+
+
 async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
     from api.app import create_app
     from api.server import serving
@@ -244,11 +263,18 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
     cached_port, uncached_port = free_port(), free_port()
     cached = create_app(settings)
     uncached = create_app(settings.model_copy(update={"api_cache_entries": 0}), ingest=False)
+    from api.cursor import Position, encode_cursor
+
     rng = random.Random(5)
+    per_partition = len(ids) // PARTITIONS
+    scattered = [encode_cursor(Position(rng.randrange(PARTITIONS), rng.randrange(per_partition)))
+                 for _ in range(args.connections)]
     seconds, conns = args.seconds, args.connections
-    spec = {"host": "127.0.0.1", "ids": rng.sample(ids, min(len(ids), 20000)), "start_cursors": [None], "phases": [
+    spec = {"host": "127.0.0.1", "ids": rng.sample(ids, min(len(ids), 20000)), "phases": [
         {"name": "healthz", "kind": "healthz", "port": cached_port, "connections": conns, "seconds": seconds},
         {"name": "list_cached", "kind": "list", "port": cached_port, "connections": conns, "seconds": seconds},
+        {"name": "list_scattered", "kind": "list", "port": cached_port, "connections": conns, "seconds": seconds,
+         "start_cursors": scattered},
         {"name": "list_uncached", "kind": "list", "port": uncached_port, "connections": conns, "seconds": seconds},
         {"name": "by_id", "kind": "by_id", "port": cached_port, "connections": conns, "seconds": seconds},
         {"name": "ingest_batch_1000", "kind": "ingest", "port": cached_port, "connections": args.ingest_connections,
@@ -265,7 +291,9 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
             raise SystemExit(f"the load client failed ({client.returncode})")
         reader = cached.state.api.reader
         figures = json.loads(stdout.decode().strip().splitlines()[-1])
-        figures["cache"] = {"hits": reader.hits, "misses": reader.misses}
+        pages = cached.state.api.pages
+        figures["cache"] = {"hits": reader.hits, "misses": reader.misses,
+                            "list_pages": pages.pages, "list_queries": pages.queries}
     return figures
 
 
@@ -276,6 +304,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--ingest-seconds", type=float, default=8.0)
     parser.add_argument("--ingest-connections", type=int, default=2)
+    parser.add_argument("--no-merge", action="store_true", help="Leave the inserted parts unmerged.")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -303,7 +332,11 @@ def main() -> None:
         print(f"kafka: {target.description}")
         ids, fill_s = fill(settings, args.traces, seed=2026)
         print(f"filled the embedded warehouse with {len(ids):,} traces in {fill_s:.1f} s "
-              "(materializer row builder, direct insert)")
+              f"(materializer row builder, direct insert of {FILL_CHUNK:,}-row batches): {parts(settings)} parts")
+        if not args.no_merge:
+            took = merge(settings)
+            print(f"merged to {parts(settings)} part(s) in {took:.1f} s (OPTIMIZE FINAL: the state background "
+                  "merges reach; --no-merge measures the unmerged parts)")
         try:
             import uvloop
             uvloop.install()
@@ -313,7 +346,7 @@ def main() -> None:
 
     print(f"\n{args.connections} connections, {args.seconds:g} s per read phase; latency from the client's side")
     floor = figures["healthz"]["requests_per_s"]
-    for name in ("healthz", "list_cached", "list_uncached", "by_id"):
+    for name in ("healthz", "list_cached", "list_scattered", "list_uncached", "by_id"):
         f = figures[name]
         print(f"  {name:<14} {f['requests_per_s']:>8,.0f} req/s  p50 {f['p50_ms']:>6.2f} ms  p99 {f['p99_ms']:>7.2f} ms"
               f"  ({f['requests_per_s'] / floor:.2f}x healthz)  statuses {f['statuses']}")
@@ -322,9 +355,11 @@ def main() -> None:
           f"{ingest['items'] / ingest['wall_s']:,.0f} traces/s accepted, p50 {ingest['p50_ms']:.0f} ms, "
           f"p99 {ingest['p99_ms']:.0f} ms per batch, statuses {ingest['statuses']}")
     print(f"  list cached/uncached: {figures['list_cached']['requests_per_s'] / max(figures['list_uncached']['requests_per_s'], 1e-9):.1f}x; "
-          f"API cache hits {figures['cache']['hits']:,}, misses {figures['cache']['misses']:,}")
+          f"list pages served {figures['cache']['list_pages']:,} with {figures['cache']['list_queries']:,} warehouse "
+          f"queries; by-id cache hits {figures['cache']['hits']:,}, misses {figures['cache']['misses']:,}")
     print(f"load average at end {load_average()}")
     emit_json("api_load", {"traces": len(ids), "connections": args.connections, "seconds": args.seconds,
+                            "merged": not args.no_merge,
                             "fill_s": round(fill_s, 1), **figures, "machine": info})
 
 
