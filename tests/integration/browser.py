@@ -98,7 +98,7 @@ def screenshot(driver: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     for _ in range(2):  # resizing can reflow the page, so measure again
-        height = driver.execute_script("return document.documentElement.scrollHeight")
+        height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1400, max(900, min(int(height) + 120, 8000)))
     driver.save_screenshot(str(path))
     return path
