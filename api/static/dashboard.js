@@ -195,7 +195,7 @@ async function refreshRuns() {
   const table = document.getElementById("runs-table");
   fillBody(table, runs.map((r) => el("tr", {
     "data-run": r.run_id, class: r.run_id === current.runId ? "selected" : "",
-    onclick: () => { document.getElementById("follow-latest").checked = false; selectRun(r.run_id); },
+    onclick: () => pinRun(r.run_id),
   },
     el("td", { class: "mono", title: r.run_id }, fmt.short(r.run_id, 14)),
     el("td", {}, `${r.dataset.name}@${r.dataset.version}`),
@@ -213,6 +213,17 @@ async function refreshRuns() {
   const newestFirst = runs.slice().reverse();
   const latest = newestFirst.find((r) => !TERMINAL.has(r.status)) || newestFirst[0];
   if (!current.runId || (following && latest.run_id !== current.runId)) await selectRun(latest.run_id);
+}
+
+/* Stop following the latest run and show this one; the URL (#run=ID) keeps the choice. */
+async function pinRun(runId) {
+  document.getElementById("follow-latest").checked = false;
+  setLink({ run: runId });
+  try {
+    await selectRun(runId);
+  } catch (error) {
+    setLive(error.message, false);
+  }
 }
 
 async function selectRun(runId) {
@@ -357,7 +368,7 @@ async function refreshTraces() {
   document.getElementById("traces-page").textContent = `page ${traceList.page + 1}`;
   fillBody(document.getElementById("traces-table"), traces.map((t) => el("tr", {
     "data-trace": t.trace_id, class: t.trace_id === traceList.selected ? "selected" : "",
-    onclick: () => showTrace(t.trace_id),
+    onclick: () => pickTrace(t.trace_id),
   },
     el("td", { class: "mono", title: t.trace_id }, fmt.short(t.trace_id, 14)),
     el("td", {}, t.source),
@@ -375,6 +386,12 @@ async function refreshTraces() {
 function turnTracePage(delta) {
   traceList.page = Math.max(0, traceList.page + delta);
   guarded("panel-traces", refreshTraces);
+}
+
+/* Show a trace the user picked; the URL (#trace=ID) keeps the choice. */
+function pickTrace(traceId) {
+  setLink({ trace: traceId });
+  return showTrace(traceId);
 }
 
 async function showTrace(traceId) {
@@ -411,6 +428,23 @@ async function showTrace(traceId) {
   );
 }
 
+/* ---------- links: #run=ID&trace=ID opens the page on that run and that trace ---------- */
+
+function setLink(changes) {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const [key, value] of Object.entries(changes)) {
+    if (value) params.set(key, value);
+    else params.delete(key);
+  }
+  history.replaceState(null, "", `#${params}`);
+}
+
+function followLink() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (params.get("run")) pinRun(params.get("run"));
+  if (params.get("trace")) showTrace(params.get("trace"));
+}
+
 /* ---------- main loop ---------- */
 
 async function refreshAll() {
@@ -433,8 +467,12 @@ async function loop() {
 document.getElementById("trace-open").addEventListener("submit", (event) => {
   event.preventDefault();
   const id = document.getElementById("trace-id").value.trim();
-  if (id) showTrace(id);
+  if (id) pickTrace(id);
 });
 document.getElementById("traces-prev").addEventListener("click", () => turnTracePage(-1));
 document.getElementById("traces-next").addEventListener("click", () => turnTracePage(+1));
+document.getElementById("follow-latest").addEventListener("change", (event) => {
+  if (event.target.checked) setLink({ run: null });
+});
+followLink();
 loop();

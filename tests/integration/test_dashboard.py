@@ -172,6 +172,7 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             expected_steps = sorted(published[pick]["steps"], key=lambda s: s["i"])
             assert len(expected_steps) >= 2  # so that the order means something
             assert view["steps"] == [[s["i"], s["type"], s["content"]] for s in expected_steps]
+            assert browser.current_url.endswith(f"#trace={pick}")
             assert console_errors(browser) == []
 
             # Paging: the next page holds other traces; one opened by id shows; an unknown id is named.
@@ -219,6 +220,18 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             assert console_errors(browser) == []
             shot = await page.call(screenshot, browser, "dashboard.png")
             assert shot.stat().st_size > 50_000
+
+            # A link names a run and a trace: the page opens on them, the run pinned.
+            await page.call(browser.get, "about:blank")
+            await page.call(browser.get, f"{base}/dashboard#run=run-done&trace={second[0]}")
+            await page.wait("the linked trace", lambda: _view_of(page, second[0]))
+            linked = await page.wait("the linked run's curve", lambda: _points_if(page, "chart-loss", DONE_STEPS))
+            assert linked["y"][-1] == pytest.approx(done.final_loss)
+            await asyncio.sleep(6)  # a refresh round later it is still pinned, though run-live is newer
+            assert await page.script(
+                "return [document.querySelector('#runs-table tr.selected')?.dataset.run,"
+                " document.getElementById('follow-latest').checked]") == ["run-done", False]
+            assert console_errors(browser) == []
 
 
 async def _points_if(page: Page, div_id: str, count: int) -> dict | None:
