@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,6 +21,7 @@ _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for
 _RUN_ID = Path(min_length=1, max_length=200, description="The run's id.")
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 POLL_S = 0.25
+METRICS_WAIT_S = 5.0
 
 
 def dataset_matches(run: dict, dataset: str | None) -> bool:
@@ -92,12 +94,22 @@ async def stream_events(
     """
     after = _resume_point(last_event_id)
     run_id = run["run_id"]
+    incomplete_since: float | None = None
     while True:
         batch = await reader.run(lambda w: q.events(w, run_id, after=after, limit=1000))
         for event in batch:
+            if event["event_type"] == "metrics" and "metrics" not in event:
+                # The materializer writes `runs` and `run_metrics` in two inserts: wait for the second
+                # (a metrics event that carries none is sent as it is after METRICS_WAIT_S).
+                incomplete_since = incomplete_since or time.monotonic()
+                if time.monotonic() - incomplete_since < METRICS_WAIT_S:
+                    break
+            incomplete_since = None
             after = (event["partition"], event["offset"])
             yield ServerSentEvent(data=event, event=event["event_type"], id=f"{after[0]}:{after[1]}")
             if event["event_type"] in q.TERMINAL:
                 return
-        if not batch:
-            await asyncio.sleep(POLL_S)
+        else:
+            if batch:
+                continue
+        await asyncio.sleep(POLL_S)
