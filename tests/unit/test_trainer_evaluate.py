@@ -7,7 +7,13 @@ import pytest
 
 from trainer.config import TINY
 from trainer.data import Example
-from trainer.evaluate import evaluate, extract_answer, generate, majority_baseline, score
+from trainer.evaluate import (
+    evaluate,
+    extract_answer,
+    generate,
+    majority_baseline,
+    score,
+)
 from trainer.model import build
 from trainer.tokenizer import EOS, PAD, decode, encode_prompt
 
@@ -89,3 +95,25 @@ def test_cached_batched_greedy_decoding_matches_the_obvious_decoder():
     assert got == expected
     assert generate(params, prompts, TINY.model, 90) == expected
     assert generate(params, [], TINY.model, 90) == []
+
+
+def test_a_model_that_learned_two_answers_beats_the_baseline_and_stops_at_eos():
+    """Trained on two prompts with different answers, greedy decoding reproduces each, EOS included."""
+    from trainer.config import TrainConfig
+    from trainer.data import tokenize
+    from trainer.train import make_train_fns
+
+    examples = [Example("first?", "<answer>17</answer>", "17", "a"),
+                Example("second?", "<answer>4</answer>", "4", "b")]
+    cfg = TrainConfig(batch_size=2, learning_rate=1e-2, warmup_steps=5, total_steps=120,
+                      eval_max_new_tokens=40)
+    apply, params = build(TINY.model, 0)
+    fns = make_train_fns(apply, cfg)
+    state = fns.init(params)
+    batch = {k: jnp.asarray(v) for k, v in tokenize(examples, TINY.model.max_len).items()}
+    for _ in range(cfg.total_steps):
+        state, _ = fns.train_step(state, batch)
+    texts = generate(state.params, [e.prompt for e in examples], TINY.model, cfg.eval_max_new_tokens)
+    assert texts == [e.completion for e in examples]  # nothing after EOS, nothing missing before it
+    card = evaluate(apply, state.params, examples, TINY.model, cfg, train_examples=examples[:1])
+    assert card["exact_match"] == 1.0 and card["baseline"]["exact_match"] == 0.5
