@@ -100,5 +100,12 @@ async def test_cancel_through_the_cli_is_answered_by_the_running_run(settings: S
 
     types = [e["event_type"] for e in await run_events(settings, "long-run")]
     assert types[-1] == "cancelled" and "cancel_requested" in types and "completed" not in types, types
+    async with running_processors(settings) as processors:  # the new event type is materialized like any other
+        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        rows = await processors.writer.run(lambda w: w.query(
+            f"SELECT event_type FROM `{w.database}`.runs FINAL WHERE run_id = 'long-run' ORDER BY offset"))
+    assert [r[0] for r in rows] == types
+    shown = cli(settings, "runs", "show", "long-run")
+    assert shown.returncode == 0 and '"status": "cancelled"' in shown.stdout, shown.stdout
     again = cli(settings, "runs", "cancel", "long-run")
     assert again.returncode == 2 and "already ended: cancelled" in said(again)
