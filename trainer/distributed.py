@@ -63,6 +63,10 @@ class WorkerLost(TracestreamError):
     """Training actors kept dying; the run gave up after its restarts."""
 
 
+class TrainerShutDown(TracestreamError):
+    """``shutdown`` was called while training: no actor is started again (the run is being cancelled)."""
+
+
 class WorkerFailed(TracestreamError):
     """A training actor raised an error that is not a tracestream error (a bug); the cause is chained."""
 
@@ -273,6 +277,7 @@ class RayTrainer:
         self.resumed_from: int | None = None  # checkpoint the run first continued from
         self.checkpoint: tuple[int, str, str] | None = None  # (update, path, sha256) of the last one
         self._lock = threading.Lock()
+        self._closed = False
 
     # --- actors -----------------------------------------------------------------
 
@@ -297,6 +302,8 @@ class RayTrainer:
             options["num_gpus"] = min(1.0, gpus / self.workers)
         remote = ray.remote(Worker)
         with self._lock:
+            if self._closed:
+                raise TrainerShutDown(f"run {self.run_id}: the trainer was shut down; not starting actors")
             self.actors = [
                 remote.options(name=actor_name(self.run_id, rank, self.attempt), **options).remote(
                     rank, self.workers, self.preset, self.bootstrap, self.manifest, self.workdir,
@@ -314,7 +321,12 @@ class RayTrainer:
         return DataCounts(train=first["train"], eval=first["eval"], platform=first["platform"])
 
     def shutdown(self) -> None:
-        """Kill this run's actors (idempotent)."""
+        """Kill this run's actors and start none again (idempotent; safe while ``train`` runs in another thread)."""
+        with self._lock:
+            self._closed = True
+        self._kill_actors()
+
+    def _kill_actors(self) -> None:
         with self._lock:
             actors, self.actors = self.actors, []
         for actor in actors:
@@ -376,7 +388,9 @@ class RayTrainer:
                 break
             except RayActorError as exc:
                 self.restarts += 1
-                self.shutdown()
+                self._kill_actors()
+                if should_stop is not None:
+                    should_stop()  # a cancelled run is not restarted
                 if self.restarts > self.max_restarts:
                     raise WorkerLost(
                         f"run {self.run_id}: training actors died {self.restarts} times, giving up "
@@ -439,4 +453,5 @@ def _learning_rates(cfg) -> np.ndarray:
     return np.asarray(make_schedule(cfg)(jnp.arange(cfg.total_steps, dtype=jnp.int32)))
 
 
-__all__ = ["NAMESPACE", "DataCounts", "RayTrainer", "Worker", "WorkerFailed", "WorkerLost", "actor_name", "connect"]
+__all__ = ["NAMESPACE", "DataCounts", "RayTrainer", "TrainerShutDown", "Worker", "WorkerFailed", "WorkerLost",
+           "actor_name", "connect"]
