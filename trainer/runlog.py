@@ -50,6 +50,8 @@ class RunLog:
     async def open(self) -> Published:
         """Read the run's events up to the current end of runs.events; ``watch`` continues from there."""
         partitions = await topic_partitions(self.bootstrap, [self.topic])
+        if not partitions:  # no topic yet: nothing was published, and publishing will say what is missing
+            return Published()
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                          isolation_level="read_committed", fetch_max_wait_ms=100)
         await self.consumer.start()
@@ -72,7 +74,8 @@ class RunLog:
 
     async def watch(self, on_cancel: Callable[[], None]) -> None:
         """Call ``on_cancel()`` when a ``cancel_requested`` event for this run arrives, then return."""
-        assert self.consumer is not None, "call open() first"
+        if self.consumer is None:
+            return
         while True:
             batches = await self.consumer.getmany(timeout_ms=500)
             for records in batches.values():
