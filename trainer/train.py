@@ -1,20 +1,16 @@
 """Optimizer, the pure jitted train step, and deterministic batching.
 
 ``train_step = apply_grads ∘ compute_grads``. The split is the seam for data
-parallelism: each worker runs ``compute_grads`` on its shard, the caller
-averages the gradient pytrees across workers (Ray collective, ``jax.lax.pmean``,
-...), and every worker runs the same ``apply_grads`` on the average, so the
-replicas stay identical. Loss is the mean over the micro-batch's masked
-tokens; accumulation (``optax.MultiSteps``) and worker averaging both average
+parallelism (``trainer.distributed``): each worker runs ``compute_grad_sums``
+on its shard of the micro-batch (the gradient of the *summed* masked loss,
+and the token count), the driver adds them and divides by the total count,
+which is the gradient of the whole micro-batch's mean loss exactly however
+the masked tokens fall across the shards, and every worker runs the same
+``apply_grads`` on it, so the replicas stay identical. Loss is the mean over
+the micro-batch's masked tokens; accumulation (``optax.MultiSteps``) averages
 per-micro-batch means, which equals one big batch exactly when the
 micro-batches hold equally many masked tokens (always true for full
 sequences), and is the usual approximation otherwise.
-
-For data parallelism across processes (``trainer.distributed``) the workers
-instead return ``compute_grad_sums``: the gradient of the *summed* masked
-loss and the token count. Summing those over workers and dividing by the
-total count is the gradient of the global batch's mean loss exactly,
-however the masked tokens fall across the shards.
 
 Step counting: ``TrainState.step`` counts micro-batches (train_step calls), so
 it is also the index of the next batch to read; an optimizer update happens
