@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 
 import uvicorn
@@ -67,9 +68,25 @@ class ApiService(Service):
 
 
 def run_api_only(settings: Settings, bootstrap: str | None) -> None:
-    """Serve the API alone until SIGINT/SIGTERM (a ClickHouse server, or a warehouse no worker owns)."""
-    server = uvicorn.Server(uvicorn_config(settings, bootstrap))
-    server.run()
+    """Serve the API alone until SIGINT/SIGTERM (a ClickHouse server, or a warehouse no worker owns).
+
+    A signal stops it gracefully (requests in flight finish) and the process exits 0, as the worker does.
+    """
+    config = uvicorn_config(settings, bootstrap)
+    server = _GuestServer(config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        await server.serve()
+
+    loop = (config.get_loop_factory() or asyncio.new_event_loop)()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 @contextlib.asynccontextmanager

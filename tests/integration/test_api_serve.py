@@ -54,3 +54,26 @@ def test_serve_ingests_over_http_and_answers_reads_from_its_own_warehouse(settin
             process.kill()
             raise
     assert code == 0, log.read_text()
+
+
+def test_serve_api_only_answers_reads_without_processors(settings: Settings, tmp_path: Path):
+    own = settings.model_copy(update={"home": tmp_path / "home", "api_port": free_port()})
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--api-only"], env=own.child_environment(),
+                               cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    base = f"http://{own.api_host}:{own.api_port}"
+    try:
+        def answers() -> httpx.Response | None:
+            try:
+                return httpx.get(f"{base}/api/traces", timeout=5)
+            except httpx.HTTPError:
+                assert process.poll() is None, log.read_text()
+                return None
+
+        response = wait_for(answers, timeout_s=60, what="`tracestream serve --api-only` to answer")
+        assert response.status_code == 200 and response.json() == {"items": [], "next_cursor": None, "limit": 100}
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, log.read_text()
