@@ -90,8 +90,10 @@ def classify(exc: Exception, what: str) -> Exception:
 class Warehouse:
     """Synchronous access to the tracestream tables of one database.
 
-    Calls block; async callers run them on one dedicated thread (see
-    ``streams.materialize``) so chDB never sees two threads at once.
+    Calls block; async callers run them on a thread of their own (the
+    materializer's writer, the API's reader). Calls on one client take turns
+    (``_Access.lock``), so chDB never sees two threads at once even when the
+    materializer and the API share the embedded warehouse.
     """
 
     def __init__(self, client: Any, database: str, *, embedded: bool) -> None:
