@@ -21,6 +21,9 @@ from api.cursor import Position
 from api.reader import WarehouseReader
 from warehouse.client import Warehouse
 
+PREFETCH_PAGES = 3
+"""A walk this many pages from its run's end starts reading the next run."""
+
 _KEY = re.compile(rb'^\{"partition":(\d+),"offset":(\d+)')
 
 Fetch = Callable[[Warehouse, Position, int], bytes]
@@ -91,12 +94,14 @@ class ReadAhead:
         self._by_scope.clear()
         self._generation = generation
 
-    def _find(self, scope: Hashable, after: Position, limit: int) -> tuple[list[bytes], Position | None] | None:
+    def _find(self, scope: Hashable, after: Position, limit: int
+              ) -> tuple[Run, tuple[list[bytes], Position | None]] | None:
         for run_key in self._by_scope.get(scope, ()):
-            found = self._runs[run_key].page(after, limit)
+            run = self._runs[run_key]
+            found = run.page(after, limit)
             if found is not None:
                 self._runs.move_to_end(run_key)
-                return found
+                return run, found
         return None
 
     def _keep(self, scope: Hashable, run: Run) -> None:
@@ -107,9 +112,36 @@ class ReadAhead:
             (old_scope, old_start), _ = self._runs.popitem(last=False)
             self._by_scope[old_scope].discard((old_scope, old_start))
 
+    def _fetch(self, scope: Hashable, start: Position, asked: int, fetch: Fetch, generation: int) -> asyncio.Future:
+        """The run of ``asked`` rows after ``start``, kept once read unless a write came in between.
+
+        One query per (generation, scope, start), however many callers ask while it runs.
+        """
+        flight = (generation, scope, start)
+        pending = self._in_flight.get(flight)
+        if pending is not None:
+            return pending
+        self.queries += 1
+        pending = asyncio.ensure_future(self.reader.run(lambda w: Run.parse(start, fetch(w, start, asked), asked)))
+        self._in_flight[flight] = pending
+
+        def done(future: asyncio.Future) -> None:
+            self._in_flight.pop(flight, None)
+            if future.cancelled() or future.exception() is not None:
+                return  # a caller waiting on it gets the error; a read-ahead nobody waits on is dropped
+            if self.reader.generation == generation == self._generation and (scope, start) not in self._runs:
+                self._keep(scope, future.result())
+
+        pending.add_done_callback(done)
+        return pending
+
     async def page(self, scope: Hashable, after: Position, limit: int, fetch: Fetch
                    ) -> tuple[list[bytes], Position | None]:
-        """The rows of the page after ``after`` and the position its next cursor names (None: not full)."""
+        """The rows of the page after ``after`` and the position its next cursor names (None: not full).
+
+        When a walk nears the end of its run, the next run is read in the background, so the
+        walk does not wait for a query at the run's end.
+        """
         self.pages += 1
         generation = self.reader.generation
         if generation is None or self.max_runs == 0:
@@ -118,18 +150,16 @@ class ReadAhead:
             return run.page(after, limit)
         if generation != self._generation:
             self._drop_all(generation)
-        found = self._find(scope, after, limit)
-        if found is not None:
-            return found
-        flight = (generation, scope, after)
-        pending = self._in_flight.get(flight)
-        if pending is None:
-            asked = max(self.rows, limit)
-            self.queries += 1
-            pending = asyncio.ensure_future(self.reader.run(lambda w: Run.parse(after, fetch(w, after, asked), asked)))
-            self._in_flight[flight] = pending
-            pending.add_done_callback(lambda _: self._in_flight.pop(flight, None))
-        run = await asyncio.shield(pending)
-        if self.reader.generation == generation == self._generation and (scope, after) not in self._runs:
-            self._keep(scope, run)
-        return run.page(after, limit)
+        # A multiple of the page size, so a walk's page boundaries meet the run's end.
+        asked = limit * max(1, self.rows // limit)
+        hit = self._find(scope, after, limit)
+        if hit is None:
+            run = await asyncio.shield(self._fetch(scope, after, asked, fetch, generation))
+            found = run.page(after, limit)
+        else:
+            run, found = hit
+        lines, next_position = found
+        if next_position is not None and not run.complete and run.keys \
+                and run.index[next_position] >= len(run.keys) - PREFETCH_PAGES * limit:
+            self._fetch(scope, run.keys[-1], asked, fetch, generation)
+        return found
