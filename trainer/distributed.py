@@ -63,6 +63,10 @@ class WorkerLost(TracestreamError):
     """Training actors kept dying; the run gave up after its restarts."""
 
 
+class RayUnavailable(TracestreamError):
+    """The Ray cluster named by RAY_ADDRESS cannot be joined."""
+
+
 class TrainerShutDown(TracestreamError):
     """``shutdown`` was called while training: no actor is started again (the run is being cancelled)."""
 
@@ -75,6 +79,9 @@ def connect(settings: Settings) -> None:
     """Join ``settings.ray_address``, or start a local Ray instance in ``settings.ray_temp_dir`` (once per process).
 
     Call it from the main thread, before training starts.
+
+    Raises:
+        RayUnavailable: ``settings.ray_address`` is set and cannot be joined.
     """
     if ray.is_initialized():
         return
@@ -83,8 +90,14 @@ def connect(settings: Settings) -> None:
         # is about forks that keep running Python next to JAX's threads, which this is not.
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         if settings.ray_address:
-            ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            try:
+                ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False,
+                         logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RayUnavailable(
+                    f"cannot join the Ray cluster at {settings.ray_address} (RAY_ADDRESS): {exc}; "
+                    "start it, fix the address, or unset RAY_ADDRESS to train on a local Ray"
+                ) from exc
             return
         temp = Path(settings.ray_temp_dir).absolute()
         temp.mkdir(parents=True, exist_ok=True)
@@ -453,5 +466,5 @@ def _learning_rates(cfg) -> np.ndarray:
     return np.asarray(make_schedule(cfg)(jnp.arange(cfg.total_steps, dtype=jnp.int32)))
 
 
-__all__ = ["NAMESPACE", "DataCounts", "RayTrainer", "TrainerShutDown", "Worker", "WorkerFailed", "WorkerLost",
+__all__ = ["NAMESPACE", "DataCounts", "RayTrainer", "RayUnavailable", "TrainerShutDown", "Worker", "WorkerFailed", "WorkerLost",
            "actor_name", "connect"]

@@ -144,7 +144,7 @@ async def test_cancel_request_stops_the_actors_and_publishes_cancelled(settings:
     assert not actor_alive(actor_name(run_id, 0, 1)) and not actor_alive(actor_name(run_id, 1, 1))
 
 
-async def test_workers_beyond_the_batch_size_are_refused(settings: Settings, tmp_path: Path):
+async def test_workers_beyond_the_batch_size_are_refused(tmp_path: Path):
     preset = from_mapping({"train": {"batch_size": 2}})
     with pytest.raises(ConfigError, match=r"workers \(3\) must not exceed TrainConfig.batch_size \(2\)"):
-        RayTrainer(preset, settings.kafka_bootstrap, None, tmp_path, workers=3, run_id="r")
+        RayTrainer(preset, "unused:9092", None, tmp_path, workers=3, run_id="r")
