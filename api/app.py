@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
 import api.dashboard
@@ -57,7 +58,7 @@ def create_app(
         ingest: start the ingest door's producer (needs Kafka at start-up).
     """
     if warehouse is not None:
-        factory = lambda: warehouse  # noqa: E731
+        factory = lambda: warehouse
     else:
         factory = warehouse_factory or (lambda: Warehouse.connect(settings))
     state = ApiState(
@@ -74,7 +75,7 @@ def create_app(
             try:
                 await publisher.start()
                 state.publisher = publisher
-            except Exception as exc:  # reads still work; the door answers 503 saying why
+            except (KafkaError, OSError) as exc:  # reads still work; the door answers 503 saying why
                 log.error("ingest door disabled: cannot start a Kafka producer on %s: %s", state.bootstrap, exc)
         try:
             yield

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Unauthorized, Unavailable
@@ -106,8 +106,6 @@ Readable = Depends(require_read_token)
 Ingestible = Depends(require_ingest_token)
 
 
-def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A response of JSON bytes serialized already (no re-encoding on the hot path)."""
-    from fastapi.responses import Response
-
     return Response(body, status_code=status, media_type="application/json", headers=headers)

@@ -72,7 +72,7 @@ async def stream_export(manifest: Manifest, fmt: str, split: str, **sources: Any
             sink.put(_DONE)
         except _Cancelled:
             pass
-        except BaseException as exc:  # handed to the HTTP side, which ends the response
+        except BaseException as exc:  # noqa: BLE001 - handed to the HTTP side, which ends the response
             try:
                 sink.put(exc)
             except _Cancelled:

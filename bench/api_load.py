@@ -32,11 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,7 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     for phase in spec["phases"]:
         kind, port = phase["kind"], phase["port"]
         if kind == "healthz":
-            make = lambda state: ("GET", "/healthz", b"")  # noqa: E731
+            make = lambda state: ("GET", "/healthz", b"")
         elif kind == "list":
             make = list_requests(phase.get("start_cursors") or [None])
         elif kind == "by_id":
@@ -206,7 +206,7 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
     """Insert ``count`` traces as the materializer would write them; their ids and the seconds it took."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from schemas.codec import AvroCodec
     from schemas.registry import default_registry
@@ -230,10 +230,10 @@ def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
         next_offset[partition] += 1
         ids.append(event.trace_id)
         if len(chunk) == FILL_CHUNK:
-            warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(timezone.utc)).columns)
+            warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(UTC)).columns)
             chunk = []
     if chunk:
-        warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(timezone.utc)).columns)
+        warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(UTC)).columns)
     return ids, time.perf_counter() - started
 
 

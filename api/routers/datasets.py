@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import BootstrapDep, ReaderDep, Readable, SettingsDep
+from api.deps import BootstrapDep, Readable, ReaderDep, SettingsDep
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.export import stream_export
 from api.models import DatasetDetail, DatasetVersion

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.cursor import Position, decode_cursor, encode_cursor
-from api.deps import ReaderDep, Readable, StateDep, json_response
+from api.deps import Readable, ReaderDep, StateDep, json_response
 from api.errors import ERROR_SCHEMA
 from api.models import DeadLetterPage
 from api.queries import dlq as q

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import ReaderDep, Readable
+from api.deps import Readable, ReaderDep
 from api.errors import ERROR_SCHEMA
 from api.models import Leaderboard
 from api.queries import runs as q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -31,20 +32,18 @@ async def _kafka(bootstrap: str | None) -> str | None:
         await asyncio.wait_for(admin.start(), CHECK_TIMEOUT_S)
         await asyncio.wait_for(admin.describe_cluster(), CHECK_TIMEOUT_S)
         return None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, the answer is "not reachable, because ..."
         return f"Kafka at {bootstrap} does not answer: {type(exc).__name__}: {exc}".rstrip(": ")
     finally:
-        try:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(admin.close(), CHECK_TIMEOUT_S)
-        except Exception:
-            pass
 
 
 async def _warehouse(state) -> str | None:
     try:
         await asyncio.wait_for(state.reader.run(lambda w: w.query("SELECT 1")), CHECK_TIMEOUT_S)
         return None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, the answer is "not reachable, because ..."
         return f"the warehouse does not answer: {type(exc).__name__}: {exc}"
 
 

@@ -9,7 +9,7 @@ event (acks=all); the validate stage then treats them like any producer's.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
@@ -39,7 +39,7 @@ _EXAMPLE = {
 
 def _encode(publisher, settings: Settings, traces: list[TraceIn], *, batch: bool) -> list[tuple[bytes, bytes]]:
     """Every trace as (key, Avro bytes), or the error naming the first bad one."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     events = []
     for n, trace in enumerate(traces):
         where = f"item {n}" if batch else "the trace"

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import ReaderDep, Readable
+from api.deps import Readable, ReaderDep
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.models import RunDetail, RunMetrics, RunSummary
 from api.queries import runs as q
@@ -96,7 +96,7 @@ async def stream_events(
     run_id = run["run_id"]
     incomplete_since: float | None = None
     while True:
-        batch = await reader.run(lambda w: q.events(w, run_id, after=after, limit=1000))
+        batch = await reader.run(lambda w, after=after: q.events(w, run_id, after=after, limit=1000))
         for event in batch:
             if event["event_type"] == "metrics" and "metrics" not in event:
                 # The materializer writes `runs` and `run_metrics` in two inserts: wait for the second

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import Field
 
 from api.cursor import Position, decode_cursor, encode_cursor
-from api.deps import ReaderDep, Readable, StateDep, json_response
+from api.deps import Readable, ReaderDep, StateDep, json_response
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
-from api.models import TraceComparison, TracePage, Trace
+from api.models import Trace, TraceComparison, TracePage
 from api.queries import traces as q
 from api.readahead import ReadAhead, page_json
 from api.reader import WarehouseReader

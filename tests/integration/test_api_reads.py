@@ -10,7 +10,6 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -34,9 +33,9 @@ async def api_after_ingest(settings: Settings, events: list[GeneratedEvent], **a
     async with running_processors(settings) as processors:
         await wait_until_caught_up(settings, settings.kafka_bootstrap)
         app = create_app(settings, **app_options)
-        async with serving(app, settings.api_host, settings.api_port) as base_url:
-            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-                yield settings, processors, client
+        async with serving(app, settings.api_host, settings.api_port) as base_url, \
+                httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            yield settings, processors, client
 
 
 async def all_pages(client: httpx.AsyncClient, limit: int, **params) -> list[list[dict]]:
@@ -58,7 +57,7 @@ def valid_records(events: list[GeneratedEvent]) -> list[dict]:
 async def test_pages_visit_every_trace_once_while_new_traces_arrive(settings: Settings):
     first = list(generate_events(400, seed=21, broken_share=0.0))
     later = list(generate_events(400, seed=22, broken_share=0.0))
-    async with api_after_ingest(settings, first) as (settings, processors, client):
+    async with api_after_ingest(settings, first) as (_, processors, client):
         async def keep_publishing() -> None:
             for start in range(0, len(later), 40):
                 await publish(settings, later[start:start + 40])
@@ -101,7 +100,7 @@ async def test_filters_match_a_reference_computed_from_the_published_records(set
     records = valid_records(events)
     created = sorted(r["created_at"] for r in records)
     window = (created[50], created[200])
-    async with api_after_ingest(settings, events) as (settings, _, client):
+    async with api_after_ingest(settings, events) as (_, _, client):
         async def ids(**params) -> set[str]:
             return {item["trace_id"] for page in await all_pages(client, 41, **params) for item in page}
 
@@ -126,7 +125,7 @@ async def test_filters_match_a_reference_computed_from_the_published_records(set
 async def test_one_trace_whole_with_its_coordinates_and_two_side_by_side(settings: Settings):
     events = list(generate_events(40, seed=41, broken_share=0.0))
     records = valid_records(events)
-    async with api_after_ingest(settings, events) as (settings, processors, client):
+    async with api_after_ingest(settings, events) as (_, processors, client):
         a, b = records[3], records[4]
         response = await client.get(f"/api/traces/{a['trace_id']}")
         assert response.status_code == 200 and response.headers["content-type"] == "application/json"
@@ -195,7 +194,7 @@ async def test_dead_letters_by_reason_match_what_was_broken(settings: Settings):
 async def test_stats_health_readiness_and_metrics(settings: Settings):
     events = list(generate_events(120, seed=71, broken_share=0.1))
     valid, reasons = expected_outcome(events)
-    async with api_after_ingest(settings, events) as (settings, _, client):
+    async with api_after_ingest(settings, events) as (_, _, client):
         stats = (await client.get("/api/stats")).json()
         assert stats["ingest"]["traces"]["total"] == valid
         assert stats["ingest"]["traces"]["windows"][0]["rows"] == valid  # all written within the last minute
@@ -213,9 +212,9 @@ async def test_readyz_is_503_naming_kafka_when_the_broker_is_unreachable(setting
     dead = f"127.0.0.1:{free_port()}"
     settings = settings.model_copy(update={"api_port": free_port()})
     app = create_app(settings, bootstrap=dead, ingest=False)
-    async with serving(app, settings.api_host, settings.api_port) as base_url:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            response = await client.get("/readyz")
+    async with serving(app, settings.api_host, settings.api_port) as base_url, \
+            httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get("/readyz")
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "not_ready" and "kafka" in error["message"]

@@ -10,9 +10,9 @@ from api.cursor import START, Position, decode_cursor, encode_cursor
 from api.errors import InvalidRequest
 from api.queries.jsonrows import last_row, row_count, rows_array
 from api.queries.runs import status_of
+from api.readahead import Run, page_json
 from api.routers.evaluations import rank
 from api.routers.runs import dataset_matches
-from api.readahead import Run, page_json
 from api.routers.traces import parse_meta
 
 pytestmark = pytest.mark.unit
