@@ -23,10 +23,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from clickhouse_connect.driver.exceptions import ClickHouseError
-
 from consumers.ranges import ordered_ranges
-from warehouse.client import classify
 
 if TYPE_CHECKING:
     from schemas.dataset import OffsetRange
@@ -50,13 +47,6 @@ _PAGE_SQL = (
 )
 
 _COUNT_SQL = f"SELECT count() FROM {{db:Identifier}}.traces FINAL WHERE {_WHERE}"
-
-
-def _query_arrow(warehouse: Warehouse, sql: str, parameters: dict[str, Any]) -> Any:
-    try:
-        return warehouse.client.query_arrow(sql, parameters=parameters, use_strings=True)
-    except ClickHouseError as exc:
-        raise classify(exc, "reading an offset range of traces") from exc
 
 
 def _parameters(warehouse: Warehouse, r: OffsetRange) -> dict[str, Any]:
@@ -111,7 +101,7 @@ def read_range_pages_from_warehouse(
         while cursor < r.end:
             parameters = _parameters(warehouse, r)
             parameters.update(start=cursor, limit=batch_rows)
-            table = _query_arrow(warehouse, _PAGE_SQL, parameters)
+            table = warehouse.query_arrow(_PAGE_SQL, parameters)
             if table.num_rows == 0:
                 break
             page = _records(table, r.topic, r.partition)
@@ -144,6 +134,6 @@ def count_rows(warehouse: Warehouse, ranges: Sequence[OffsetRange]) -> int:
     total = 0
     for r in ordered_ranges(ranges):
         if r.end > r.start:
-            table = _query_arrow(warehouse, _COUNT_SQL, _parameters(warehouse, r))
+            table = warehouse.query_arrow(_COUNT_SQL, _parameters(warehouse, r))
             total += table.column(0)[0].as_py()
     return total

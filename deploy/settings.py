@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Topics(BaseSettings):
-    """Topic names; a prefix lets tests and tenants share one cluster."""
+class Topics(BaseModel):
+    """Topic names; a prefix lets tests and tenants share one cluster (derived from Settings, never from the environment)."""
 
-    model_config = SettingsConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     raw: str = "traces.raw"
     valid: str = "traces.valid"
