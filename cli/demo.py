@@ -1,14 +1,21 @@
-"""`tracestream demo`: the whole ingest path on the local stack, checked end to end."""
+"""`tracestream demo`: the main job on the local stack, checked end to end.
+
+Traces are published (some broken) into `tracestream serve` (processors + read
+API), a dataset is snapshotted from the log, its ready event makes a running
+`tracestream trainer` train on it, and the API serves the run's loss curve.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,18 +25,26 @@ from rich.table import Table
 from cli.common import console, load_settings, out, require_bootstrap
 from deploy.settings import Settings
 from deploy.stack import stack_up
+from schemas.codec import AvroCodec
+from schemas.dataset import Manifest, Split
+from schemas.registry import default_registry
 from streams.generator import GeneratedEvent, generate_events, publish_generated
 from streams.producer import TraceProducer
+from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
+
+# The demo's policy: its dataset trains the tiny model briefly (a real run, not a meaningful score;
+# `python -m bench.training_quality` trains one that is).
+DEMO_STEPS = 30
 
 
 def demo(
     count: int = typer.Option(3000, "--count", "-n", min=1, help="Traces to publish."),
     seed: int = typer.Option(7, "--seed", help="Generator seed."),
     broken_share: float = typer.Option(0.05, "--broken-share", min=0.0, max=1.0, help="Share of broken events."),
-    timeout_s: float = typer.Option(300.0, "--timeout", help="Give up if not everything is queryable by then."),
+    timeout_s: float = typer.Option(300.0, "--timeout", help="Give up if a stage has not finished by then."),
 ) -> None:
-    """Start the stack, publish traces (some broken), materialize them, and check every one landed once."""
+    """Start the stack, publish traces, materialize them, snapshot a dataset, train on it, and check each step."""
     base = load_settings()
     console.print("starting the local stack...")
     stack_up(base)
@@ -41,6 +56,7 @@ def demo(
             "app_id": f"{base.app_id}-demo-{run}",
             "clickhouse_database": f"demo_{run}",
             "web_port": _free_port(),
+            "api_port": _free_port(),
         }
     )
     asyncio.run(ensure_pipeline_topics(settings, bootstrap))
@@ -48,7 +64,13 @@ def demo(
     expected_reasons = Counter(e.expected_reason for e in events if e.expected_reason)
     expected_valid = count - sum(expected_reasons.values())
 
-    worker = _start_worker(settings, bootstrap)
+    name = f"demo-{run}"
+    policy = settings.home / "logs" / f"policy-{run}.json"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(json.dumps({"rules": [{"dataset": "demo-*", "config": {
+        "preset": "tiny", "train": {"total_steps": DEMO_STEPS, "checkpoint_every": 10}}}]}), encoding="utf-8")
+    worker = _start(settings, bootstrap, "serve")
+    trainer = _start(settings, bootstrap, "trainer", "--policy", str(policy))
     try:
         _wait_healthy(settings, worker)
         console.print(f"run {run}: publishing {count} traces to {settings.topics.raw} ...")
@@ -58,12 +80,18 @@ def demo(
         _wait_accounted(settings, worker, count, timeout_s, committed=False)
         queryable_at = time.perf_counter()
         stats = _wait_accounted(settings, worker, count, timeout_s, committed=True)
+        console.print(f"snapshotting dataset {name} and waiting for the trainer to train on it ...")
+        manifest = asyncio.run(create_dataset(settings, bootstrap, DatasetRequest(name, split=Split(eval_share=0.1)),
+                                              AvroCodec(default_registry())))
+        served = _wait_trained(settings, trainer, name, timeout_s)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for process in (trainer, worker):
+            process.terminate()
+        for process in (trainer, worker):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
     got_reasons = Counter()
     for row in stats["dead_letters_by_reason"]:
@@ -74,8 +102,10 @@ def demo(
         "no trace id twice": stats["distinct_trace_ids"] == stats["traces"],
         f"{sum(expected_reasons.values())} dead letters, each with its expected reason": got_reasons == expected_reasons,
         "no lag left": all(p["lag"] == 0 for p in stats["lag"]),
+        **_training_checks(manifest, expected_valid, served),
     }
     _print_summary(run, settings, count, stats, got_reasons, started, published_at, queryable_at, checks)
+    _print_training(settings, manifest, served)
     if not all(checks.values()):
         raise typer.Exit(1)
 
@@ -85,17 +115,59 @@ async def _publish(settings: Settings, bootstrap: str, events: list[GeneratedEve
         return await publish_generated(producer, events)
 
 
-def _start_worker(settings: Settings, bootstrap: str) -> subprocess.Popen:
+def _start(settings: Settings, bootstrap: str, command: str, *args: str) -> subprocess.Popen:
     env = settings.model_copy(update={"kafka_bootstrap": bootstrap}).child_environment()
-    log_path = settings.home / "logs" / f"worker-{settings.app_id}.log"
+    log_path = _log_path(settings, command)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    console.print(f"worker log: {log_path}")
+    console.print(f"{command} log: {log_path}")
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker"],
+        [sys.executable, "-m", "cli.main", command, *args],
         env=env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+def _log_path(settings: Settings, command: str) -> Path:
+    return settings.home / "logs" / f"{command}-{settings.app_id}.log"
+
+
+def _wait_trained(settings: Settings, trainer: subprocess.Popen, name: str, timeout_s: float) -> dict[str, Any]:
+    """Poll the read API until the run the dataset's ready event started has ended and is materialized."""
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if trainer.poll() is not None:
+            raise _died(settings, trainer, "trainer")
+        try:
+            runs = httpx.get(f"{api}/api/runs", params={"dataset": name}, timeout=10).json()
+            ended = [r for r in runs if r["status"] in ("completed", "failed", "cancelled")]
+            if ended:
+                run_id = ended[0]["run_id"]
+                curve = httpx.get(f"{api}/api/runs/{run_id}/metrics", timeout=10).json()["points"]
+                if ended[0]["status"] != "completed" or len(curve) == DEMO_STEPS:
+                    dataset = httpx.get(f"{api}/api/datasets/{name}", timeout=10).json()
+                    return {"runs": runs, "run": ended[0], "curve": curve, "dataset": dataset}
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    console.print(f"[red]no training run of {name} ended within {timeout_s:.0f}s[/red]; "
+                  f"see {_log_path(settings, 'trainer')}")
+    return {"runs": [], "run": None, "curve": [], "dataset": {}}
+
+
+def _training_checks(manifest: Manifest, expected_valid: int, served: dict[str, Any]) -> dict[str, bool]:
+    run, curve = served["run"], served["curve"]
+    versions = served["dataset"].get("versions", [])
+    return {
+        f"dataset {manifest.name} ready with every valid trace": manifest.record_count == expected_valid,
+        "its ready event started exactly one training run, which completed": (
+            len(served["runs"]) == 1 and run is not None and run["status"] == "completed"),
+        f"the API serves its {DEMO_STEPS}-step loss curve, going down": (
+            [p["step"] for p in curve] == list(range(1, DEMO_STEPS + 1)) and curve[-1]["loss"] < curve[0]["loss"]),
+        "the API serves the dataset's manifest": (
+            any(v["version"] == manifest.version and v["record_count"] == manifest.record_count for v in versions)),
+    }
 
 
 def _wait_healthy(settings: Settings, worker: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -103,7 +175,7 @@ def _wait_healthy(settings: Settings, worker: subprocess.Popen, timeout_s: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if worker.poll() is not None:
-            raise _worker_died(settings, worker)
+            raise _died(settings, worker, "serve")
         try:
             health = httpx.get(f"http://{settings.web_host}:{settings.web_port}/healthz", timeout=2).json()
             if health["assigned_partitions"] >= 3 * settings.partitions:
@@ -122,7 +194,7 @@ def _wait_accounted(
     stats: dict[str, Any] = {}
     while time.monotonic() < deadline:
         if worker.poll() is not None:
-            raise _worker_died(settings, worker)
+            raise _died(settings, worker, "serve")
         try:
             stats = httpx.get(f"http://{settings.web_host}:{settings.web_port}/stats", timeout=30).json()
         except httpx.HTTPError:
@@ -136,10 +208,11 @@ def _wait_accounted(
     return stats
 
 
-def _worker_died(settings: Settings, worker: subprocess.Popen) -> typer.Exit:
-    log_path = settings.home / "logs" / f"worker-{settings.app_id}.log"
+def _died(settings: Settings, process: subprocess.Popen, command: str) -> typer.Exit:
+    log_path = _log_path(settings, command)
     tail = log_path.read_text(errors="replace").splitlines()[-30:]
-    return typer.Exit(_fail(f"the worker exited with {worker.returncode}; last lines of {log_path}:\n" + "\n".join(tail)))
+    return typer.Exit(_fail(f"`tracestream {command}` exited with {process.returncode}; "
+                            f"last lines of {log_path}:\n" + "\n".join(tail)))
 
 
 def _fail(message: str) -> int:
@@ -172,3 +245,18 @@ def _print_summary(
     out.print(table)
     for check, ok in checks.items():
         out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {check}")
+
+
+def _print_training(settings: Settings, manifest: Manifest, served: dict[str, Any]) -> None:
+    run, curve = served["run"], served["curve"]
+    if run is None:
+        return
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    table = Table(title=f"dataset {manifest.name}@{manifest.version} → run {run['run_id']}", show_header=False)
+    table.add_row("records (train / eval)", f"{manifest.record_count} ({manifest.train_count} / {manifest.eval_count})")
+    table.add_row("content_sha256", manifest.content_sha256)
+    table.add_row("run status", run["status"])
+    if curve:
+        table.add_row("loss", f"{curve[0]['loss']:.3f} at step 1 → {curve[-1]['loss']:.3f} at step {curve[-1]['step']}")
+    table.add_row("the run in the API", f"{api}/api/runs/{run['run_id']}")
+    out.print(table)
