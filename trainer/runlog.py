@@ -13,6 +13,7 @@ step or a checkpoint twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +40,10 @@ class Published:
     checkpoint_step: int = 0
 
 
+class RunLogUnavailable(TracestreamError):
+    """runs.events cannot be read, so the run cannot know what it already published."""
+
+
 class RunLog:
     """One consumer on runs.events for one run id: ``open`` reads the past, ``watch`` the future."""
 
@@ -49,17 +54,28 @@ class RunLog:
 
     async def open(self) -> Published:
         """Read the run's events up to the current end of runs.events; ``watch`` continues from there."""
-        partitions = await topic_partitions(self.bootstrap, [self.topic])
-        if not partitions:  # no topic yet: nothing was published, and publishing will say what is missing
-            return Published()
+        for _ in range(20):  # a topic whose leader is moving is described with an error for a moment
+            partitions = await topic_partitions(self.bootstrap, [self.topic])
+            if partitions:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            # Assuming "nothing published" here would publish a resumed run's steps twice.
+            raise RunLogUnavailable(
+                f"topic {self.topic} does not exist or has no available partitions; "
+                "create the pipeline topics first (`tracestream stack up`, or any command that publishes)"
+            )
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                         isolation_level="read_committed", fetch_max_wait_ms=100)
+                                         isolation_level="read_committed", fetch_max_wait_ms=100,
+                                         auto_offset_reset="earliest")
         await self.consumer.start()
         self.consumer.assign(partitions)
+        starts = await self.consumer.beginning_offsets(partitions)
         ends = await self.consumer.end_offsets(partitions)
-        await self.consumer.seek_to_beginning(*partitions)
         metrics_step = checkpoint_step = 0
         for tp in partitions:
+            # An explicit seek: seek_to_beginning can lose a race with the fetcher's own offset reset.
+            self.consumer.seek(tp, starts[tp])
             while await self.consumer.position(tp) < ends[tp]:
                 for record in (await self.consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                     if record.offset >= ends[tp] or record.key != self.key:
@@ -74,8 +90,7 @@ class RunLog:
 
     async def watch(self, on_cancel: Callable[[], None]) -> None:
         """Call ``on_cancel()`` when a ``cancel_requested`` event for this run arrives, then return."""
-        if self.consumer is None:
-            return
+        assert self.consumer is not None, "call open() first"
         while True:
             batches = await self.consumer.getmany(timeout_ms=500)
             for records in batches.values():

@@ -39,13 +39,14 @@ async def run_events(settings: Settings, run_id: str) -> list[dict]:
     bootstrap = settings.kafka_bootstrap
     partitions = await topic_partitions(bootstrap, [settings.topics.runs])
     ends = await end_offsets(bootstrap, [settings.topics.runs])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     events = []
     try:
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        starts = await consumer.beginning_offsets(partitions)
         for tp in partitions:
+            consumer.seek(tp, starts[tp])  # explicit: seek_to_beginning can lose a race with the fetcher's reset
             end = ends.get(tp, 0)
             while await consumer.position(tp) < end:
                 for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
