@@ -154,6 +154,7 @@ class Worker:
         self.n = len(train)
         self.arrays = tokenize(train, model_cfg.max_len)
         self.evals = evals if self.rank == 0 else []
+        self.train_answers = train if self.rank == 0 else []  # the scorecard's baseline: train's commonest answer
         self.apply, params = build(model_cfg, train_cfg.seed, train_cfg.dtype)
         self.fns = make_train_fns(self.apply, train_cfg)
         self.state = self.fns.init(params)
@@ -236,7 +237,7 @@ class Worker:
         from trainer.evaluate import evaluate
 
         model_cfg, train_cfg = self.preset
-        return evaluate(self.apply, self.state.params, self.evals, model_cfg, train_cfg)
+        return evaluate(self.apply, self.state.params, self.evals, model_cfg, train_cfg, self.train_answers)
 
     def close(self) -> None:
         if self.ckpt is not None:

@@ -129,7 +129,7 @@ def train_and_evaluate(
         ckpt.close()
     if last_path is not None and last_sha is None:
         last_sha = sha256_dir(last_path)
-    scorecard = evaluate(apply, state.params, eval_examples, model_cfg, train_cfg)
+    scorecard = evaluate(apply, state.params, eval_examples, model_cfg, train_cfg, train_examples)
     return Result(
         step=int(state.step) // train_cfg.grad_accum_steps,
         state=state,

@@ -7,7 +7,7 @@ event and its run are tied for good:
 
 - **At most once per event.** Before starting, the service folds runs.events
   for that run id. A run that already ended (completed, failed, cancelled)
-  is never started again; one that was queued but never ended — the trainer
+  (or was asked to cancel) is never started again; one that was queued but never ended — the trainer
   died under it — is resumed with the same id, which continues from its last
   checkpoint instead of starting over. The dataset event's offset is
   committed only after its run ended, so a crash re-delivers it and lands in
@@ -38,11 +38,13 @@ from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
 from trainer.policy import Policy
-from trainer.run import run_training
+from trainer.run import RunCancelled, run_training
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# A run whose driver died after someone asked to cancel it is not resumed either.
+NOT_RESUMED = TERMINAL | {"cancel_requested"}
 
 
 def trainer_group(settings: Settings) -> str:
@@ -143,7 +145,7 @@ class TrainerService:
             return self._decided(Decision(*where, "skipped", f"no policy rule matches dataset {name}"))
         run_id = run_id_for(name, version, record.partition, record.offset)
         status = (await run_statuses(self.bootstrap, self.settings.topics.runs, self.codec)).get(run_id)
-        if status in TERMINAL:
+        if status in NOT_RESUMED:
             return self._decided(Decision(*where, "skipped", f"run {run_id} already {status}", run_id, status))
         action = "started" if status is None else "resumed"
         log.info("%s run %s for %s@%d (dataset event %s[%d]@%d)", action, run_id, name, version, *where)
@@ -151,6 +153,8 @@ class TrainerService:
             await run_training(self.settings, self.bootstrap, name, version, rule.config,
                                run_id=run_id, workers=rule.workers)
             ended = "completed"
+        except RunCancelled:
+            ended = "cancelled"
         except TracestreamError as exc:  # run_training has published `failed` with this reason
             log.warning("run %s failed: %s", run_id, exc)
             ended = "failed"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -24,7 +27,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import publish, running_processors, wait_for_async
+from tests.integration.support import REPO, publish, running_processors, wait_for_async
 from tests.integration.test_train_run import run_events
 from trainer.policy import parse_policy
 from trainer.service import TrainerService, run_id_for, trainer_group
@@ -124,3 +127,54 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
     assert [r[0] for r in rows] == types
     assert [step for step, _ in curve] == list(range(1, 9))
     assert curve[-1][1] < curve[0][1]
+
+
+async def test_a_trainer_killed_mid_run_resumes_that_run_after_restart(settings: Settings, tmp_path: Path):
+    bootstrap = settings.kafka_bootstrap
+    async with running_processors(settings):
+        await publish(settings, generate_events(120, seed=9, broken_share=0.0))
+        await wait_until_caught_up(settings, bootstrap)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"rules": [{"dataset": "sft-*", "config": {
+        "preset": "tiny", "train": {"total_steps": 300, "checkpoint_every": 10}}}]}), encoding="utf-8")
+    # datasets.events is new: created is offset 0, ready offset 1.
+    run_id = run_id_for("sft-r", 1, 0, 1)
+
+    def start(n: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "cli.main", "trainer", "--policy", str(policy), "-v"],
+                                env=settings.child_environment(), cwd=REPO,
+                                stdout=(tmp_path / f"trainer-{n}.log").open("wb"), stderr=subprocess.STDOUT)
+
+    first = start(1)
+    second = None
+    try:
+        await create_dataset(settings, bootstrap, DatasetRequest("sft-r", split=Split(eval_share=0.1)), CODEC)
+        async def checkpointed() -> bool:
+            return any(e["event_type"] == "checkpoint" for e in await run_events(settings, run_id))
+        while not await checkpointed():
+            assert first.poll() is None, (tmp_path / "trainer-1.log").read_text()
+            await asyncio.sleep(0.2)
+        first.kill()  # the driver dies mid-run, its dataset event not committed
+        first.wait()
+        killed_at = [e["event_type"] for e in await run_events(settings, run_id)]
+        assert "completed" not in killed_at, "the run finished before the kill; make it longer"
+
+        second = start(2)
+        for _ in range(600):
+            if (await run_events(settings, run_id))[-1]["event_type"] in {"completed", "failed"}:
+                break
+            assert second.poll() is None, (tmp_path / "trainer-2.log").read_text()
+            await asyncio.sleep(0.5)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+
+    events = await run_events(settings, run_id)
+    types = [e["event_type"] for e in events]
+    assert types[-1] == "completed" and types.count("completed") == 1, types
+    assert [e["metrics"]["step"] for e in events if e["metrics"]] == list(range(1, 301))  # no step lost or repeated
+    steps = [e["checkpoint"]["step"] for e in events if e["checkpoint"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+    assert f"resumed run {run_id}" in (tmp_path / "trainer-2.log").read_text()
