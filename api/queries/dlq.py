@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api.cursor import Position
+from api.queries import keyset
 from warehouse.client import Warehouse
 
 _COLUMNS = (
@@ -29,17 +30,7 @@ def list_page(warehouse: Warehouse, topic: str, after: Position, limit: int, rea
     Like ``queries.traces.list_page``: the rest of the partition, then the ones above it.
     """
     conditions, params = _where(reasons, stages)
-    params.update(db=warehouse.database, topic=topic, p=after.partition, o=after.offset)
-    rows = b""
-    for position in ("partition = {p:UInt32} AND offset > {o:Int64}", "partition > {p:UInt32}"):
-        wanted = limit - rows.count(b"\n")
-        if wanted <= 0:
-            break
-        sql = (f"SELECT {_COLUMNS} FROM {{db:Identifier}}.dlq FINAL "
-               f"WHERE {' AND '.join(['topic = {topic:String}', position, *conditions])} "
-               "ORDER BY topic, partition, offset LIMIT {limit:UInt32}")
-        rows += warehouse.query_json(sql, {**params, "limit": wanted})
-    return rows
+    return keyset.page(warehouse, "dlq", _COLUMNS, topic, after, limit, list(conditions), params)
 
 
 def counts(warehouse: Warehouse, stages: tuple[str, ...] = ()) -> bytes:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from api.cursor import Position
+from api.queries import keyset
 from warehouse.client import Warehouse
 
 # partition and offset first: ``api.readahead`` reads each row's key from the start of its JSON line.
@@ -63,25 +64,9 @@ def _millis(value: datetime) -> int:
 
 
 def list_page(warehouse: Warehouse, topic: str, after: Position, limit: int, where: TraceFilter) -> bytes:
-    """JSONEachRow rows of up to ``limit`` traces after ``after``, in key order, without step bodies.
-
-    The rest of ``after``'s partition first, then the partitions above it:
-    ClickHouse prunes granules by ``partition = p AND offset > o`` and by
-    ``partition > p``, but not by a tuple comparison, which would read the
-    whole table for a deep cursor.
-    """
+    """JSONEachRow rows of up to ``limit`` traces after ``after``, in key order, without step bodies."""
     conditions, params = where.where()
-    params.update(db=warehouse.database, topic=topic, p=after.partition, o=after.offset)
-    rows = b""
-    for position in ("partition = {p:UInt32} AND offset > {o:Int64}", "partition > {p:UInt32}"):
-        wanted = limit - rows.count(b"\n")
-        if wanted <= 0:
-            break
-        sql = (f"SELECT {_LIST_COLUMNS} FROM {{db:Identifier}}.traces FINAL "
-               f"WHERE {' AND '.join(['topic = {topic:String}', position, *conditions])} "
-               "ORDER BY topic, partition, offset LIMIT {limit:UInt32}")
-        rows += warehouse.query_json(sql, {**params, "limit": wanted})
-    return rows
+    return keyset.page(warehouse, "traces", _LIST_COLUMNS, topic, after, limit, list(conditions), params)
 
 
 def by_id(warehouse: Warehouse, trace_id: str) -> bytes:
