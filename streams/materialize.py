@@ -229,8 +229,9 @@ class MaterializeStage:
             rejected += [*batch.rejected, *await self.writer.write(batch)]
         if runs:
             run_batch, metric_batch = run_event_rows(runs, self.codec, now)
-            rejected += [*run_batch.rejected, *await self.writer.write(run_batch)]
-            rejected += await self.writer.write(metric_batch)
+            # Loss points first: a reader that sees a metrics event in `runs` then finds its numbers.
+            metrics_refused = await self.writer.write(metric_batch)
+            rejected += [*run_batch.rejected, *await self.writer.write(run_batch), *metrics_refused]
         if dead:
             batch = dead_letter_rows(dead, self.codec, now)
             refused = await self.writer.write(batch)
