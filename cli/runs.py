@@ -15,22 +15,16 @@ import typer
 from rich.table import Table
 
 from cli.common import console, load_settings, out, require_bootstrap
-from consumers.log import read_to_end
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
-from trainer.runlog import CANCEL_REQUESTED, request_cancel
+from trainer.runlog import CANCEL_REQUESTED, request_cancel, run_histories
 
 app = typer.Typer(no_args_is_help=True, help="Training runs and their events.")
 
 
 async def _runs(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
-    codec = AvroCodec(default_registry())
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for record in await read_to_end(bootstrap, topic):
-        event, _ = codec.decode_latest(record.value, "RunEvent")
-        runs.setdefault(event["run_id"], []).append(event)
-    return runs
+    return await run_histories(bootstrap, topic, AvroCodec(default_registry()))
 
 
 def _summary(events: list[dict[str, Any]]) -> dict[str, Any]:

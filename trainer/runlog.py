@@ -112,6 +112,15 @@ class UnknownRun(TracestreamError):
     """No event of that run id is on runs.events."""
 
 
+async def run_histories(bootstrap: str, topic: str, codec: AvroCodec) -> dict[str, list[dict[str, Any]]]:
+    """Every run on ``topic`` with its events in log order (runs.events is read from its beginning)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for record in await read_to_end(bootstrap, topic):
+        event, _ = codec.decode_latest(record.value, RUN_EVENT)
+        runs.setdefault(event["run_id"], []).append(event)
+    return runs
+
+
 class RunAlreadyFinished(TracestreamError):
     """The run already ended (completed, failed or cancelled); there is nothing to cancel."""
 
@@ -125,11 +134,7 @@ async def request_cancel(bootstrap: str, topic: str, run_id: str, codec: AvroCod
         UnknownRun: the run has no event on ``topic``.
         RunAlreadyFinished: its latest event is completed, failed or cancelled.
     """
-    events = []
-    for record in await read_to_end(bootstrap, topic):
-        if record.key == run_id.encode():
-            event, _ = codec.decode_latest(record.value, RUN_EVENT)
-            events.append(event)
+    events = (await run_histories(bootstrap, topic, codec)).get(run_id)
     if not events:
         raise UnknownRun(f"no run {run_id!r} on {topic}; `tracestream runs list` shows the runs")
     last = events[-1]

@@ -32,19 +32,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from consumers.log import read_to_end
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
 from trainer.policy import Policy
 from trainer.run import RunCancelled, run_training
+from trainer.runlog import CANCEL_REQUESTED, FINISHED, run_histories
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
 # A run whose driver died after someone asked to cancel it is not resumed either.
-NOT_RESUMED = TERMINAL | {"cancel_requested"}
+NOT_RESUMED = FINISHED | {CANCEL_REQUESTED}
 
 
 def trainer_group(settings: Settings) -> str:
@@ -74,11 +73,8 @@ class Decision:
 
 async def run_statuses(bootstrap: str, topic: str, codec: AvroCodec) -> dict[str, str]:
     """Each run id on runs.events with the type of its latest event."""
-    statuses: dict[str, str] = {}
-    for record in await read_to_end(bootstrap, topic):
-        event, _ = codec.decode_latest(record.value, "RunEvent")
-        statuses[event["run_id"]] = event["event_type"]
-    return statuses
+    histories = await run_histories(bootstrap, topic, codec)
+    return {run_id: events[-1]["event_type"] for run_id, events in histories.items()}
 
 
 class TrainerService:
