@@ -103,10 +103,10 @@ CONTRACTS: tuple[TopicContract, ...] = (
         key="run_id",
         value="RunEvent",
         value_note="a run's events in order: queued, started, metrics, checkpoint, evaluated, then completed, "
-                   "failed or cancelled",
+                   "failed or cancelled; cancel_requested asks the run's driver to stop",
         partitions="`TRACESTREAM_PARTITIONS` (default 4)",
         headers=(),
-        writers=("trainer: `tracestream train`, `tracestream trainer`",),
+        writers=("trainer: `tracestream train`, `tracestream trainer`", "`tracestream runs cancel` (cancel_requested)"),
         readers=("materialize (tables `runs`, `run_metrics`)", "`tracestream runs list/show`",
                  "the read API (`/api/runs/{id}/events`, Server-Sent Events)", "subscribers"),
     ),
