@@ -50,7 +50,8 @@ def _encode(publisher, settings: Settings, traces: list[TraceIn], *, batch: bool
             raise InvalidRequest(
                 f"{where} breaks a trace rule ({violation.reason.value}): {violation.message}"
                 + ("; nothing in the batch was published" if batch else ""),
-                [{"field": field, "message": violation.message, "reason": violation.reason.value}],
+                [{"field": f"{field}.{violation.field}" if violation.field else field,
+                  "message": violation.message, "reason": violation.reason.value}],
             )
         try:
             payload = publisher.producer.encode(record)

@@ -86,7 +86,21 @@ async def test_a_bad_batch_is_refused_whole_naming_the_bad_item(door: Settings):
         assert response.status_code == 422
         error = response.json()["error"]
         assert "item 12" in error["message"] and "duplicate_step_index" in error["message"]
-        assert error["details"][0]["field"] == "body.12"
+        assert error["details"][0]["field"] == "body.12.steps.1.i"
+
+        # What the warehouse cannot hold is refused at the door too, naming the field.
+        for n, (name, value, reason) in enumerate([
+            ("trace_version", 2**40, None),  # pydantic's own bound
+            ("created_at", "1800-01-01T00:00:00Z", "created_at_out_of_range"),
+            ("score", float("nan"), "score_not_finite"),
+        ]):
+            batch = traces(3, seed=98 + n)
+            batch[1][name] = value
+            response = await client.post("/api/traces/batch", json=batch, headers=AUTH)
+            assert response.status_code == 422, (name, response.text)
+            error = response.json()["error"]
+            assert error["details"][0]["field"] == f"body.1.{name}", error
+            assert reason is None or reason in error["message"]
 
         big = traces(5, seed=95)
         big[3]["steps"][0]["content"] = "x" * 19_000

@@ -5,6 +5,11 @@ from datetime import datetime, timezone
 import pytest
 
 from schemas.validation import (
+    CREATED_AT_MAX,
+    CREATED_AT_MIN,
+    INT32_MAX,
+    INT32_MIN,
+    WAREHOUSE_COLUMNS,
     MAX_ANSWER_CHARS,
     MAX_EVENT_BYTES,
     MAX_PROMPT_CHARS,
@@ -77,7 +82,7 @@ def test_step_content_limit():
     long_step = steps(4)
     long_step[3]["content"] = "x" * 25_012
     v = check_trace(trace(steps=long_step))
-    assert v == Violation(Reason.STEP_TOO_LONG, "step 3 content is 25,012 chars; the limit is 20,000")
+    assert v == Violation(Reason.STEP_TOO_LONG, "step 3 content is 25,012 chars; the limit is 20,000", "steps.3.content")
     long_step[3]["content"] = "x" * (MAX_STEP_CHARS + 1)
     assert check_trace(trace(steps=long_step)).reason == Reason.STEP_TOO_LONG
 
@@ -86,7 +91,7 @@ def test_step_count_limits():
     assert check_trace(trace(steps=steps(1))) is None
     assert check_trace(trace(steps=steps(MAX_STEPS))) is None
     v = check_trace(trace(steps=steps(MAX_STEPS + 1)))
-    assert v == Violation(Reason.TOO_MANY_STEPS, "trace has 1,001 steps; the limit is 1,000")
+    assert v == Violation(Reason.TOO_MANY_STEPS, "trace has 1,001 steps; the limit is 1,000", "steps")
     assert check_trace(trace(steps=[])).reason == Reason.NO_STEPS
 
 
@@ -126,6 +131,70 @@ def test_empty_answer_and_step_content_are_allowed():
     assert check_trace(trace(final_answer="", steps=[{"i": 0, "type": "t", "content": ""}])) is None
 
 
+@pytest.mark.parametrize(
+    ("overrides", "reason", "field"),
+    [
+        ({"trace_version": 2**40}, Reason.TRACE_VERSION_OUT_OF_RANGE, "trace_version"),
+        ({"trace_version": -(2**40)}, Reason.TRACE_VERSION_OUT_OF_RANGE, "trace_version"),
+        ({"trace_version": INT32_MAX + 1}, Reason.TRACE_VERSION_OUT_OF_RANGE, "trace_version"),
+        ({"trace_version": INT32_MIN - 1}, Reason.TRACE_VERSION_OUT_OF_RANGE, "trace_version"),
+        ({"created_at": datetime(1899, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)},
+         Reason.CREATED_AT_OUT_OF_RANGE, "created_at"),
+        ({"created_at": datetime(2300, 1, 1, tzinfo=timezone.utc)}, Reason.CREATED_AT_OUT_OF_RANGE, "created_at"),
+        ({"created_at": datetime(9999, 1, 1)}, Reason.CREATED_AT_OUT_OF_RANGE, "created_at"),
+        ({"created_at": -(2**62)}, Reason.CREATED_AT_OUT_OF_RANGE, "created_at"),
+        ({"score": float("nan")}, Reason.SCORE_NOT_FINITE, "score"),
+        ({"score": float("inf")}, Reason.SCORE_NOT_FINITE, "score"),
+        ({"score": float("-inf")}, Reason.SCORE_NOT_FINITE, "score"),
+        ({"steps": [{"i": 0, "type": "t", "content": ""}, {"i": 2**31, "type": "t", "content": ""}]},
+         Reason.STEP_INDEX_TOO_LARGE, "steps.1.i"),
+    ],
+)
+def test_warehouse_ranges(overrides, reason, field):
+    v = check_trace(trace(**overrides))
+    assert (v.reason, v.field) == (reason, field)
+    assert field.split(".")[0].rstrip("s") in v.message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"trace_version": INT32_MAX}, {"trace_version": INT32_MIN}, {"trace_version": 0},
+        {"created_at": CREATED_AT_MIN}, {"created_at": CREATED_AT_MAX}, {"created_at": 0},
+        {"score": -1e308}, {"score": 0.0},
+        {"steps": [{"i": INT32_MAX, "type": "t", "content": ""}]},
+        {"prompt": "a\x00b", "meta": {"k\x00": "\x00v", "": ""}, "source": "\x00", "model": "m\x00"},
+    ],
+)
+def test_warehouse_ranges_at_the_limits(overrides):
+    assert check_trace(trace(**overrides)) is None
+
+
+def _int_range(column_type):
+    bits = int(column_type.removeprefix("Array(").removesuffix(")").removeprefix("Int"))
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def test_limits_match_the_warehouse_columns():
+    """schemas may not import warehouse code, so its limits are checked against the columns here."""
+    from warehouse.tables import TRACE_COLUMNS
+
+    columns = dict(TRACE_COLUMNS)
+    for name, type_ in WAREHOUSE_COLUMNS.items():
+        assert columns[name] == type_, f"traces.{name} is {columns[name]}; update schemas.validation's limit for it"
+    assert _int_range(columns["trace_version"]) == (INT32_MIN, INT32_MAX)
+    assert _int_range(columns["step_index"]) == (INT32_MIN, INT32_MAX)
+    assert columns["created_at"].startswith("DateTime64(3")
+    assert (CREATED_AT_MIN.isoformat(), CREATED_AT_MAX.isoformat()) == (
+        "1900-01-01T00:00:00+00:00", "2299-12-31T23:59:59.999000+00:00")  # ClickHouse's DateTime64 range
+    # Every other column holds any value its Avro field can (text), or is not from the trace.
+    any_text = {"String", "LowCardinality(String)", "Array(String)", "Array(LowCardinality(String))",
+                "Map(String, String)", "Nullable(String)"}
+    not_from_trace = {"schema_version", "topic", "partition", "offset", "ingested_at"}
+    unchecked = {n: t for n, t in columns.items() if n not in WAREHOUSE_COLUMNS and n not in not_from_trace}
+    assert {n: t for n, t in unchecked.items() if t not in any_text} == {}, "a new column needs a rule"
+
+
 def test_reason_codes():
     assert Reason.NOT_AVRO == "not_avro"
     assert {r.value for r in Reason} >= {
@@ -133,6 +202,7 @@ def test_reason_codes():
         "too_many_steps", "duplicate_step_index", "negative_step_index", "prompt_too_long",
         "answer_too_long", "step_too_long", "empty_prompt", "empty_trace_id",
         "empty_step_type", "not_json", "invalid_shape", "warehouse_rejected",
+        "trace_version_out_of_range", "created_at_out_of_range", "score_not_finite",
     }
 
 
