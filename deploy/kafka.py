@@ -30,6 +30,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -51,6 +53,7 @@ from typing import Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from deploy.kafka_clients import KafkaClients, as_kafka
 from deploy.settings import Settings
 from schemas.errors import TracestreamError
 
@@ -82,6 +85,12 @@ _MAVEN_TIMEOUT_S = 900.0
 _COMPLETE_MARKER = ".complete"
 _LOG_TAIL_LINES = 30
 _NODE_ID = 1
+#: The one mechanism the local broker offers on its SASL listener.
+_SCRAM = "SCRAM-SHA-512"
+#: The broker's own SCRAM user: the inter-broker listener is the SASL one, so it authenticates too.
+_BROKER_USER = "tracestream-broker"
+# StorageTool's --add-scram splits on ',' ']' '='; keep names and passwords out of its syntax.
+_SCRAM_TEXT = re.compile(r"[^,\[\]=\s\"]+")
 
 
 class BrokerError(TracestreamError):
@@ -228,7 +237,7 @@ class BrokerState:
     pid: int
     """The JVM's process id; also its process group (it leads its own session)."""
     bootstrap: str
-    """``127.0.0.1:PORT`` of the PLAINTEXT listener."""
+    """``127.0.0.1:PORT`` of the client listener (PLAINTEXT, or SASL_PLAINTEXT with ``sasl_users``)."""
     version: str
     """The Kafka version the JVM runs."""
     started_at: str
@@ -243,6 +252,10 @@ class _ClusterRecord:
     port: int
     controller_port: int
     formatted_with: str
+    scram_users: list[str] | None = None
+    """The SCRAM users the storage was formatted with; None for a PLAINTEXT broker."""
+    broker_password: str | None = None
+    """The broker's own SCRAM password (inter-broker listener), made at format time."""
 
 
 def read_broker_state(data_dir: Path) -> BrokerState | None:
@@ -273,11 +286,22 @@ class LocalKafkaBroker:
     Args:
         settings: the tracestream settings (version, heap, cache folder, partitions).
         data_dir: where the broker keeps its data; defaults to ``settings.kafka_dir``.
+        sasl_users: ``{name: password}``: clients must then authenticate with
+            SASL_PLAINTEXT + SCRAM-SHA-512 (as on a managed cluster). Users are
+            written when the data folder is formatted, so a folder keeps the
+            users of its first start.
     """
 
-    def __init__(self, settings: Settings, data_dir: Path | None = None) -> None:
+    def __init__(self, settings: Settings, data_dir: Path | None = None, *,
+                 sasl_users: Mapping[str, str] | None = None) -> None:
         self._settings = settings
         self.data_dir = (data_dir if data_dir is not None else settings.kafka_dir).expanduser().resolve()
+        for text in [*(sasl_users or {}).keys(), *(sasl_users or {}).values()]:
+            if not _SCRAM_TEXT.fullmatch(text):
+                raise BrokerError("SCRAM user names and passwords of the local broker may not be empty or hold "
+                                  "spaces, ',', '=', '[', ']' or '\"'")
+        self._sasl_users = dict(sasl_users) if sasl_users else None
+        self._broker_password: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._state: BrokerState | None = None
         self._finalizer: weakref.finalize | None = None
@@ -298,6 +322,13 @@ class LocalKafkaBroker:
     def bootstrap(self) -> str | None:
         """``127.0.0.1:PORT`` while running, else None."""
         return self._state.bootstrap if self._state else None
+
+    def clients(self) -> KafkaClients:
+        """Clients as the broker itself: PLAINTEXT, or SASL with the broker's own SCRAM user."""
+        assert self._state is not None, "the broker is not running"
+        if self._sasl_users is None:
+            return KafkaClients(self._state.bootstrap)
+        return KafkaClients(self._state.bootstrap, "SASL_PLAINTEXT", _SCRAM, _BROKER_USER, self._broker_password)
 
     @property
     def pid(self) -> int | None:
@@ -384,11 +415,23 @@ class LocalKafkaBroker:
             port, controller_port = _free_ports(2)
         formatted = (self._kraft_dir / "meta.properties").is_file()
         cluster_id = (previous.cluster_id if previous else None) or _read_meta_cluster_id(self._kraft_dir)
+        users = sorted(self._sasl_users) if self._sasl_users is not None else None
+        if formatted and (previous.scram_users if previous else None) != users:
+            raise BrokerError(
+                f"{self.data_dir} was formatted with SCRAM users {previous.scram_users if previous else None}, "
+                f"not {users}; SCRAM users are added when the storage is formatted, so use a fresh data folder"
+            )
+        broker_password = previous.broker_password if (previous and formatted) else None
+        if users is not None and broker_password is None:
+            broker_password = secrets.token_hex(16)
+        self._broker_password = broker_password
         record = _ClusterRecord(
             cluster_id=cluster_id or _kafka_uuid(),
             port=port,
             controller_port=controller_port,
             formatted_with=previous.formatted_with if (previous and formatted) else self._settings.kafka_version,
+            scram_users=users,
+            broker_password=broker_password,
         )
         self._props_path.write_text(_server_properties(self._settings, self._kraft_dir, record), encoding="utf-8")
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
@@ -407,6 +450,10 @@ class LocalKafkaBroker:
         """Run Kafka's StorageTool to write meta.properties and the bootstrap metadata."""
         cmd = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
                "-t", cluster_id, "-c", str(self._props_path)]  # fmt: skip
+        if self._sasl_users is not None:
+            users = {**self._sasl_users, _BROKER_USER: self._broker_password}
+            for name, password in users.items():
+                cmd += ["--add-scram", f"{_SCRAM}=[name={name},password={password}]"]
         result = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False
         )
@@ -461,7 +508,7 @@ class LocalKafkaBroker:
                     f"The Kafka broker exited with code {code} while starting. "
                     f"Last lines of {self.log_path}:\n{self._log_tail()}"
                 )
-            if _port_open(port) and _run_sync(_count_brokers(self._state.bootstrap, timeout_s=2.0)) > 0:
+            if _port_open(port) and _run_sync(_count_brokers(self.clients(), timeout_s=2.0)) > 0:
                 return
             if time.monotonic() >= deadline:
                 raise BrokerError(
@@ -544,16 +591,23 @@ class LocalKafkaBroker:
 
 
 def _server_properties(settings: Settings, kraft_dir: Path, record: _ClusterRecord) -> str:
-    """A single-node KRaft config tuned for a developer machine and for keeping data."""
+    """A single-node KRaft config tuned for a developer machine and for keeping data.
+
+    With SCRAM users the client listener is SASL_PLAINTEXT and is also the
+    inter-broker listener (the broker authenticates as its own user), so no
+    unauthenticated door stays open; the controller listener stays PLAINTEXT
+    on loopback, as the controller only talks to this same JVM.
+    """
+    client = "SASL_PLAINTEXT" if record.scram_users is not None else "PLAINTEXT"
     props = {
         "process.roles": "broker,controller",
         "node.id": str(_NODE_ID),
         "controller.quorum.voters": f"{_NODE_ID}@127.0.0.1:{record.controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{record.port},CONTROLLER://127.0.0.1:{record.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{record.port}",
+        "listeners": f"{client}://127.0.0.1:{record.port},CONTROLLER://127.0.0.1:{record.controller_port}",
+        "advertised.listeners": f"{client}://127.0.0.1:{record.port}",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": client,
         "log.dirs": str(kraft_dir),
         # Every topic is declared on purpose (partition counts must line up, retention
         # must be infinite); a typo or a bare producer must not create one silently.
@@ -577,6 +631,15 @@ def _server_properties(settings: Settings, kraft_dir: Path, record: _ClusterReco
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
     }
+    if record.scram_users is not None:
+        props.update({
+            "sasl.enabled.mechanisms": _SCRAM,
+            "sasl.mechanism.inter.broker.protocol": _SCRAM,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{_BROKER_USER}" password="{record.broker_password}";'
+            ),
+        })
     lines = ["# Written by tracestream (deploy/kafka.py) on every start; edits are overwritten."]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
@@ -629,7 +692,7 @@ TopicSpec = Mapping[str, int] | Sequence[tuple[str, int]]
 
 
 def ensure_topics(
-    bootstrap: str,
+    kafka: KafkaClients,
     topics: TopicSpec,
     config: Mapping[str, str] | None = None,
     timeout_s: float = 30,
@@ -640,11 +703,11 @@ def ensure_topics(
     (it then runs on a helper thread); async code should await
     ``ensure_topics_async`` instead.
     """
-    _run_sync(ensure_topics_async(bootstrap, topics, config, timeout_s))
+    _run_sync(ensure_topics_async(kafka, topics, config, timeout_s))
 
 
 async def ensure_topics_async(
-    bootstrap: str,
+    kafka: KafkaClients,
     topics: TopicSpec,
     config: Mapping[str, str] | None = None,
     timeout_s: float = 30,
@@ -657,21 +720,24 @@ async def ensure_topics_async(
     of ``min(3, brokers)``.
 
     Args:
-        bootstrap: ``host:port[,host:port]`` of the cluster.
+        kafka: the cluster and how to authenticate to it.
         topics: ``{name: partitions}`` or ``[(name, partitions), ...]``.
         config: topic configs for the topics created here.
         timeout_s: the whole operation's deadline.
 
     Raises:
         BrokerUnreachableError: the cluster did not answer within ``timeout_s``.
+        KafkaAuthenticationError: the cluster refused the credentials.
         BrokerError: the cluster refused to create a topic (bad name, policy).
     """
+    kafka = as_kafka(kafka)
+    bootstrap = kafka.bootstrap
     wanted = dict(topics)
     topic_config = {**DEFAULT_TOPIC_CONFIG, **(config or {})}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = kafka.admin(request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
-            await admin.start()
+            await kafka.start(admin)
             await _create_missing(admin, wanted, topic_config, timeout_s)
             await _await_leaders(admin, list(wanted))
     except TimeoutError as exc:
@@ -722,9 +788,9 @@ async def _await_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _count_brokers(bootstrap: str, timeout_s: float) -> int:
+async def _count_brokers(kafka: KafkaClients, timeout_s: float) -> int:
     """How many brokers a metadata request lists; 0 if the cluster does not answer yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = kafka.admin(request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
             await admin.start()

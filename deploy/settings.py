@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None,
         description="host:port of an existing Kafka cluster; when unset the local broker is used.",
+    )
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (managed clusters need SSL/SASL)."
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a SASL_* security protocol."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (never logged).")
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certificates.")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (PEM), for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="Client private key (PEM), for mutual TLS.")
+    kafka_delivery_timeout_s: float = Field(
+        default=120.0,
+        description="How long a producer keeps retrying an event before it reports it as not acknowledged.",
     )
     kafka_version: str = Field(default="4.3.1", description="org.apache.kafka:kafka_2.13 version for the local broker.")
     kafka_heap_mb: int = Field(default=768, description="JVM heap of the local broker, in MiB.")
@@ -93,6 +108,8 @@ class Settings(BaseSettings):
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACESTREAM_")}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 env[f"TRACESTREAM_{name.upper()}"] = str(value)
         return env
