@@ -7,7 +7,8 @@ group-less consumer reads the partitions one after another: ``assign``,
 ``end``. The position, not the last record seen, says when a partition is
 done, so offset gaps (transaction markers, aborted records) are fine.
 Records at or past ``end`` are dropped; the reader never reads "until
-latest".
+latest". Each partition is read by the one range reader,
+``consumers.log.read_range_batches``.
 
 Before anything is yielded every range is checked against the log: a range
 whose start was deleted by retention raises ``RangeExpiredError``, one that
@@ -21,20 +22,16 @@ trace as decoded to the latest ``Trace`` schema, plus ``topic``,
 
 from __future__ import annotations
 
-import asyncio
-import time
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
-from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import RangeBeyondEndError, RangeExpiredError, RangeReadStalled
+from consumers.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.lag import topic_partitions
-from schemas.errors import DecodeError
+from consumers.log import decode_records, read_range_batches, start_range_consumer
+from deploy.kafka_clients import KafkaClients
 
 if TYPE_CHECKING:
     from schemas.codec import AvroCodec
@@ -42,10 +39,6 @@ if TYPE_CHECKING:
 
 TRACE = "Trace"
 """The record type of traces.valid (``streams.validate.TRACE``; consumers do not import streams)."""
-
-_MiB = 1 << 20
-_POLL_MS = 200
-_offset = attrgetter("offset")
 
 
 def ordered_ranges(ranges: Sequence[OffsetRange]) -> list[OffsetRange]:
@@ -71,31 +64,8 @@ def ordered_ranges(ranges: Sequence[OffsetRange]) -> list[OffsetRange]:
     return out
 
 
-def _range_consumer(bootstrap: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id="tracestream-range-reader",
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        # Never jump elsewhere when an offset is gone: say it expired.
-        auto_offset_reset="none",
-        fetch_max_bytes=64 * _MiB,
-        max_partition_fetch_bytes=32 * _MiB,
-        # Every offset of a range exists already: never long-poll for more (it would delay the next partition).
-        fetch_max_wait_ms=10,
-        # The first offset lookup of a topic always waits one backoff for its metadata; keep it short.
-        retry_backoff_ms=20,
-    )
-
-
-async def _started(bootstrap: str) -> AIOKafkaConsumer:
-    consumer = _range_consumer(bootstrap)
-    await consumer.start()
-    # aiokafka's group-less coordinator starts a task that its stop() awaits after cancelling it; cancelled
-    # before it first ran, that await raises CancelledError. One turn of the loop lets it start.
-    await asyncio.sleep(0)
-    return consumer
+async def _started(kafka: KafkaClients) -> AIOKafkaConsumer:
+    return await start_range_consumer(kafka)
 
 
 def _expired(r: OffsetRange, log_start: int, first_missing: int | None = None) -> RangeExpiredError:
@@ -108,10 +78,10 @@ def _expired(r: OffsetRange, log_start: int, first_missing: int | None = None) -
     )
 
 
-async def _check(bootstrap: str, consumer: AIOKafkaConsumer, ranges: Sequence[OffsetRange]) -> None:
+async def _check(kafka: KafkaClients, consumer: AIOKafkaConsumer, ranges: Sequence[OffsetRange]) -> None:
     """Raise unless every (non-empty) range lies within the log as it is now."""
     existing: dict[str, set[int]] = {}
-    for tp in await topic_partitions(bootstrap, {r.topic for r in ranges}):
+    for tp in await topic_partitions(kafka, {r.topic for r in ranges}):
         existing.setdefault(tp.topic, set()).add(tp.partition)
     for r in ranges:
         partitions = existing.get(r.topic)
@@ -136,60 +106,20 @@ async def _check(bootstrap: str, consumer: AIOKafkaConsumer, ranges: Sequence[Of
             raise _expired(r, starts[tp])
 
 
-async def check_ranges(bootstrap: str, ranges: Sequence[OffsetRange]) -> None:
+async def check_ranges(kafka: KafkaClients, ranges: Sequence[OffsetRange]) -> None:
     """Raise ``RangeExpiredError`` / ``RangeBeyondEndError`` unless every range can be replayed now."""
     ranges = [r for r in ordered_ranges(ranges) if r.end > r.start]
     if not ranges:
         return
-    consumer = await _started(bootstrap)
+    consumer = await _started(kafka)
     try:
-        await _check(bootstrap, consumer, ranges)
+        await _check(kafka, consumer, ranges)
     finally:
         await consumer.stop()
 
 
-async def _read_range(
-    consumer: AIOKafkaConsumer, r: OffsetRange, batch_records: int, stall_timeout_s: float
-) -> AsyncIterator[list[ConsumerRecord]]:
-    tp = TopicPartition(r.topic, r.partition)
-    end = r.end
-    consumer.assign([tp])
-    consumer.seek(tp, r.start)
-    progress_at, last_position = time.monotonic(), r.start
-    while True:
-        try:
-            fetched = await consumer.getmany(tp, timeout_ms=_POLL_MS, max_records=batch_records)
-        except OffsetOutOfRangeError:
-            # Retention moved the log start past our position after the check (mid-read).
-            log_start = (await consumer.beginning_offsets([tp]))[tp]
-            raise _expired(r, log_start, first_missing=last_position) from None
-        records = fetched.get(tp)
-        if records:
-            last = records[-1].offset
-            last_position = max(last_position, min(last + 1, end))
-            if last >= end:
-                records = records[: bisect_left(records, end, key=_offset)]
-                if records:
-                    yield records
-                return
-            yield records
-            if last == end - 1:
-                return
-        position = await consumer.position(tp)
-        if position >= end:
-            return
-        now = time.monotonic()
-        if position > last_position or records:
-            progress_at, last_position = now, max(position, last_position)
-        elif now - progress_at > stall_timeout_s:
-            raise RangeReadStalled(
-                f"no progress reading {r.topic}[{r.partition}] at offset {position} for {stall_timeout_s:.0f}s "
-                f"(range [{r.start}, {end})); is the broker reachable?"
-            )
-
-
 async def read_range_batches_raw(
-    bootstrap: str,
+    kafka: KafkaClients,
     ranges: Sequence[OffsetRange],
     *,
     batch_records: int = 5000,
@@ -206,18 +136,20 @@ async def read_range_batches_raw(
     ranges = [r for r in ordered_ranges(ranges) if r.end > r.start]
     if not ranges:
         return
-    consumer = await _started(bootstrap)
+    consumer = await _started(kafka)
     try:
-        await _check(bootstrap, consumer, ranges)
+        await _check(kafka, consumer, ranges)
         for r in ranges:
-            async for batch in _read_range(consumer, r, batch_records, stall_timeout_s):
+            tp = TopicPartition(r.topic, r.partition)
+            async for batch in read_range_batches(consumer, tp, r.start, r.end, batch_records=batch_records,
+                                                  stall_timeout_s=stall_timeout_s):
                 yield batch
     finally:
         await consumer.stop()
 
 
 async def read_ranges_raw(
-    bootstrap: str,
+    kafka: KafkaClients,
     ranges: Sequence[OffsetRange],
     *,
     batch_records: int = 5000,
@@ -225,7 +157,7 @@ async def read_ranges_raw(
 ) -> AsyncIterator[ConsumerRecord]:
     """Like ``read_range_batches_raw``, one record at a time."""
     async for batch in read_range_batches_raw(
-        bootstrap, ranges, batch_records=batch_records, stall_timeout_s=stall_timeout_s
+        kafka, ranges, batch_records=batch_records, stall_timeout_s=stall_timeout_s
     ):
         for message in batch:
             yield message
@@ -235,26 +167,22 @@ def decode_batch(messages: Sequence[ConsumerRecord], codec: AvroCodec) -> list[d
     """Dataset records of traces.valid messages.
 
     Raises:
-        DecodeError: a message is not a decodable ``Trace`` (a note names its coordinates).
+        DecodeError: a message is not a decodable ``Trace`` (its message names ``topic[partition]@offset``).
     """
     decode = codec.decode_latest
-    out: list[dict] = []
-    append = out.append
-    for message in messages:
-        try:
-            record = decode(message.value or b"", TRACE)[0]
-        except DecodeError as exc:
-            exc.add_note(f"at {message.topic}[{message.partition}]@{message.offset}")
-            raise
+
+    def record_of(message: ConsumerRecord) -> dict:
+        record = decode(message.value or b"", TRACE)[0]
         record["topic"] = message.topic
         record["partition"] = message.partition
         record["offset"] = message.offset
-        append(record)
-    return out
+        return record
+
+    return decode_records(messages, record_of)
 
 
 async def read_range_batches(
-    bootstrap: str,
+    kafka: KafkaClients,
     ranges: Sequence[OffsetRange],
     *,
     codec: AvroCodec | None = None,
@@ -268,13 +196,13 @@ async def read_range_batches(
 
         codec = AvroCodec(default_registry())
     async for batch in read_range_batches_raw(
-        bootstrap, ranges, batch_records=batch_records, stall_timeout_s=stall_timeout_s
+        kafka, ranges, batch_records=batch_records, stall_timeout_s=stall_timeout_s
     ):
         yield decode_batch(batch, codec)
 
 
 async def read_ranges(
-    bootstrap: str,
+    kafka: KafkaClients,
     ranges: Sequence[OffsetRange],
     *,
     codec: AvroCodec | None = None,
@@ -288,7 +216,7 @@ async def read_ranges(
     stopping early, so its consumer stops at once.
 
     Args:
-        bootstrap: Kafka bootstrap servers, host:port[,host:port].
+        kafka: the cluster (``KafkaClients``).
         ranges: ``[start, end)`` offset ranges (``schemas.dataset.OffsetRange``), in any order.
         codec: decodes the values; one on the default registry when None.
         batch_records: most records fetched per poll.
@@ -302,7 +230,7 @@ async def read_ranges(
         ValueError: malformed or overlapping ranges.
     """
     async for batch in read_range_batches(
-        bootstrap, ranges, codec=codec, batch_records=batch_records, stall_timeout_s=stall_timeout_s
+        kafka, ranges, codec=codec, batch_records=batch_records, stall_timeout_s=stall_timeout_s
     ):
         for record in batch:
             yield record

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from consumers.log import read_to_end
+from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import DatasetRef, Manifest
 from streams.errors import UnknownDataset
@@ -62,10 +63,9 @@ class Catalog:
         return (ref.name, ref.version) in self._entries
 
 
-async def load_catalog(bootstrap: str, topic: str, codec: AvroCodec) -> Catalog:
+async def load_catalog(kafka: KafkaClients, topic: str, codec: AvroCodec) -> Catalog:
     """Read datasets.events from its beginning up to its current end."""
     entries = []
-    for record in await read_to_end(bootstrap, topic):
-        event, _ = codec.decode_latest(record.value, DATASET_EVENT)
+    for event in await read_to_end(kafka, topic, lambda record: codec.decode_latest(record.value, DATASET_EVENT)[0]):
         entries.append(DatasetEntry(Manifest.from_avro(event["manifest"]), event["event_type"], event.get("error")))
     return Catalog(entries)

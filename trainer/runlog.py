@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumers.lag import topic_partitions
-from consumers.log import read_to_end
+from consumers.log import read_range, read_to_end
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 
@@ -73,18 +73,20 @@ class RunLog:
         starts = await self.consumer.beginning_offsets(partitions)
         ends = await self.consumer.end_offsets(partitions)
         metrics_step = checkpoint_step = 0
+
+        def own_event(record):
+            return self.codec.decode_latest(record.value, RUN_EVENT)[0] if record.key == self.key else None
+
         for tp in partitions:
-            # An explicit seek: seek_to_beginning can lose a race with the fetcher's own offset reset.
-            self.consumer.seek(tp, starts[tp])
-            while await self.consumer.position(tp) < ends[tp]:
-                for record in (await self.consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    if record.offset >= ends[tp] or record.key != self.key:
-                        continue
-                    event, _ = self.codec.decode_latest(record.value, RUN_EVENT)
-                    if event.get("metrics"):
-                        metrics_step = max(metrics_step, int(event["metrics"]["step"]))
-                    if event.get("checkpoint"):
-                        checkpoint_step = max(checkpoint_step, int(event["checkpoint"]["step"]))
+            async for event in read_range(self.consumer, tp, starts[tp], ends[tp], decode=own_event):
+                if event is None:
+                    continue
+                if event.get("metrics"):
+                    metrics_step = max(metrics_step, int(event["metrics"]["step"]))
+                if event.get("checkpoint"):
+                    checkpoint_step = max(checkpoint_step, int(event["checkpoint"]["step"]))
+        self.consumer.assign(partitions)  # the range reader assigned one partition at a time; watch them all
+        for tp in partitions:
             self.consumer.seek(tp, ends[tp])
         return Published(metrics_step, checkpoint_step)
 
@@ -115,8 +117,7 @@ class UnknownRun(TracestreamError):
 async def run_histories(bootstrap: str, topic: str, codec: AvroCodec) -> dict[str, list[dict[str, Any]]]:
     """Every run on ``topic`` with its events in log order (runs.events is read from its beginning)."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for record in await read_to_end(bootstrap, topic):
-        event, _ = codec.decode_latest(record.value, RUN_EVENT)
+    for event in await read_to_end(bootstrap, topic, lambda record: codec.decode_latest(record.value, RUN_EVENT)[0]):
         runs.setdefault(event["run_id"], []).append(event)
     return runs
 
