@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import dataset, demo, ingest, runs, stack, train, trainer, worker
+from cli import dataset, demo, dlq, ingest, runs, stack, train, trainer, worker
 from cli import subscribe as subscribe_cli
 from cli import serve as serve_cli
 
@@ -12,6 +12,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning tr
 app.add_typer(stack.app, name="stack")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(runs.app, name="runs")
+app.add_typer(dlq.app, name="dlq")
 app.command()(ingest.generate)
 app.command()(ingest.publish)
 app.command(name="worker")(worker.worker)
