@@ -7,7 +7,9 @@ import logging
 import typer
 from rich.console import Console
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from schemas.errors import ConfigurationError
 from deploy.stack import kafka_bootstrap
 
 console = Console(stderr=True)
@@ -27,6 +29,16 @@ def require_bootstrap(settings: Settings) -> str:
         )
         raise typer.Exit(2)
     return bootstrap
+
+
+def require_kafka(settings: Settings) -> KafkaClients:
+    """The clients for the configured cluster or the running local broker, with the settings' security."""
+    bootstrap = require_bootstrap(settings)
+    try:
+        return KafkaClients.from_settings(settings, bootstrap)
+    except ConfigurationError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def configure_logging(verbose: bool) -> None:

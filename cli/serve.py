@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import configure_logging, console, load_settings, require_bootstrap
+from cli.common import configure_logging, console, load_settings, require_kafka
+from cli.worker import run_processors
 from deploy.stack import kafka_bootstrap
+from streams.app import STAGES
+from streams.processes import default_validate_processes
 
 
 def serve(
@@ -14,11 +17,16 @@ def serve(
         help="Serve only the API (no processors). Meant for TRACESTREAM_CLICKHOUSE_URL (a ClickHouse server); "
         "with the embedded warehouse no other process may hold its folder.",
     ),
+    validate_processes: int = typer.Option(
+        default_validate_processes(), "--validate-processes", min=0,
+        help="Run validate in this many processes of its own (default: one per core beyond the first); "
+        "0 runs it in this process.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
 ) -> None:
     """Run validate + materialize and the API (http://API_HOST:API_PORT) together, sharing one warehouse."""
     from api.server import ApiService, run_api_only
-    from streams.worker import run_worker
+    from streams.processes import ValidateProcesses
 
     configure_logging(verbose)
     settings = load_settings()
@@ -29,7 +37,12 @@ def serve(
         console.print(f"API on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
         run_api_only(settings, bootstrap)
         return
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     console.print(f"processors + API on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
-    run_worker(settings, bootstrap, loglevel="info" if verbose else "warning",
-               services=lambda processors: [ApiService(settings, bootstrap)])
+
+    def services(processors):
+        children = [ValidateProcesses(settings, validate_processes, log_dir=settings.home / "logs", verbose=verbose)]
+        return [*(children if validate_processes else []), ApiService(settings, kafka)]
+
+    run_processors(settings, kafka, stages=("materialize",) if validate_processes else STAGES,
+                   loglevel="info" if verbose else "warning", services=services)

@@ -10,8 +10,11 @@ import httpx
 import typer
 from rich.table import Table
 
-from cli.common import configure_logging, console, load_settings, out, require_bootstrap
+from cli.common import configure_logging, console, load_settings, out, require_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from streams.app import STAGES
+from streams.stage import StageFailed
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.stats import lag_stats, warehouse_stats
 from streams.worker import run_worker
@@ -19,23 +22,48 @@ from warehouse.client import Warehouse
 
 
 def worker(
-    until_caught_up: bool = typer.Option(
-        False, "--until-caught-up", help="Exit once every processor has committed what the log held at start."
+    stages: str = typer.Option(
+        "all", "--stages",
+        help="validate, materialize or all. Validate needs only Kafka: run any number of validate workers, on any "
+        "machines; materialize owns the warehouse (one process per embedded chDB folder).",
     ),
+    until_caught_up: bool = typer.Option(
+        False, "--until-caught-up", help="Exit once every stage it runs has committed what the log held at start."
+    ),
+    web: bool = typer.Option(True, "--web/--no-web", help="Serve /stats and /healthz on TRACESTREAM_WEB_PORT."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
 ) -> None:
-    """Run the processors: validate, materialize, materialize-dlq (and the /stats endpoint)."""
+    """Run the processors: validate (exactly once, in Kafka transactions) and materialize (and the /stats endpoint)."""
     configure_logging(verbose)
     settings = load_settings()
-    run_worker(settings, require_bootstrap(settings), until_caught_up=until_caught_up,
-               loglevel="info" if verbose else "warning")
+    chosen = parse_stages(stages)
+    run_processors(settings, require_kafka(settings), stages=chosen, until_caught_up=until_caught_up, web=web,
+                   loglevel="info" if verbose else "warning")
+
+
+def parse_stages(stages: str) -> tuple[str, ...]:
+    if stages == "all":
+        return STAGES
+    if stages in STAGES:
+        return (stages,)
+    console.print(f"[red]error:[/red] --stages {stages!r}: use validate, materialize or all")
+    raise typer.Exit(2)
+
+
+def run_processors(settings: Settings, kafka: KafkaClients, **options: Any) -> None:
+    """run_worker, with a stage that could not recover reported as one clear line and exit code 1."""
+    try:
+        run_worker(settings, kafka, **options)
+    except StageFailed as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 def rebuild(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO.")) -> None:
     """Drop the ClickHouse tables and rebuild them by replaying the topics through the materializer."""
     configure_logging(verbose)
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     try:
         httpx.get(f"http://{settings.web_host}:{settings.web_port}/healthz", timeout=2)
         console.print(f"[red]error:[/red] a worker answers on port {settings.web_port}; stop it first "
@@ -44,13 +72,13 @@ def rebuild(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at 
     except httpx.ConnectError:
         pass
     drop_and_recreate_tables(Warehouse.connect(settings))
-    moved = asyncio.run(rewind_materializer(settings, bootstrap))
+    moved = asyncio.run(rewind_materializer(settings, kafka))
     console.print(f"tables dropped; {moved} partitions rewound to the log start; replaying ...")
-    run_worker(settings, bootstrap, until_caught_up=True, loglevel="info" if verbose else "warning")
+    run_processors(settings, kafka, until_caught_up=True, loglevel="info" if verbose else "warning")
     console.print("rebuilt")
 
 
-def fetch_stats(settings: Settings, bootstrap: str) -> dict[str, Any]:
+def fetch_stats(settings: Settings, kafka: KafkaClients) -> dict[str, Any]:
     """Stats from the running worker if there is one (it owns an embedded warehouse), else directly."""
     try:
         response = httpx.get(f"http://{settings.web_host}:{settings.web_port}/stats", timeout=10)
@@ -59,14 +87,14 @@ def fetch_stats(settings: Settings, bootstrap: str) -> dict[str, Any]:
     except httpx.ConnectError:
         pass
     body = warehouse_stats(Warehouse.connect(settings))
-    body["lag"] = asyncio.run(lag_stats(settings, bootstrap))
+    body["lag"] = asyncio.run(lag_stats(settings, kafka))
     return body
 
 
 def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """What the warehouse holds: traces by source and version, dead letters by reason, lag."""
     settings = load_settings()
-    body = fetch_stats(settings, require_bootstrap(settings))
+    body = fetch_stats(settings, require_kafka(settings))
     if as_json:
         out.print_json(json.dumps(body))
         return

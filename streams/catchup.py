@@ -13,7 +13,8 @@ import logging
 
 from aiokafka import TopicPartition
 
-from consumers.lag import committed_offsets, end_offsets
+from consumers.lag import ClusterOffsets
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.topics import materialize_group, validate_group
 
@@ -21,11 +22,15 @@ log = logging.getLogger(__name__)
 
 
 async def wait_until_committed(
-    bootstrap: str, group: str, targets: dict[TopicPartition, int], *, poll_seconds: float = 0.25
+    kafka: KafkaClients | ClusterOffsets, group: str, targets: dict[TopicPartition, int], *,
+    poll_seconds: float = 0.25,
 ) -> None:
-    """Return once ``group`` has committed at least ``targets`` on every partition."""
+    """Return once ``group`` has committed at least ``targets`` on every partition (one admin client for every poll)."""
+    if not isinstance(kafka, ClusterOffsets):
+        async with ClusterOffsets(kafka) as offsets:
+            return await wait_until_committed(offsets, group, targets, poll_seconds=poll_seconds)
     while True:
-        committed = await committed_offsets(bootstrap, group)
+        committed = await kafka.committed(group)
         behind = {tp: end for tp, end in targets.items() if committed.get(tp, 0) < end}
         if not behind:
             return
@@ -33,11 +38,17 @@ async def wait_until_committed(
         await asyncio.sleep(poll_seconds)
 
 
-async def wait_until_caught_up(settings: Settings, bootstrap: str, *, poll_seconds: float = 0.25) -> None:
-    """Block until every processor has committed what was in the log when this was called."""
+async def wait_until_caught_up(
+    settings: Settings, kafka: KafkaClients, *, stages: tuple[str, ...] = ("validate", "materialize"),
+    poll_seconds: float = 0.25,
+) -> None:
+    """Block until every processor of ``stages`` has committed what was in the log when this was called."""
     topics = settings.topics
-    raw_targets = await end_offsets(bootstrap, [topics.raw])
-    await wait_until_committed(bootstrap, validate_group(settings), raw_targets, poll_seconds=poll_seconds)
-    for outputs in ([topics.valid, topics.dlq, topics.datasets, topics.runs], [topics.dlq]):
-        targets = await end_offsets(bootstrap, outputs)
-        await wait_until_committed(bootstrap, materialize_group(settings), targets, poll_seconds=poll_seconds)
+    async with ClusterOffsets(kafka) as offsets:  # one admin client and consumer for every poll
+        if "validate" in stages:
+            raw_targets = await offsets.end_offsets([topics.raw])
+            await wait_until_committed(offsets, validate_group(settings), raw_targets, poll_seconds=poll_seconds)
+        if "materialize" in stages:
+            for outputs in ([topics.valid, topics.dlq, topics.datasets, topics.runs], [topics.dlq]):
+                targets = await offsets.end_offsets(outputs)
+                await wait_until_committed(offsets, materialize_group(settings), targets, poll_seconds=poll_seconds)

@@ -24,8 +24,8 @@ from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.registry import RegisteredSchema
 from streams.coordinates import Coordinates
-from streams.resume import source_headers
-from streams.stage import Outputs
+from streams.coordinates import source_headers
+from streams.stage import Batches, Outputs
 from streams.validate import (
     DEAD_LETTER,
     TRACE,
@@ -209,10 +209,19 @@ class MaterializeStage:
         self.traces_written = 0
         self.dead_letters_written = 0
 
-    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> None:
+    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> bool:
         """Nothing to prepare: rows are keyed by their coordinates, so a re-read batch replaces itself."""
+        return False
 
-    async def process(self, records: Sequence[ConsumerRecord]) -> None:
+    async def close(self) -> None:
+        """The writer and producer are the worker's; nothing of the stage's own to release."""
+
+    async def process(self, batches: Batches) -> dict[TopicPartition, int]:
+        records = [record for tp in sorted(batches) for record in batches[tp]]
+        await self._materialize(records)
+        return {tp: records[-1].offset + 1 for tp, records in batches.items()}
+
+    async def _materialize(self, records: Sequence[ConsumerRecord]) -> None:
         now = utc_now()
         traces = [_inbound(r) for r in records if r.topic == self.valid]
         dead = [_inbound(r) for r in records if r.topic == self.dlq]
@@ -240,7 +249,7 @@ class MaterializeStage:
             self.dead_letters_written += len(batch) - len(refused)
         deliveries = [
             await self.producer.send(self.dlq, letter.payload, key=letter.key,
-                                     headers=list(source_headers(letter.at.topic, letter.at.offset).items()))
+                                     headers=source_headers(letter.at))
             for letter in rejected
         ]
         await asyncio.gather(*deliveries)

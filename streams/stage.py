@@ -6,27 +6,35 @@ path (dispatch, stream iteration, acks) cost ~0.5 ms per event here, 70% of
 the processors' CPU (see bench/README.md); a batch costs that once.
 
 The contract is one loop: fetch a batch, let the stage make its output
-durable, then commit the batch's offsets. A crash anywhere before the commit
-means the batch is delivered again, which every stage tolerates (idempotent
-warehouse rows; validate skips what it already produced).
+durable, then commit the batch's offsets — through the consumer group, or, for
+a transactional stage, inside the stage's own transaction. A crash anywhere
+before the commit means the batch is delivered again. Partitions move between
+members at any time: a batch whose partitions were revoked while it was
+processed is dropped, and the new owner redoes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import os
+import signal
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, RebalanceInProgressError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 from mode import Service
+
+from deploy.kafka_clients import KafkaClients
 
 log = logging.getLogger(__name__)
 
 # Big enough for a dead letter that carries an oversized original event.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+Batches = Mapping[TopicPartition, Sequence[ConsumerRecord]]
 
 
 class Outputs(Protocol):
@@ -38,16 +46,31 @@ class Outputs(Protocol):
 
 
 class Stage(Protocol):
-    """What a stage does with its records; the runner owns consuming and committing."""
+    """What a stage does with its records; the runner owns consuming."""
 
     name: str
     topics: tuple[str, ...]
 
-    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> None:
-        """Called after a rebalance, before the first batch of the new assignment is processed."""
+    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> bool:
+        """Prepare for the current assignment before its first batch.
 
-    async def process(self, records: Sequence[ConsumerRecord]) -> None:
-        """Make the output of ``records`` durable; return only when it is. Never raises for bad input."""
+        Returns True when it moved the consumer's positions (then records
+        fetched before it are stale and are dropped).
+        """
+
+    async def process(self, batches: Batches) -> dict[TopicPartition, int]:
+        """Make the output of ``batches`` durable; return only when it is. Never raises for bad input.
+
+        Returns the offsets the runner must still commit through the consumer
+        group: none for a stage that commits them in its own transaction.
+        """
+
+    async def close(self) -> None:
+        """Release what the stage holds (producers); called when the runner stops."""
+
+
+class StageFailed(Exception):
+    """A stage met an error it cannot recover from; the message names the topic and partitions."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -66,6 +89,7 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("%s: revoked %s", self.runner.stage.name, sorted(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.runner.assignment_epoch += 1
         log.info("%s: assigned %s", self.runner.stage.name, sorted(assigned))
 
 
@@ -73,19 +97,20 @@ class StageRunner(Service):
     """Consumes a stage's topics in its own consumer group and drives the fetch-process-commit loop."""
 
     def __init__(
-        self, stage: Stage, *, bootstrap: str, group: str, max_records: int, wait_ms: int, **kwargs
+        self, stage: Stage, *, kafka: KafkaClients, group: str, max_records: int, wait_ms: int, **kwargs
     ) -> None:
         super().__init__(**kwargs)
         self.stage = stage
+        self.kafka = kafka
         self.group = group
         self.max_records = max_records
         self.wait_ms = wait_ms
         self.records_processed = 0
         self.assignment_epoch = 0
-        self._prepared_epoch = -1
+        self._prepared_epoch = 0
+        self.failure: StageFailed | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._consumer_options = dict(
-            bootstrap_servers=bootstrap,
             group_id=group,
             client_id=f"{group}-{stage.name}",
             enable_auto_commit=False,
@@ -102,34 +127,74 @@ class StageRunner(Service):
 
     async def on_start(self) -> None:
         # Made here: aiokafka clients belong to the running event loop.
-        self.consumer = AIOKafkaConsumer(**self._consumer_options)
-        self.consumer.subscribe(self.stage.topics, listener=_Rebalance(self))
-        await self.consumer.start()
+        consumer = self.kafka.consumer(**self._consumer_options)
+        consumer.subscribe(self.stage.topics, listener=_Rebalance(self))
+        self.consumer = await self.kafka.start(consumer)
 
     async def on_stop(self) -> None:
+        await self.stage.close()
         if self.consumer is not None:
             await self.consumer.stop()
 
     @Service.task
     async def _run(self) -> None:
-        while not self.should_stop:
-            batches = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
-            if not batches:
-                continue
-            if self._prepared_epoch != self.assignment_epoch:
-                epoch = self.assignment_epoch
-                await self.stage.on_assigned(set(self.consumer.assignment()), self.consumer)
-                self._prepared_epoch = epoch
-            records = [record for tp in sorted(batches) for record in batches[tp]]
-            await self.stage.process(records)
-            self.records_processed += len(records)
-            await self._commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
-
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+            while not self.should_stop:
+                await self._step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into one clear error that stops the worker
+            self._fail(exc)
+
+    async def _step(self) -> None:
+        batches = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
+        if self._prepared_epoch != self.assignment_epoch or getattr(self.stage, "needs_prepare", False):
+            epoch = self.assignment_epoch
+            moved = await self.stage.on_assigned(set(self.consumer.assignment()), self.consumer)
+            self._prepared_epoch = epoch
+            if moved:
+                return
+        assignment = self.consumer.assignment()
+        batches = {tp: records for tp, records in batches.items() if records and tp in assignment}
+        if not batches:
+            return
+        self._current = batches
+        epoch = self.assignment_epoch
+        offsets = await self.stage.process(batches)
+        self.records_processed += sum(len(records) for records in batches.values())
+        if offsets:
+            await self._commit(offsets, moved=epoch != self.assignment_epoch)
+
+    async def _commit(self, offsets: dict[TopicPartition, int], *, moved: bool) -> None:
+        assigned = self.consumer.assignment()
+        kept = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if len(kept) < len(offsets) or moved:
+            log.info("%s: partitions moved while a batch was processed; committing only %s (the new owner "
+                     "redoes the rest, which is idempotent)", self.stage.name, sorted(kept))
+        if not kept:
+            return
+        try:
+            await self.consumer.commit(kept)
+        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
             # The partitions moved to another member, which will re-read this batch;
-            # every stage's output is idempotent, so that costs time, not correctness.
+            # the stage's output is idempotent, so that costs time, not correctness.
             log.warning("%s: could not commit %s after a rebalance (%s); the batch will be re-read",
-                        self.stage.name, offsets, exc)
+                        self.stage.name, _describe(kept), exc)
+
+    def _fail(self, exc: Exception) -> None:
+        where = _describe(getattr(self, "_current", {}))
+        kind = "Kafka" if isinstance(exc, KafkaError) else type(exc).__name__
+        self.failure = StageFailed(f"{self.stage.name} stopped on {kind} error {exc!r} while processing {where} "
+                                   f"(group {self.group}); nothing past the last commit is lost, a restart redoes it")
+        log.error("%s", self.failure)
+        os.kill(os.getpid(), signal.SIGTERM)  # the worker's graceful path; run_worker exits non-zero
+
+
+def _describe(batches: Mapping[TopicPartition, object]) -> str:
+    parts = []
+    for tp, value in sorted(batches.items()):
+        if isinstance(value, int):
+            parts.append(f"{tp.topic}[{tp.partition}]@{value}")
+        elif value:
+            parts.append(f"{tp.topic}[{tp.partition}]@{value[0].offset}..{value[-1].offset}")
+    return ", ".join(parts) or "(no batch)"

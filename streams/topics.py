@@ -6,6 +6,7 @@ from collections import Counter
 
 from consumers.lag import topic_partitions
 from deploy.kafka import ensure_topics_async
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.errors import ConfigurationError
 from streams.stage import MAX_MESSAGE_BYTES
@@ -19,7 +20,7 @@ TOPIC_CONFIG = {
 }
 
 
-async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
+async def ensure_pipeline_topics(settings: Settings, kafka: KafkaClients) -> None:
     """Create traces.raw, traces.valid, traces.dlq, datasets.events and runs.events if missing (idempotent).
 
     datasets.events has one partition: checking that a name+version is new
@@ -32,10 +33,10 @@ async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
     topics = settings.topics
     names = (topics.raw, topics.valid, topics.dlq)
     await ensure_topics_async(
-        bootstrap, {**{name: settings.partitions for name in names}, topics.datasets: 1, topics.runs: settings.partitions},
+        kafka, {**{name: settings.partitions for name in names}, topics.datasets: 1, topics.runs: settings.partitions},
         config=TOPIC_CONFIG,
     )
-    counts = Counter(tp.topic for tp in await topic_partitions(bootstrap, names))
+    counts = Counter(tp.topic for tp in await topic_partitions(kafka, names))
     if len(set(counts.values())) > 1:
         raise ConfigurationError(
             f"{', '.join(f'{name} has {counts[name]} partitions' for name in names)}; validate keeps each "

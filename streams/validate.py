@@ -15,13 +15,12 @@ from datetime import datetime, timezone
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.lag import committed_offsets
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.validation import Violation, check_event_size, check_trace, normalize
-from streams.coordinates import Coordinates
-from streams.resume import produced_since, source_headers
-from streams.stage import Outputs
+from streams.coordinates import Coordinates, source_headers
+from streams.stage import Batches
+from streams.transactions import Output, PartitionTransactions
 
 log = logging.getLogger(__name__)
 
@@ -114,62 +113,62 @@ class Validator:
 
 
 class ValidateStage:
-    """traces.raw → traces.valid | traces.dlq, each output in its source partition.
+    """traces.raw → traces.valid | traces.dlq, exactly once, each output in its source partition.
 
-    Keeping raw partition p's output in partition p, in raw order, with the raw
-    offset in a header, is what lets ``on_assigned`` find, after a crash, the
-    records already produced past the committed offset, and skip them.
+    Each raw partition's batch commits in one Kafka transaction with its
+    consumed offset (``streams.transactions``). Outputs keep their raw
+    partition and carry the raw topic and offset as headers: lineage, so any
+    output can be traced back to the event it was made from.
     """
 
     name = "validate"
 
     def __init__(
-        self, validator: Validator, producer: Outputs, *, bootstrap: str, group: str,
-        raw: str, valid: str, dlq: str,
+        self, validator: Validator, transactions: PartitionTransactions, *, raw: str, valid: str, dlq: str,
     ) -> None:
         self.validator = validator
-        self.producer = producer
-        self.bootstrap = bootstrap
-        self.group = group
+        self.transactions = transactions
         self.topics = (raw,)
         self.raw, self.valid, self.dlq = raw, valid, dlq
-        self._skip: dict[int, set[int]] = {}
         self.validated = 0
         self.dead_lettered: Counter[str] = Counter()
 
-    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> None:
-        # Asked of the group coordinator: the consumer's own cache can lag behind its last commits.
-        fresh = await committed_offsets(self.bootstrap, self.group)
-        committed = {tp.partition: fresh.get(tp, 0) for tp in partitions}
-        self._skip = await produced_since(
-            self.bootstrap, source_topic=self.raw, committed=committed, output_topics=(self.valid, self.dlq)
-        )
-        for partition, offsets in self._skip.items():
-            if offsets:
-                log.warning("%s[%d]: %d records past the committed offset %d were already validated before this "
-                            "assignment (a restart or a rebalance); skipping them", self.raw, partition, len(offsets), committed[partition])
+    @property
+    def needs_prepare(self) -> bool:
+        return self.transactions.needs_prepare
 
-    async def process(self, records: Sequence[ConsumerRecord]) -> None:
-        deliveries = []
+    async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> bool:
+        await self.transactions.take_over(partitions, consumer)
+        return True
+
+    async def process(self, batches: Batches) -> dict[TopicPartition, int]:
+        await asyncio.gather(*(self._validate(tp, records) for tp, records in batches.items()))
+        return {}  # committed inside each partition's transaction
+
+    async def close(self) -> None:
+        await self.transactions.close()
+
+    async def _validate(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> None:
+        outputs: list[Output] = []
+        valid = 0
+        reasons: Counter[str] = Counter()
         for record in records:
-            skip = self._skip.get(record.partition)
-            if skip and record.offset in skip:
-                skip.discard(record.offset)
-                continue
             at = Coordinates(record.topic, record.partition, record.offset)
             outcome = self.validator(record.value, record.key, at)
-            headers = list(source_headers(at.topic, at.offset).items())
+            headers = source_headers(at)
             if isinstance(outcome, Accepted):
-                self.validated += 1
+                valid += 1
                 headers.append((WRITER_VERSION_HEADER, str(outcome.writer_version).encode()))
-                topic = self.valid
+                outputs.append((self.valid, outcome.key, outcome.payload, headers))
             else:
-                self.dead_lettered[outcome.reason] += 1
-                topic = self.dlq
-            deliveries.append(await self.producer.send(
-                topic, outcome.payload, key=outcome.key, partition=record.partition, headers=headers
-            ))
-        await asyncio.gather(*deliveries)  # a failed delivery raises: the batch is not committed
+                reasons[outcome.reason] += 1
+                outputs.append((self.dlq, outcome.key, outcome.payload, headers))
+
+        def count() -> None:
+            self.validated += valid
+            self.dead_lettered.update(reasons)
+
+        await self.transactions.commit(tp, records, outputs, on_committed=count)
 
 
 def _key_text(key: bytes | None) -> str | None:

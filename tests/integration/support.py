@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.app import Processors, build_app
+from streams.app import STAGES, Processors, build_app
 from streams.generator import GeneratedEvent, publish_generated
 from streams.producer import DeliveryReport, TraceProducer
 from streams.topics import ensure_pipeline_topics
@@ -25,9 +26,14 @@ from warehouse.client import Warehouse
 REPO = Path(__file__).resolve().parents[2]
 
 
+def kafka_of(settings: Settings) -> KafkaClients:
+    """Clients for a test's settings: its broker, with its security (as every command builds them)."""
+    return KafkaClients.from_settings(settings, settings.kafka_bootstrap)
+
+
 async def publish(settings: Settings, events: Iterable[GeneratedEvent]) -> DeliveryReport:
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    async with TraceProducer(settings, settings.kafka_bootstrap) as producer:
+    await ensure_pipeline_topics(settings, kafka_of(settings))
+    async with TraceProducer(settings, kafka_of(settings)) as producer:
         return await publish_generated(producer, events)
 
 
@@ -84,17 +90,19 @@ def reasons_of(stats: dict[str, Any]) -> Counter:
 
 @asynccontextmanager
 async def running_processors(
-    settings: Settings, warehouse_factory: Callable[[], Warehouse] | None = None
+    settings: Settings, warehouse_factory: Callable[[], Warehouse] | None = None, stages: tuple[str, ...] = STAGES,
 ) -> AsyncIterator[Processors]:
     """The worker's processors, started in this process (which owns the session's chDB folder)."""
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    processors = build_app(settings, settings.kafka_bootstrap, warehouse_factory=warehouse_factory)
+    kafka = kafka_of(settings)
+    await ensure_pipeline_topics(settings, kafka)
+    processors = build_app(settings, kafka, stages=stages, warehouse_factory=warehouse_factory)
     await processors.app.start()
     try:
         yield processors
     finally:
         await processors.app.stop()
-        processors.writer.close()
+        if processors.writer is not None:
+            processors.writer.close()
 
 
 async def wait_for_async(predicate, *, timeout_s: float, every_s: float = 0.1, what: str) -> None:

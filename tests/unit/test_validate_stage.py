@@ -8,9 +8,8 @@ import pytest
 
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
-from streams.coordinates import Coordinates
+from streams.coordinates import Coordinates, source_headers, source_offset
 from streams.materialize import InboundEvent, dead_letter_rows, trace_rows
-from streams.resume import source_headers, source_offset
 from streams.validate import Accepted, Rejected, Validator
 from warehouse.tables import column_names
 
@@ -132,7 +131,7 @@ def test_dead_letter_rows_keep_even_undecodable_dead_letters(codec):
 
 
 def test_source_headers_round_trip_and_filter_by_topic():
-    headers = list(source_headers("traces.raw", 17).items())
+    headers = source_headers(Coordinates("traces.raw", 0, 17))
     assert source_offset(headers, "traces.raw") == 17
     assert source_offset(headers, "traces.valid") is None
     assert source_offset(dict(headers), "traces.raw") == 17
