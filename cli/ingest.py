@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
+from aiokafka.errors import KafkaError
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,11 +19,45 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
+from schemas.errors import TracestreamError
 from streams.generator import TRACE_KINDS, generate_events, write_jsonl
 from streams.jsonl import publish_jsonl
 from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
+
+SHOWN_LINES = 10
+"""How many line numbers of unacknowledged events the summary names."""
+
+
+class _OnceEach(logging.Filter):
+    """Show each kind of aiokafka message once: it repeats its connection errors on every retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, object]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        key = (record.name, record.msg)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: message``, once (aiokafka's errors already start with their type)."""
+    text = str(exc)
+    return text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
+
+
+def _quiet_logging() -> None:
+    """Warnings above the progress bar, and no flood of retries while the broker is down."""
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.addFilter(_OnceEach())
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", handlers=[handler], force=True)
 
 
 def generate(
@@ -45,18 +82,23 @@ def generate(
 def publish(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="JSON Lines file of traces."),
 ) -> None:
-    """Publish traces from a JSON Lines file to traces.raw; bad lines are reported and skipped."""
+    """Publish traces from a JSON Lines file to traces.raw; bad lines are reported and skipped.
+
+    Exits 1 if any event was not acknowledged by Kafka within
+    TRACESTREAM_KAFKA_DELIVERY_TIMEOUT_S, naming how many and their lines.
+    """
+    _quiet_logging()
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     total = sum(1 for _ in path.open("rb"))
 
     async def run() -> object:
-        await ensure_pipeline_topics(settings, bootstrap)
+        await ensure_pipeline_topics(settings, kafka)
         with Progress(
             TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
             task = progress.add_task("publish", total=total)
-            async with TraceProducer(settings, bootstrap) as producer:
+            async with TraceProducer(settings, kafka) as producer:
                 return await publish_jsonl(
                     path,
                     producer,
@@ -64,12 +106,29 @@ def publish(
                     on_progress=lambda line_no: progress.update(task, completed=line_no),
                 )
 
-    summary = asyncio.run(run())
+    try:
+        summary = asyncio.run(run())
+    except (KafkaError, TracestreamError) as exc:  # no broker before the first event: nothing was sent
+        console.print(f"[red]nothing published[/red]: {_why(exc)}")
+        raise typer.Exit(1) from None
     for error in summary.rejected:
         console.print(f"[yellow]skipped[/yellow] {path}:{error.line_no} ({error.reason}): {error.message}")
-    out.print(
-        f"{summary.published} published, {summary.delivered} delivered, {len(summary.rejected)} lines rejected, "
-        f"{summary.failed} failed deliveries, {summary.lines} lines in {summary.seconds:.2f}s"
-    )
     if summary.failed:
+        lines = summary.failed_lines()
+        shown = ", ".join(map(str, lines[:SHOWN_LINES])) + (f" and {len(lines) - SHOWN_LINES} more" if len(lines) > SHOWN_LINES else "")
+        reasons = sorted({_why(e.error) for e in summary.delivery_errors})
+        console.print(
+            f"[red]{summary.failed} events were not acknowledged by Kafka[/red] (they may or may not be in the log; "
+            f"lines {shown}): {'; '.join(reasons[:3])}"
+        )
+    if summary.stopped_at is not None:
+        console.print(
+            f"[red]publishing stopped at line {summary.stopped_at}[/red] ({summary.stop_reason}); "
+            f"lines {summary.stopped_at}-{total} were not sent"
+        )
+    out.print(
+        f"{summary.published} published, {summary.delivered} acknowledged, {summary.failed} not acknowledged, "
+        f"{len(summary.rejected)} lines rejected, {summary.lines} lines in {summary.seconds:.2f}s"
+    )
+    if summary.failed or summary.stopped_at is not None:
         raise typer.Exit(1)

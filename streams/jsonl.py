@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from schemas.errors import EncodeError, InvalidTraceShape
+from schemas.errors import EncodeError, InvalidTraceShape, TracestreamError
 from schemas.models import TraceIn, parse_trace_json
 from streams.producer import DeliveryFailure, TraceProducer
 
@@ -43,8 +44,11 @@ class PublishSummary:
 
     ``lines``: lines read (blank ones included); ``published``: events handed
     to the producer; ``delivered``/``failed``: broker acknowledgements of those
-    (``delivery_errors`` says why each failure happened); ``seconds``: wall time,
-    delivery included.
+    (``delivery_errors`` says why each failure happened, its ``ref`` is the
+    line number); ``seconds``: wall time, delivery included. ``stopped_at``:
+    the line where publishing stopped because the producer could not take
+    events any more (no broker), with ``stop_reason``; that line and the rest
+    were not sent.
     """
 
     lines: int
@@ -54,6 +58,12 @@ class PublishSummary:
     failed: int
     seconds: float
     delivery_errors: list[DeliveryFailure] = field(default_factory=list)
+    stopped_at: int | None = None
+    stop_reason: str | None = None
+
+    def failed_lines(self) -> list[int]:
+        """Line numbers of the events the broker did not acknowledge, in order."""
+        return sorted(e.ref for e in self.delivery_errors if isinstance(e.ref, int))
 
 
 def _parse_line(line_no: int, raw: bytes, now: Callable[[], datetime]) -> dict | LineError:
@@ -124,13 +134,17 @@ async def publish_jsonl(
     """Publish every well-shaped trace of ``path``, then flush and report.
 
     The summary's delivery counts come from ``producer.flush()`` at the end, so
-    they also include any undelivered events published before this call.
+    they also include any undelivered events published before this call. If
+    the producer cannot take an event (no broker past the delivery timeout),
+    reading stops there (``stopped_at``) rather than retrying line after line.
     """
     started = time.perf_counter()
     rejected: list[LineError] = []
     published = 0
     lines = 0
     next_progress = PROGRESS_EVERY
+    stopped_at: int | None = None
+    stop_reason: str | None = None
     with open(path, "rb") as fp:
         for line_no, raw in enumerate(fp, 1):
             lines = line_no
@@ -144,7 +158,11 @@ async def publish_jsonl(
                     except EncodeError as exc:  # shape passed, yet Avro refuses (e.g. int overflow)
                         rejected.append(LineError(line_no, "invalid_shape", f"line {line_no}: {exc}"))
                     else:
-                        await producer.publish_bytes(payload, item["trace_id"].encode())
+                        try:
+                            await producer.publish_bytes(payload, item["trace_id"].encode(), ref=line_no)
+                        except (KafkaError, TracestreamError) as exc:
+                            stopped_at, stop_reason = line_no, str(exc) or type(exc).__name__
+                            break
                         published += 1
             if on_progress is not None and line_no >= next_progress:
                 on_progress(line_no)
@@ -160,6 +178,8 @@ async def publish_jsonl(
         failed=report.failed,
         seconds=time.perf_counter() - started,
         delivery_errors=list(report.errors),
+        stopped_at=stopped_at,
+        stop_reason=stop_reason,
     )
 
 

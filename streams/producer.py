@@ -20,6 +20,15 @@ partition's sequence numbers, and the broker then refuses every later batch
 of that partition (``OutOfOrderSequenceNumber``). Should that happen anyway
 (config changed under us, other refusals), all those failures are reported
 and the producer restarts its Kafka client before the next publish.
+
+Bounded delivery: aiokafka's idempotent producer retries a batch forever
+while no broker answers, so the producer keeps its own deadline per batch
+(``delivery_timeout_s``, from ``kafka_delivery_timeout_s``, counted from the
+event's ``publish``). A batch not acknowledged by then gives up the whole
+client: every event it still holds is reported failed with
+``KafkaTimeoutError`` (not acknowledged: it may or may not be in the log), and
+the next publish starts a fresh client. Starting the client, reading the
+topic's metadata and handing a batch over are bounded by the same timeout.
 """
 
 from __future__ import annotations
@@ -28,17 +37,18 @@ import asyncio
 import functools
 import logging
 import struct
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from deploy.kafka_clients import KafkaClients, as_kafka
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import ConfigurationError, TracestreamError
@@ -51,14 +61,17 @@ DEFAULT_MAX_REQUEST_SIZE = 2 * 1024 * 1024
 ``traces.raw`` and is dead-lettered there (with its reason) instead of being
 refused by the client. The topic's ``max.message.bytes`` must allow it too."""
 _RECORD_OVERHEAD = 128  # batch header + record framing, generously
+_STALL_WARNING_S = 5.0
+"""How long deliveries may wait before the producer says (once) that Kafka is not answering."""
 
 
 @dataclass(frozen=True)
 class DeliveryFailure:
-    """One event the broker did not acknowledge."""
+    """One event the broker did not acknowledge; ``ref`` is the caller's (e.g. a line number)."""
 
     key: bytes | None
     error: BaseException
+    ref: object = None
 
     def __str__(self) -> str:
         key = self.key.decode(errors="replace") if self.key is not None else "(no key)"
@@ -135,20 +148,21 @@ def murmur2(data: bytes) -> int:
 
 
 class _OpenBatch:
-    """A record batch being filled for one partition, with the keys of its events."""
+    """A record batch being filled for one partition: its events' (key, ref), and its deadline."""
 
-    __slots__ = ("builder", "keys", "timer")
+    __slots__ = ("builder", "deadline", "events", "timer")
 
-    def __init__(self, builder: Any) -> None:
+    def __init__(self, builder: Any, deadline: float) -> None:
         self.builder = builder
-        self.keys: list[bytes | None] = []
+        self.deadline = deadline  # time.monotonic() by which the broker must have acknowledged it
+        self.events: list[tuple[bytes | None, object]] = []
         self.timer: asyncio.TimerHandle | None = None
 
 
 class TraceProducer:
     """Async producer of Trace events to ``settings.topics.raw``.
 
-    >>> async with TraceProducer(settings, bootstrap) as producer:
+    >>> async with TraceProducer(settings, kafka) as producer:
     ...     await producer.publish(record)
     ...     report = await producer.flush()
 
@@ -161,13 +175,14 @@ class TraceProducer:
     ~25 µs through ``send()``, which matters because encoding is ~25 µs too.
 
     At most about ``max_in_flight`` events are unacknowledged at a time;
-    ``publish`` waits for the oldest batch beyond that.
+    ``publish`` waits for the oldest batch beyond that. No event waits longer
+    than ``delivery_timeout_s`` (default: the settings') for its acknowledgement.
     """
 
     def __init__(
         self,
         settings: Settings,
-        bootstrap: str,
+        kafka: KafkaClients,
         *,
         codec: AvroCodec | None = None,
         linger_ms: int = 20,
@@ -175,6 +190,7 @@ class TraceProducer:
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         max_in_flight: int = 10_000,
         client_id: str = "tracestream-producer",
+        delivery_timeout_s: float | None = None,
     ) -> None:
         if codec is None:
             from schemas.registry import default_registry
@@ -186,9 +202,11 @@ class TraceProducer:
         self.max_in_flight = max_in_flight
         self.max_request_size = max_request_size
         self._linger_s = linger_ms / 1000
-        self._bootstrap = bootstrap
+        self.delivery_timeout_s = (
+            settings.kafka_delivery_timeout_s if delivery_timeout_s is None else delivery_timeout_s
+        )
+        self.kafka = as_kafka(kafka)
         self._client_config = dict(
-            bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
@@ -196,8 +214,10 @@ class TraceProducer:
             max_batch_size=max_batch_size,
             max_request_size=max_request_size,
             compression_type=None,
+            # Every wait inside the client (metadata, a full partition queue) ends by the delivery timeout.
+            request_timeout_ms=int(min(40.0, self.delivery_timeout_s) * 1000),
         )
-        self._producer = AIOKafkaProducer(**self._client_config)
+        self._producer = self.kafka.producer(**self._client_config)
         self._poisoned = False
         self._partitions: list[int] | None = None
         self._message_limit = max_request_size
@@ -206,8 +226,10 @@ class TraceProducer:
         self._ready: dict[int, deque[_OpenBatch]] = defaultdict(deque)
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._linger_tasks: set[asyncio.Task] = set()
-        # Batches handed to the client: (delivery future, keys of its events).
-        self._pending: deque[tuple[asyncio.Future, list[bytes | None]]] = deque()
+        # Batches handed to the client: (delivery future, (key, ref) of its events, deadline).
+        self._pending: deque[tuple[asyncio.Future, list[tuple[bytes | None, object]], float]] = deque()
+        self._stall_warned = False
+        self._gave_up: KafkaTimeoutError | None = None  # why the current client was given up
         self._unsettled = 0
         self._delivered = 0
         self._failed: list[DeliveryFailure] = []
@@ -216,19 +238,65 @@ class TraceProducer:
     # --- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._producer.start()
+        """Connect; raises ``KafkaError`` if no broker answers within the delivery timeout."""
+        await self._start_client()
         self._started = True
 
     async def stop(self) -> DeliveryReport:
-        """Wait for pending deliveries, close the client; the unreported deliveries' report."""
+        """Wait for pending deliveries (at most the delivery timeout), close the client; the unreported deliveries' report."""
         if not self._started:
             return DeliveryReport(0, 0)
         try:
             report = await self.flush()
         finally:
-            await self._producer.stop()
+            await self._close_client()
             self._started = False
         return report
+
+    async def _start_client(self) -> None:
+        """Start the current client, bounded: with no broker, fail instead of waiting."""
+        try:
+            async with asyncio.timeout(self.delivery_timeout_s):
+                await self.kafka.start(self._producer)  # a refused password is named, not retried
+        except BaseException as exc:
+            await self._close_client()
+            if isinstance(exc, TimeoutError):
+                raise KafkaTimeoutError(
+                    f"no Kafka broker at {self.kafka.bootstrap} answered within {self.delivery_timeout_s:g} s"
+                ) from exc
+            raise
+
+    async def _close_client(self, error: BaseException | None = None) -> None:
+        """Stop the current client without waiting for batches nobody will acknowledge.
+
+        With idempotence aiokafka never expires a batch and its ``stop()`` waits
+        for all of them, so whatever the client still holds is failed first
+        with ``error`` (normally nothing: ``flush`` settled it all).
+        """
+        producer = self._producer
+        error = error or KafkaTimeoutError("the producer closed before the broker acknowledged")
+        try:
+            async with asyncio.timeout(max(5.0, self.delivery_timeout_s)):
+                await _fail_held_batches(producer, error)
+                await producer.stop()
+        except TimeoutError:
+            log.warning("the Kafka client of %s did not close in time; leaving it", self.topic)
+
+    async def _give_up_client(self) -> None:
+        """A batch passed its deadline: report every event the client still holds, and drop it.
+
+        Its partitions' sequence numbers can no longer be trusted, so the next
+        publish starts a fresh client (``_poisoned``).
+        """
+        log.error(
+            "Kafka at %s did not acknowledge within the delivery timeout (%g s); "
+            "giving up on every event not acknowledged yet", self.kafka.bootstrap, self.delivery_timeout_s,
+        )
+        error = KafkaTimeoutError(f"not acknowledged within the delivery timeout ({self.delivery_timeout_s:g} s)")
+        self._poisoned = True
+        self._gave_up = error
+        await self._close_client(error)  # also lets the delivery futures see their outcome
+        self._settle_done(abandon=error)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -261,15 +329,20 @@ class TraceProducer:
         payload = self.codec.encode(record, TRACE, schema_version)
         await self.publish_bytes(payload, record["trace_id"].encode())
 
-    async def publish_bytes(self, payload: bytes, key: bytes | None) -> None:
+    async def publish_bytes(self, payload: bytes, key: bytes | None, *, ref: object = None) -> None:
         """Enqueue raw message bytes as they are (dead-letter tests, replays, other encoders).
+
+        ``ref`` comes back in this event's ``DeliveryFailure`` if it fails
+        (``tracestream publish`` passes the line number).
 
         An event bigger than the topic accepts (the smaller of
         ``max_request_size`` and the topic's ``max.message.bytes``, read on
         first use) is counted as a failed delivery (``MessageSizeTooLargeError``)
         and never sent. If the client cannot take a
         batch (broker unreachable past its request timeout, producer closed),
-        the batch's events are counted as failed and the error is raised.
+        the batch's events are counted as failed and the error is raised; so
+        is the error when a fresh client cannot start (no broker). When this
+        raises, this event was not enqueued (nor counted).
         """
         if self._poisoned:
             await self._restart_client()
@@ -286,34 +359,38 @@ class TraceProducer:
                     f"the event is {size:,} bytes as a record batch; {self.topic} takes at "
                     f"most {self._message_limit:,} (the smaller of the producer's "
                     f"max_request_size and the topic's max.message.bytes)"
-                )))
+                ), ref))
                 return
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open_batch(partition)
-        self._unsettled += 1
-        if batch.builder.append(timestamp=None, key=key, value=payload) is not None:
-            batch.keys.append(key)
-        else:  # full: hand it over and start the next one with this event
+        if batch.builder.append(timestamp=None, key=key, value=payload) is None:
+            # Full: hand it over, then start the next one with this event. If the
+            # client refused a batch, raise before this event is enqueued, so a
+            # caller that stops here knows exactly which events were taken.
             self._detach(partition)
-            batch = self._open_batch(partition)
-            batch.builder.append(timestamp=None, key=key, value=payload)
-            batch.keys.append(key)
             error = await self._drain(partition)
             if error is not None:
                 raise error
+            batch = self._open.get(partition) or self._open_batch(partition)
+            batch.builder.append(timestamp=None, key=key, value=payload)
+        batch.events.append((key, ref))
+        self._unsettled += 1
         if self._unsettled > self.max_in_flight and self._pending:
-            oldest = self._pending[0][0]
-            if not oldest.done():
-                await asyncio.wait((oldest,))
-            self._settle_done()
+            await self._wait_for([self._pending[0][0]])
 
     async def _load_topic(self) -> list[int]:
-        """The topic's partitions, and the largest event it accepts."""
-        partitions = sorted(await self._producer.partitions_for(self.topic))
-        if not partitions:
-            raise ConfigurationError(f"topic {self.topic} has no partitions")
-        topic_limit = await _topic_max_message_bytes(self._bootstrap, self.topic)
+        """The topic's partitions, and the largest event it accepts (within the delivery timeout)."""
+        try:
+            async with asyncio.timeout(self.delivery_timeout_s):
+                partitions = sorted(await self._producer.partitions_for(self.topic))
+                if not partitions:
+                    raise ConfigurationError(f"topic {self.topic} has no partitions")
+                topic_limit = await _topic_max_message_bytes(self.kafka, self.topic)
+        except TimeoutError as exc:
+            raise KafkaTimeoutError(
+                f"Kafka at {self.kafka.bootstrap} did not describe {self.topic} within {self.delivery_timeout_s:g} s"
+            ) from exc
         if topic_limit is not None:
             self._message_limit = min(self.max_request_size, topic_limit)
         self._partitions = partitions
@@ -327,18 +404,20 @@ class TraceProducer:
         partition (OutOfOrderSequenceNumber) for as long as the producer id
         lives. Everything in flight is settled (and reported) first.
         """
-        log.warning(
-            "a batch to %s failed for good; restarting the Kafka client so later events "
-            "get a fresh producer id", self.topic,
-        )
+        if self._gave_up is None:
+            log.warning(
+                "a batch to %s failed for good; restarting the Kafka client so later events "
+                "get a fresh producer id", self.topic,
+            )
         await self._deliver_all()
-        await self._producer.stop()
-        self._producer = AIOKafkaProducer(**self._client_config)
-        await self._producer.start()
+        await self._close_client()
+        self._producer = self.kafka.producer(**self._client_config)
+        await self._start_client()
         self._poisoned = False
+        self._gave_up = None
 
     def _open_batch(self, partition: int) -> _OpenBatch:
-        batch = _OpenBatch(self._producer.create_batch())
+        batch = _OpenBatch(self._producer.create_batch(), time.monotonic() + self.delivery_timeout_s)
         batch.timer = asyncio.get_running_loop().call_later(
             self._linger_s, self._linger_expired, partition, batch
         )
@@ -364,8 +443,10 @@ class TraceProducer:
     async def _drain(self, partition: int) -> BaseException | None:
         """Hand the ready batches of ``partition`` to the client, oldest first.
 
-        A batch the client refuses counts as failed for all its events; the
-        last such error is returned.
+        A batch the client refuses, or cannot take before the batch's
+        deadline, counts as failed for all its events; the last such error is
+        returned. After the producer gave up on its client, every ready batch
+        fails with that reason at once.
         """
         error = None
         async with self._locks[partition]:
@@ -373,39 +454,84 @@ class TraceProducer:
             while ready:
                 batch = ready[0]
                 try:
-                    future = await self._producer.send_batch(
-                        batch.builder, self.topic, partition=partition
-                    )
+                    if self._gave_up is not None:
+                        raise self._gave_up
+                    remaining = batch.deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise KafkaTimeoutError(
+                            f"not handed to Kafka within the delivery timeout ({self.delivery_timeout_s:g} s)"
+                        )
+                    try:
+                        async with asyncio.timeout(remaining):
+                            future = await self._producer.send_batch(
+                                batch.builder, self.topic, partition=partition
+                            )
+                    except TimeoutError as exc:
+                        raise KafkaTimeoutError(
+                            f"not handed to Kafka within the delivery timeout ({self.delivery_timeout_s:g} s)"
+                        ) from exc
                 except KafkaError as exc:
                     ready.popleft()
-                    self._fail(batch.keys, exc)
+                    self._fail(batch.events, exc)
                     error = exc
                     continue
                 ready.popleft()
-                self._pending.append((future, batch.keys))
+                self._pending.append((future, batch.events, batch.deadline))
         self._settle_done()
         return error
 
-    def _fail(self, keys: list[bytes | None], error: BaseException) -> None:
-        self._unsettled -= len(keys)
-        self._failed.extend(DeliveryFailure(key, error) for key in keys)
+    def _fail(self, events: list[tuple[bytes | None, object]], error: BaseException) -> None:
+        self._unsettled -= len(events)
+        self._failed.extend(DeliveryFailure(key, error, ref) for key, ref in events)
 
-    def _settle_done(self) -> None:
-        """Count the delivered/failed batches at the head of the queue."""
+    def _settle_done(self, abandon: BaseException | None = None) -> None:
+        """Count the delivered/failed batches at the head of the queue (all of them with ``abandon``).
+
+        Only a delivery future that succeeded counts as delivered; one still
+        open when the client is abandoned is failed with ``abandon``.
+        """
         pending = self._pending
-        while pending and pending[0][0].done():
-            future, keys = pending.popleft()
+        while pending and (abandon is not None or pending[0][0].done()):
+            future, events, _ = pending.popleft()
+            if not future.done():
+                future.cancel()  # our shield of aiokafka's batch future; the batch was failed already
+                self._fail(events, abandon)
+                continue
             if future.cancelled():
-                self._fail(keys, asyncio.CancelledError("delivery cancelled"))
+                self._fail(events, asyncio.CancelledError("delivery cancelled"))
                 continue
             error = future.exception()
             if error is None:
-                self._unsettled -= len(keys)
-                self._delivered += len(keys)
+                self._unsettled -= len(events)
+                self._delivered += len(events)
+                self._stall_warned = False
             else:
-                self._fail(keys, error)
+                self._fail(events, error)
                 if not getattr(error, "retriable", False):
                     self._poisoned = True
+
+    async def _wait_for(self, futures: list[asyncio.Future]) -> None:
+        """Wait until ``futures`` (pending deliveries) are done, never past a pending batch's deadline.
+
+        The first missed deadline gives up the client (``_give_up_client``),
+        which settles everything it held. Says once when Kafka stops answering.
+        """
+        started = time.monotonic()
+        while waiting := [f for f in futures if not f.done()]:
+            now = time.monotonic()
+            deadline = min((d for f, _, d in self._pending if not f.done()), default=now)
+            if deadline <= now:
+                await self._give_up_client()
+                return
+            if not self._stall_warned and now - started >= _STALL_WARNING_S:
+                self._stall_warned = True
+                log.warning(
+                    "Kafka at %s has not acknowledged %d events for %.0f s; retrying until the "
+                    "delivery timeout (%g s)", self.kafka.bootstrap, self._unsettled, now - started,
+                    self.delivery_timeout_s,
+                )
+            await asyncio.wait(waiting, timeout=min(deadline - now, _STALL_WARNING_S))
+        self._settle_done()
 
     @property
     def in_flight(self) -> int:
@@ -413,7 +539,7 @@ class TraceProducer:
         return self._unsettled
 
     async def flush(self) -> DeliveryReport:
-        """Send everything buffered, wait for every delivery; report and reset the counts."""
+        """Send everything buffered, wait for every delivery (at most the delivery timeout); report and reset the counts."""
         await self._deliver_all()
         report = DeliveryReport(self._delivered, len(self._failed), tuple(self._failed))
         self._delivered = 0
@@ -428,16 +554,34 @@ class TraceProducer:
         if self._linger_tasks:
             await asyncio.gather(*self._linger_tasks, return_exceptions=True)
         if self._pending:
-            await self._producer.flush()
-            waiting = [f for f, _ in self._pending if not f.done()]
-            if waiting:
-                await asyncio.wait(waiting)
-            self._settle_done()
+            await self._wait_for([f for f, _, _ in self._pending])
 
 
-async def _topic_max_message_bytes(bootstrap: str, topic: str) -> int | None:
+async def _fail_held_batches(producer: AIOKafkaProducer, error: BaseException) -> None:
+    """Stop the sender and fail every batch the producer still holds, so that its ``stop()`` returns.
+
+    Reaches into aiokafka 0.14 (the version is pinned): there is no public way
+    to drop batches, and with idempotence it never expires them. The sender
+    goes first: its requests in flight end, and their batches come back to the
+    queue (or are settled), so nothing is failed under a request.
+    """
+    if producer._sender is not None:
+        await producer._sender.close()
+    accumulator = producer._message_accumulator
+    held = [batch for queue in accumulator._batches.values() for batch in queue]
+    accumulator._batches.clear()  # never sent now
+    # A retried batch's done-callback removes it from _pending_batches; let it find it there.
+    accumulator._pending_batches.update(held)
+    for batch in list(accumulator._pending_batches):
+        batch.failure(exception=error)
+        waiter = batch._drain_waiter
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()  # seen: no "exception was never retrieved" noise
+
+
+async def _topic_max_message_bytes(kafka: KafkaClients, topic: str) -> int | None:
     """The topic's ``max.message.bytes``, or None if the cluster will not say."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka.admin()
     try:
         await admin.start()
         [response] = await admin.describe_configs(

@@ -1,0 +1,147 @@
+"""Publishing while the broker dies: a bounded, loud failure, or exactly once after a restart.
+
+Each test starts its own broker (it kills it with SIGKILL) and runs
+`tracestream publish` as a user would, with the summary on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.kafka import LocalKafkaBroker
+from deploy.kafka_clients import KafkaClients
+from deploy.settings import Settings
+from streams.coordinates import source_offset
+from streams.generator import generate_events, write_jsonl
+from streams.topics import ensure_pipeline_topics
+from tests.integration.support import REPO, start_worker, stats_via_cli, wait_for
+
+pytestmark = pytest.mark.integration
+
+DELIVERY_TIMEOUT_S = 10
+PARTITIONS = 3
+
+
+def _settings(tmp_path: Path, bootstrap: str, **changes) -> Settings:
+    run = uuid.uuid4().hex[:10]
+    return Settings(
+        home=tmp_path / "home",
+        kafka_bootstrap=bootstrap,
+        topic_prefix=f"t{run}.",
+        app_id=f"test-{run}",
+        clickhouse_database=f"test_{run}",
+        partitions=PARTITIONS,
+        materialize_batch_seconds=0.1,
+        **changes,
+    )
+
+
+def _start_publish(settings: Settings, path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "publish", str(path)],
+        env=settings.child_environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _summary(stdout: str, stderr: str) -> dict[str, int]:
+    """The counts of publish's summary line: published, acknowledged, not acknowledged."""
+    found = re.search(r"(\d+) published, (\d+) acknowledged, (\d+) not acknowledged", stdout)
+    assert found, stdout + stderr
+    published, acknowledged, not_acknowledged = map(int, found.groups())
+    return {"published": published, "acknowledged": acknowledged, "not_acknowledged": not_acknowledged}
+
+
+async def _read_topic(bootstrap: str, topic: str) -> list:
+    """Every committed record of ``topic``, up to its end offsets."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+        fetch_max_bytes=8 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list = []
+        async with asyncio.timeout(60):
+            while any(await consumer.position(tp) < ends[tp] for tp in tps):
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _kill(broker: LocalKafkaBroker) -> None:
+    """SIGKILL the broker's JVM, as a crash would, and wait until it is gone."""
+    assert broker.pid is not None
+    os.killpg(broker.pid, signal.SIGKILL)
+    wait_for(lambda: not broker.is_running(), timeout_s=30, what="the broker to die")
+
+
+def _write_file(path: Path, count: int, seed: int):
+    with path.open("w", encoding="utf-8") as fp:
+        return write_jsonl(generate_events(count, seed=seed, broken_share=0.05, kind="arith"), fp)
+
+
+@pytest.mark.timeout(150)
+def test_publish_gives_up_within_the_delivery_timeout_when_the_broker_is_gone(tmp_path: Path):
+    broker = LocalKafkaBroker(Settings(home=tmp_path, kafka_bootstrap=None, kafka_heap_mb=512), data_dir=tmp_path / "kafka")
+    bootstrap = broker.start()
+    try:
+        settings = _settings(tmp_path, bootstrap, kafka_delivery_timeout_s=DELIVERY_TIMEOUT_S)
+        path = tmp_path / "traces.jsonl"
+        written = _write_file(path, 30_000, seed=21)
+        asyncio.run(ensure_pipeline_topics(settings, KafkaClients.from_settings(settings, bootstrap)))
+        raw = settings.topics.raw
+
+        publisher = _start_publish(settings, path)
+        wait_for(lambda: publisher.poll() is not None or asyncio.run(_count(bootstrap, raw)) > 0,
+                 timeout_s=60, every_s=0.05, what="the first events in traces.raw")
+        assert publisher.poll() is None, "the publisher finished before the broker could be killed"
+        _kill(broker)
+        killed = time.monotonic()
+        stdout, stderr = publisher.communicate(timeout=DELIVERY_TIMEOUT_S + 45)
+        took = time.monotonic() - killed
+
+        assert publisher.returncode == 1, stdout + stderr
+        assert took < DELIVERY_TIMEOUT_S + 20, f"gave up {took:.0f} s after the broker died"
+        counts = _summary(stdout, stderr)
+        assert counts["not_acknowledged"] > 0 or "publishing stopped at line" in stderr, stdout + stderr
+        if counts["not_acknowledged"]:
+            assert f"{counts['not_acknowledged']} events were not acknowledged" in stderr
+            assert re.search(r"lines \d+", stderr), stderr
+        assert counts["acknowledged"] + counts["not_acknowledged"] == counts["published"]
+        assert counts["published"] <= written.lines - sum(written.publish_rejects.values())
+        assert stderr.count("Unable connect") <= 1, stderr  # one message, not a flood of retries
+
+        broker.start()  # the same data: what was acknowledged must be there
+        held = asyncio.run(_count(broker.bootstrap, raw))
+        assert counts["acknowledged"] <= held <= counts["published"]
+    finally:
+        broker.stop()
+
+
+async def _count(bootstrap: str, topic: str) -> int:
+    """Records in ``topic`` (the sum of its high watermarks)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
