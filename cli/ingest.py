@@ -19,7 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import QuietRetries, console, load_settings, out, require_kafka
 from schemas.errors import TracestreamError
 from streams.generator import TRACE_KINDS, generate_events, write_jsonl
 from streams.jsonl import publish_jsonl
@@ -28,23 +28,6 @@ from streams.topics import ensure_pipeline_topics
 
 SHOWN_LINES = 10
 """How many line numbers of unacknowledged events the summary names."""
-
-
-class _OnceEach(logging.Filter):
-    """Show each kind of aiokafka message once: it repeats its connection errors on every retry."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[tuple[str, object]] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("aiokafka"):
-            return True
-        key = (record.name, record.msg)
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        return True
 
 
 def _why(exc: BaseException) -> str:
@@ -56,7 +39,7 @@ def _why(exc: BaseException) -> str:
 def _quiet_logging() -> None:
     """Warnings above the progress bar, and no flood of retries while the broker is down."""
     handler = RichHandler(console=console, show_path=False, show_time=False)
-    handler.addFilter(_OnceEach())
+    handler.addFilter(QuietRetries())
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", handlers=[handler], force=True)
 
 
