@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from deploy.kafka import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.coordinates import source_offset
 from streams.generator import generate_events, write_jsonl
+from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import REPO, start_worker, stats_via_worker, wait_for
@@ -196,4 +198,41 @@ def test_broker_killed_and_restarted_mid_stream_every_acknowledged_event_arrives
         if worker is not None and worker.poll() is None:
             worker.terminate()
             worker.wait(timeout=30)
+        broker.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_the_sdk_reports_each_unacknowledged_event_and_recovers_when_the_broker_returns(tmp_path: Path):
+    broker = LocalKafkaBroker(Settings(home=tmp_path, kafka_bootstrap=None, kafka_heap_mb=512), data_dir=tmp_path / "kafka")
+    bootstrap = broker.start()
+    try:
+        settings = _settings(tmp_path, bootstrap)
+        kafka = KafkaClients.from_settings(settings, bootstrap)
+        await ensure_pipeline_topics(settings, kafka)
+        events = [e for e in generate_events(400, seed=23, broken_share=0.0)]
+        async with TraceProducer(settings, kafka, delivery_timeout_s=5) as producer:
+            for event in events[:200]:
+                await producer.publish(event.record, schema_version=event.schema_version)
+            assert (await producer.flush()).delivered == 200
+
+            _kill(broker)
+            for i, event in enumerate(events[200:300]):
+                await producer.publish_bytes(producer.encode(event.record), event.trace_id.encode(), ref=i)
+            started = time.monotonic()
+            lost = await producer.flush()
+            assert time.monotonic() - started < 5 + 10
+            assert (lost.delivered, lost.failed) == (0, 100)
+            assert sorted(f.ref for f in lost.errors) == list(range(100))
+            assert all(isinstance(f.error, KafkaTimeoutError) for f in lost.errors)
+
+            assert broker.start() == bootstrap
+            for event in events[300:]:  # a fresh client: the producer goes on once the broker is back
+                await producer.publish(event.record, schema_version=event.schema_version)
+            assert (await producer.flush()).delivered == 100
+        held = await _read_topic(bootstrap, settings.topics.raw)
+        keys = Counter(r.key for r in held)
+        assert set(keys) >= {e.trace_id.encode() for e in events[:200] + events[300:]}
+        assert max(keys.values()) == 1
+    finally:
         broker.stop()
