@@ -453,9 +453,12 @@ class TraceProducer:
             ready = self._ready[partition]
             while ready:
                 batch = ready[0]
+                if self._gave_up is not None:
+                    ready.popleft()
+                    self._fail(batch.events, self._gave_up)
+                    error = self._gave_up
+                    continue
                 try:
-                    if self._gave_up is not None:
-                        raise self._gave_up
                     remaining = batch.deadline - time.monotonic()
                     if remaining <= 0:
                         raise KafkaTimeoutError(
