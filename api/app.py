@@ -24,7 +24,9 @@ from api.publisher import Publisher
 from api.reader import WarehouseReader
 from api.routers import datasets, dlq, evaluations, health, runs, stats, traces
 from api.routers import ingest as ingest_routes
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from schemas.errors import TracestreamError
 from warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def create_app(
     *,
     warehouse: Warehouse | None = None,
     warehouse_factory: Callable[[], Warehouse] | None = None,
-    bootstrap: str | None = None,
+    kafka: KafkaClients | None = None,
     ingest: bool = True,
 ) -> FastAPI:
     """The API for ``settings``.
@@ -54,7 +56,7 @@ def create_app(
         warehouse: an open warehouse to share (``tracestream serve`` passes the
             processors'); otherwise ``warehouse_factory`` (default:
             ``Warehouse.connect(settings)``) opens one on first use.
-        bootstrap: Kafka bootstrap servers; defaults to ``settings.kafka_bootstrap``.
+        kafka: the Kafka cluster; defaults to ``settings.kafka_bootstrap`` with the settings' security.
         ingest: start the ingest door's producer (needs Kafka at start-up).
     """
     if warehouse is not None:
@@ -64,25 +66,28 @@ def create_app(
     state = ApiState(
         settings=settings,
         reader=WarehouseReader(factory, cache_entries=settings.api_cache_entries),
-        bootstrap=bootstrap or settings.kafka_bootstrap,
+        kafka=kafka or (KafkaClients.from_settings(settings, settings.kafka_bootstrap)
+                        if settings.kafka_bootstrap else None),
         metrics=ApiMetrics(),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if ingest and state.bootstrap:
-            publisher = Publisher(settings, state.bootstrap)
+        if ingest and state.kafka is not None:
+            publisher = Publisher(settings, state.kafka)
             try:
                 await publisher.start()
                 state.publisher = publisher
-            except (KafkaError, OSError) as exc:  # reads still work; the door answers 503 saying why
-                log.error("ingest door disabled: cannot start a Kafka producer on %s: %s", state.bootstrap, exc)
+            except (KafkaError, OSError, TracestreamError) as exc:  # reads still work; the door answers 503 saying why
+                log.error("ingest door disabled: cannot start a Kafka producer on %s: %s", state.kafka.bootstrap, exc)
         try:
             yield
         finally:
             if state.publisher is not None:
                 await state.publisher.stop()
                 state.publisher = None
+            if state.offsets is not None:
+                await state.offsets.close()
             state.reader.close()
 
     app = FastAPI(title="tracestream", version="1", description=DESCRIPTION, lifespan=lifespan)

@@ -14,6 +14,8 @@ from api.metrics import ApiMetrics
 from api.publisher import Publisher
 from api.readahead import ReadAhead
 from api.reader import WarehouseReader
+from consumers.lag import ClusterOffsets
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 
 
@@ -23,11 +25,13 @@ class ApiState:
 
     settings: Settings
     reader: WarehouseReader
-    bootstrap: str | None
+    kafka: KafkaClients | None
     metrics: ApiMetrics
     publisher: Publisher | None = None
 
     def __post_init__(self) -> None:
+        # Health checks and lag reuse one admin client and consumer instead of connecting per request.
+        self.offsets = ClusterOffsets(self.kafka) if self.kafka is not None else None
         # ``settings.topics`` builds a settings object (it reads the environment): once, not per request.
         self.topics = self.settings.topics
         self.pages = ReadAhead(self.reader, runs=512 if self.settings.api_cache_entries else 0)
@@ -54,14 +58,14 @@ async def get_reader(request: Request) -> WarehouseReader:
 ReaderDep = Annotated[WarehouseReader, Depends(get_reader)]
 
 
-async def get_bootstrap(request: Request) -> str:
-    bootstrap = request.app.state.api.bootstrap
-    if not bootstrap:
+async def get_kafka(request: Request) -> KafkaClients:
+    kafka = request.app.state.api.kafka
+    if kafka is None:
         raise Unavailable("no Kafka bootstrap is configured; set TRACESTREAM_KAFKA_BOOTSTRAP or start the local stack")
-    return bootstrap
+    return kafka
 
 
-BootstrapDep = Annotated[str, Depends(get_bootstrap)]
+KafkaDep = Annotated[KafkaClients, Depends(get_kafka)]
 
 
 async def get_publisher(request: Request) -> Publisher:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.producer import DeliveryReport, TraceProducer
 
@@ -17,8 +18,8 @@ from streams.producer import DeliveryReport, TraceProducer
 class Publisher:
     """Publishes encoded traces to ``traces.raw`` and waits for the broker's acknowledgement."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self.producer = TraceProducer(settings, bootstrap, client_id=f"{settings.app_id}-api", linger_ms=2,
+    def __init__(self, settings: Settings, kafka: KafkaClients) -> None:
+        self.producer = TraceProducer(settings, kafka, client_id=f"{settings.app_id}-api", linger_ms=2,
                                       max_in_flight=20_000)
         self._lock = asyncio.Lock()
         self.accepted = 0

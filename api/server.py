@@ -19,15 +19,16 @@ import uvicorn
 from mode import Service
 
 from api.app import create_app
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 
-def uvicorn_config(settings: Settings, bootstrap: str | None, *, loop: str = "auto") -> uvicorn.Config:
+def uvicorn_config(settings: Settings, kafka: KafkaClients | None, *, loop: str = "auto") -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings, bootstrap=bootstrap), host=settings.api_host, port=settings.api_port,
+        create_app(settings, kafka=kafka), host=settings.api_host, port=settings.api_port,
         loop=loop, access_log=False, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
     )
 
@@ -43,9 +44,9 @@ class _GuestServer(uvicorn.Server):
 class ApiService(Service):
     """The API as a service of a faust worker: started after the processors, stopped before them."""
 
-    def __init__(self, settings: Settings, bootstrap: str, **kwargs) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaClients, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.server = _GuestServer(uvicorn_config(settings, bootstrap, loop="none"))
+        self.server = _GuestServer(uvicorn_config(settings, kafka, loop="none"))
         self.address = f"http://{settings.api_host}:{settings.api_port}"
         self._task: asyncio.Task | None = None
 
@@ -67,12 +68,12 @@ class ApiService(Service):
                 await self._task
 
 
-def run_api_only(settings: Settings, bootstrap: str | None) -> None:
+def run_api_only(settings: Settings, kafka: KafkaClients | None) -> None:
     """Serve the API alone until SIGINT/SIGTERM (a ClickHouse server, or a warehouse no worker owns).
 
     A signal stops it gracefully (requests in flight finish) and the process exits 0, as the worker does.
     """
-    config = uvicorn_config(settings, bootstrap)
+    config = uvicorn_config(settings, kafka)
     server = _GuestServer(config)
 
     async def main() -> None:

@@ -328,7 +328,7 @@ def main() -> None:
         args.workdir = str(workdir)
         from streams.topics import ensure_pipeline_topics
 
-        asyncio.run(ensure_pipeline_topics(settings, target.bootstrap))
+        asyncio.run(ensure_pipeline_topics(settings, target.kafka))
         print(f"kafka: {target.description}")
         ids, fill_s = fill(settings, args.traces, seed=2026)
         print(f"filled the embedded warehouse with {len(ids):,} traces in {fill_s:.1f} s "

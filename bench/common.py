@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.kafka_clients import KafkaClients, as_kafka
 from deploy.settings import Settings
 
 SHARED_MACHINE_NOTE = (
@@ -89,17 +90,21 @@ def temp_workdir() -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class KafkaTarget:
-    bootstrap: str
+    kafka: KafkaClients
     description: str
     broker_pid: int | None
     """The local broker JVM (to account for its CPU), None for an existing cluster."""
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap
 
 
 @contextlib.contextmanager
 def kafka(settings: Settings, workdir: Path) -> Iterator[KafkaTarget]:
     """The configured cluster, else a local broker on a temp data dir (stopped afterwards)."""
     if settings.kafka_bootstrap:
-        yield KafkaTarget(settings.kafka_bootstrap,
+        yield KafkaTarget(KafkaClients.from_settings(settings, settings.kafka_bootstrap),
                           f"existing cluster at {settings.kafka_bootstrap} (TRACESTREAM_KAFKA_BOOTSTRAP)", None)
         return
     from deploy.kafka import LocalKafkaBroker
@@ -109,7 +114,7 @@ def kafka(settings: Settings, workdir: Path) -> Iterator[KafkaTarget]:
     bootstrap = broker.start(timeout_s=120)
     took = time.perf_counter() - started
     try:
-        yield KafkaTarget(bootstrap, (f"local broker, Apache Kafka {settings.kafka_version} (KRaft, 1 node, "
+        yield KafkaTarget(broker.clients(), (f"local broker, Apache Kafka {settings.kafka_version} (KRaft, 1 node, "
                                       f"heap {settings.kafka_heap_mb} MiB) on {bootstrap}, started in {took:.1f} s"),
                           broker.pid)
     finally:
@@ -251,20 +256,21 @@ def encode_events(count: int, seed: int) -> EncodedEvents:
 
 
 @asynccontextmanager
-async def running_processors(settings: Settings, bootstrap: str) -> AsyncIterator[Any]:
+async def running_processors(settings: Settings, kafka: KafkaClients) -> AsyncIterator[Any]:
     """Build the processors in this process; yield them unstarted (``streams.app.Processors``).
 
     The caller starts ``processors.app`` (so it can time the start); it is stopped on exit.
     """
     from streams.app import build_app
 
-    processors = build_app(settings, bootstrap)
+    processors = build_app(settings, as_kafka(kafka))
     try:
         yield processors
     finally:
         with contextlib.suppress(Exception):
             await processors.app.stop()
-        processors.writer.close()
+        if processors.writer is not None:
+            processors.writer.close()
 
 
 async def open_warehouse(writer: Any) -> float:
@@ -284,14 +290,11 @@ async def drop_run_topics(settings: Settings, target: KafkaTarget) -> None:
 
     A local broker's data folder is removed with the temp folder instead.
     """
-    bootstrap = target.bootstrap
     if target.broker_pid is not None or not settings.topic_prefix:
         return
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = target.kafka.admin()
     try:
-        await admin.start()
+        await target.kafka.start(admin)
         ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
         if ours:
             await admin.delete_topics(ours)

@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.common import (
     SHARED_MACHINE_NOTE,
@@ -45,6 +45,7 @@ from bench.common import (
 from bench.ingest import publish
 from consumers.export import dataset_records, export_dataset
 from consumers.ranges import read_ranges, read_ranges_raw
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.exports import FORMATS
@@ -54,12 +55,12 @@ from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 
 
-async def bare_consume(bootstrap: str, ranges) -> tuple[int, int, float]:
+async def bare_consume(kafka: KafkaClients, ranges) -> tuple[int, int, float]:
     """(records, bytes, seconds) of reading the ranges with no decoding at all."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = kafka.consumer(enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=4 * 1024 * 1024,
                                 fetch_max_bytes=16 * 1024 * 1024)
-    await consumer.start()
+    await kafka.start(consumer)
     try:
         started = time.perf_counter()
         records = size = 0
@@ -101,31 +102,31 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
             print(f"\ngenerating and publishing {count:,} traces ...", flush=True)
             events = encode_events(count, seed)
             figures["mean_event_bytes"] = round(events.mean_bytes)
-            await ensure_pipeline_topics(settings, target.bootstrap)
-            await publish(settings, target.bootstrap, events.items, timeout_s, target.broker_pid)
-            async with running_processors(settings, target.bootstrap) as processors:
+            await ensure_pipeline_topics(settings, target.kafka)
+            await publish(settings, target.kafka, events.items, timeout_s, target.broker_pid)
+            async with running_processors(settings, target.kafka) as processors:
                 await processors.app.start()
                 print("materializing ...", flush=True)
-                await asyncio.wait_for(wait_until_caught_up(settings, target.bootstrap), timeout_s)
+                await asyncio.wait_for(wait_until_caught_up(settings, target.kafka), timeout_s)
                 _, manifest, took = await timed("snapshot", create_dataset(
-                    settings, target.bootstrap, DatasetRequest("bench"), codec, wait_timeout_s=timeout_s))
+                    settings, target.kafka, DatasetRequest("bench"), codec, wait_timeout_s=timeout_s))
                 figures["snapshot_s"] = round(took, 2)
                 figures["records"] = manifest.record_count
                 print(f"snapshot of {manifest.record_count:,} records (hashed by replay) in {took:.1f} s", flush=True)
 
-                n, size, took = await bare_consume(target.bootstrap, manifest.ranges)
+                n, size, took = await bare_consume(target.kafka, manifest.ranges)
                 figures["bare_consume_per_s"] = round(n / took)
                 figures["bare_consume_mb_per_s"] = round(size / took / 1e6, 1)
                 runs = [
-                    await timed("replay_kafka_raw", count_async(read_ranges_raw(target.bootstrap, manifest.ranges))),
-                    await timed("replay_kafka", count_async(read_ranges(target.bootstrap, manifest.ranges, codec=codec))),
+                    await timed("replay_kafka_raw", count_async(read_ranges_raw(target.kafka, manifest.ranges))),
+                    await timed("replay_kafka", count_async(read_ranges(target.kafka, manifest.ranges, codec=codec))),
                     await timed("replay_warehouse", count_async(dataset_records(
                         manifest, source="warehouse", warehouse=processors.writer.run))),
                 ]
                 with open(os.devnull, "wb") as sink:
                     for fmt in FORMATS:
                         runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
-                            manifest, fmt, "all", sink, source="kafka", bootstrap=target.bootstrap, codec=codec)))
+                            manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
                     runs.append(await timed("export_trace_warehouse", export_dataset(
                         manifest, "trace", "all", sink, source="warehouse", warehouse=processors.writer.run)))
                 for label, result, took in runs:

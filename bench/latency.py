@@ -23,7 +23,7 @@ import asyncio
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.common import (
     SHARED_MACHINE_NOTE,
@@ -47,6 +47,7 @@ from bench.common import (
     temp_workdir,
     warehouse_kind,
 )
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
@@ -139,15 +140,15 @@ async def warm_up(settings: Settings, producer: TraceProducer, writer: Any, seed
     return took
 
 
-async def record_timestamps(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0) -> dict[str, float]:
+async def record_timestamps(kafka: KafkaClients, topic: str, partitions: int, timeout_s: float = 60.0) -> dict[str, float]:
     """key → record timestamp (s) of every record on ``topic``: when validate produced each trace.
 
     The record timestamp is the producer's create time, taken from the same
     wall clock as the send times.
     """
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
+    consumer = kafka.consumer(enable_auto_commit=False, group_id=None)
+    await kafka.start(consumer)
     stamps: dict[str, float] = {}
     try:
         consumer.assign(tps)
@@ -187,7 +188,7 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
     load_start = load_average()
     count = max(1, int(rate * seconds))
     with temp_workdir() as workdir, kafka(base, workdir) as target:
-        bootstrap, kafka_description = target.bootstrap, target.description
+        clients, bootstrap, kafka_description = target.kafka, target.bootstrap, target.description
         settings = run_settings(base, home=workdir / "home", bootstrap=bootstrap, tag="latency")
         print_machine(info, kafka_description, warehouse_kind(settings))
         print(f"settings: {settings.partitions} partitions; latency is bounded below by the materialize batch "
@@ -198,9 +199,9 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
         items = encode_events(count, seed).items
         mean_bytes = sum(len(v) for _, v in items) / len(items)
 
-        await ensure_pipeline_topics(settings, bootstrap)
-        async with running_processors(settings, bootstrap) as processors, \
-                TraceProducer(settings, bootstrap) as producer:
+        await ensure_pipeline_topics(settings, clients)
+        async with running_processors(settings, clients) as processors, \
+                TraceProducer(settings, clients) as producer:
             await open_warehouse(processors.writer)
             await processors.app.start()
             print(f"warming up ({WARMUP_EVENTS} traces through the pipeline) ...", flush=True)
@@ -227,7 +228,7 @@ async def run(base: Settings, rate: float, seconds: float, poll_s: float, seed: 
             used = cpu.read()
             validated = processors.validate.validated
             await drop_run_database(settings, processors.writer)
-        valid_at = await record_timestamps(bootstrap, settings.topics.valid, settings.partitions)
+        valid_at = await record_timestamps(clients, settings.topics.valid, settings.partitions)
         await drop_run_topics(settings, target)
     load_end = load_average()
 

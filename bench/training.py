@@ -120,14 +120,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with temp_workdir() as workdir, kafka(base, workdir) as target:
         settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="training")
         print_machine(info, target.description, warehouse_kind(settings))
-        await ensure_pipeline_topics(settings, target.bootstrap)
+        await ensure_pipeline_topics(settings, target.kafka)
         events = encode_events(args.count, seed=args.seed)
-        await publish(settings, target.bootstrap, events.items, 300, target.broker_pid)
-        async with running_processors(settings, target.bootstrap) as processors:
+        await publish(settings, target.kafka, events.items, 300, target.broker_pid)
+        async with running_processors(settings, target.kafka) as processors:
             await processors.app.start()
-            await wait_until_caught_up(settings, target.bootstrap)
-            manifest = await create_dataset(settings, target.bootstrap, DatasetRequest("bench"), codec)
-        train, _ = await read_examples(target.bootstrap, manifest, codec)
+            await wait_until_caught_up(settings, target.kafka)
+            manifest = await create_dataset(settings, target.kafka, DatasetRequest("bench"), codec)
+        train, _ = await read_examples(target.kafka, manifest, codec)
 
         from trainer.model import build, param_count
 
@@ -142,7 +142,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         results["in-process loop"] = summarize(await asyncio.to_thread(run_local, preset, train, args.warmup),
                                                args.warmup, tokens_per_step)
         for workers in (1, 2):
-            trainer = RayTrainer(preset, target.bootstrap, manifest, None, workers=workers,
+            trainer = RayTrainer(preset, target.kafka, manifest, None, workers=workers,
                                  run_id=f"bench-{workers}-{time.time_ns()}",
                                  compilation_cache=settings.cache_dir / "jax")
             try:

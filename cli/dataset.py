@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
 from consumers.export import dataset_records, export_dataset, own_thread
+from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import (
     DatasetRef,
@@ -56,7 +57,7 @@ def create(
 ) -> None:
     """Snapshot traces.valid into a dataset: wait for the warehouse, hash it, announce it ready."""
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     codec = AvroCodec(default_registry())
     try:
         request = DatasetRequest(
@@ -64,9 +65,9 @@ def create(
             from_offsets=parse_offsets_json(from_offsets, settings.topics.valid) if from_offsets else None,
             since=_ref(since) if since else None,
         )
-        asyncio.run(ensure_pipeline_topics(settings, bootstrap))
+        asyncio.run(ensure_pipeline_topics(settings, kafka))
         manifest = asyncio.run(create_dataset(
-            settings, bootstrap, request, codec, wait_timeout_s=timeout_s,
+            settings, kafka, request, codec, wait_timeout_s=timeout_s,
             warn=lambda message: console.print(f"[yellow]warning:[/yellow] {message}"),
         ))
     except TracestreamError as exc:
@@ -78,7 +79,7 @@ def create(
 def list_datasets(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every dataset version announced on datasets.events."""
     settings = load_settings()
-    catalog = asyncio.run(load_catalog(require_bootstrap(settings), settings.topics.datasets, AvroCodec(default_registry())))
+    catalog = asyncio.run(load_catalog(require_kafka(settings), settings.topics.datasets, AvroCodec(default_registry())))
     rows = [_summary(e.manifest, e.status) for e in catalog]
     if as_json:
         out.print_json(json.dumps(rows))
@@ -96,7 +97,7 @@ def list_datasets(as_json: bool = typer.Option(False, "--json", help="Print JSON
 def show(dataset: str = typer.Argument(..., help="NAME or NAME@VERSION.")) -> None:
     """A dataset's manifest: ranges, filter, split, lineage, counts and hash."""
     settings = load_settings()
-    catalog = asyncio.run(load_catalog(require_bootstrap(settings), settings.topics.datasets, AvroCodec(default_registry())))
+    catalog = asyncio.run(load_catalog(require_kafka(settings), settings.topics.datasets, AvroCodec(default_registry())))
     ref = _ref(dataset)
     try:
         entry = catalog.get(ref.name, ref.version or None, ready=False)
@@ -113,12 +114,12 @@ def diff(
 ) -> None:
     """Records added and removed between two datasets, by offset and trace_id."""
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     codec = AvroCodec(default_registry())
     try:
-        catalog = asyncio.run(load_catalog(bootstrap, settings.topics.datasets, codec))
+        catalog = asyncio.run(load_catalog(kafka, settings.topics.datasets, codec))
         manifests = [catalog.get(r.name, r.version or None).manifest for r in (_ref(a), _ref(b))]
-        old, new = (asyncio.run(_keys(m, bootstrap, codec)) for m in manifests)
+        old, new = (asyncio.run(_keys(m, kafka, codec)) for m in manifests)
     except TracestreamError as exc:
         raise _fail(exc) from exc
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
@@ -128,9 +129,9 @@ def diff(
             out.print(f"{sign} {key[0]}[{key[1]}]@{key[2]} {source[key]}")
 
 
-async def _keys(manifest: Manifest, bootstrap: str, codec: AvroCodec) -> dict[tuple[str, int, int], str]:
+async def _keys(manifest: Manifest, kafka: KafkaClients, codec: AvroCodec) -> dict[tuple[str, int, int], str]:
     keys = {}
-    async for record in dataset_records(manifest, source="kafka", bootstrap=bootstrap, codec=codec):
+    async for record in dataset_records(manifest, source="kafka", kafka=kafka, codec=codec):
         for _, selected in select((record,), manifest.filter, manifest.split, "all"):
             keys[(selected["topic"], selected["partition"], selected["offset"])] = selected["trace_id"]
     return keys
@@ -149,17 +150,17 @@ def export(
         console.print(f"[red]error:[/red] --split is train|eval|all, --source kafka|warehouse, --format {'|'.join(FORMATS)}")
         raise typer.Exit(2)
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     codec = AvroCodec(default_registry())
     try:
-        catalog = asyncio.run(load_catalog(bootstrap, settings.topics.datasets, codec))
+        catalog = asyncio.run(load_catalog(kafka, settings.topics.datasets, codec))
         ref = _ref(dataset)
         manifest = catalog.get(ref.name, ref.version or None).manifest
         warehouse = own_thread(Warehouse.connect(settings)) if source == "warehouse" else None
         sink = out_file.open("wb") if out_file else sys.stdout.buffer
         try:
             summary = asyncio.run(export_dataset(
-                manifest, fmt, split, sink, source=source, bootstrap=bootstrap, codec=codec, warehouse=warehouse))
+                manifest, fmt, split, sink, source=source, kafka=kafka, codec=codec, warehouse=warehouse))
         finally:
             if out_file:
                 sink.close()

@@ -14,7 +14,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
+from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
@@ -23,8 +24,8 @@ from trainer.runlog import CANCEL_REQUESTED, request_cancel, run_histories
 app = typer.Typer(no_args_is_help=True, help="Training runs and their events.")
 
 
-async def _runs(bootstrap: str, topic: str) -> dict[str, list[dict[str, Any]]]:
-    return await run_histories(bootstrap, topic, AvroCodec(default_registry()))
+async def _runs(kafka: KafkaClients, topic: str) -> dict[str, list[dict[str, Any]]]:
+    return await run_histories(kafka, topic, AvroCodec(default_registry()))
 
 
 def _summary(events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def _summary(events: list[dict[str, Any]]) -> dict[str, Any]:
 def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every run announced on runs.events, with its latest status."""
     settings = load_settings()
-    runs = asyncio.run(_runs(require_bootstrap(settings), settings.topics.runs))
+    runs = asyncio.run(_runs(require_kafka(settings), settings.topics.runs))
     rows = sorted((_summary(events) for events in runs.values()), key=lambda r: r["started_at"])
     if as_json:
         out.print_json(json.dumps(rows))
@@ -63,7 +64,7 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
     """A run's summary and every event it published, in order."""
     settings = load_settings()
-    runs = asyncio.run(_runs(require_bootstrap(settings), settings.topics.runs))
+    runs = asyncio.run(_runs(require_kafka(settings), settings.topics.runs))
     if run_id not in runs:
         console.print(f"[red]error:[/red] no run {run_id} on {settings.topics.runs}; `tracestream runs list` shows them")
         raise typer.Exit(2)
@@ -77,9 +78,9 @@ def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
 def cancel(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
     """Ask a running run to stop: publishes cancel_requested; the run answers with cancelled."""
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     try:
-        asyncio.run(request_cancel(bootstrap, settings.topics.runs, run_id, AvroCodec(default_registry())))
+        asyncio.run(request_cancel(kafka, settings.topics.runs, run_id, AvroCodec(default_registry())))
     except TracestreamError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import typer
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
 from deploy.kafka import fetch_broker_jars
 from deploy.stack import StackStatus, stack_down, stack_status, stack_up
 from streams.topics import ensure_pipeline_topics
@@ -30,7 +30,7 @@ def up(as_json: bool = typer.Option(False, "--json", help="Print the status as J
     console.print("starting the local stack (the first start fetches the broker's jars through Maven)...")
     settings = load_settings()
     status = stack_up(settings)
-    asyncio.run(ensure_pipeline_topics(settings, require_bootstrap(settings)))
+    asyncio.run(ensure_pipeline_topics(settings, require_kafka(settings)))
     _show(status, as_json)
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
 from consumers.lag import known_group_lag
 from consumers.records import Record, Undecodable, topic_name
 from consumers.subscribe import subscribe
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.errors import TracestreamError
 from streams.stats import lag_stats
@@ -45,11 +46,11 @@ def item_json(item: Record | Undecodable) -> str:
     return json.dumps(line, default=_plain, ensure_ascii=False)
 
 
-async def _tail(settings: Settings, bootstrap: str, topic: str, *, group: str | None, from_beginning: bool,
+async def _tail(settings: Settings, kafka: KafkaClients, topic: str, *, group: str | None, from_beginning: bool,
                 since: datetime | None, limit: int | None, timeout_s: float | None) -> int:
     printed = 0
     async with subscribe(settings, topic, group, start="earliest" if from_beginning else "latest", since=since,
-                         on_undecodable="yield", idle_timeout_s=timeout_s, bootstrap=bootstrap) as records:
+                         on_undecodable="yield", idle_timeout_s=timeout_s, kafka=kafka) as records:
         async for item in records:
             sys.stdout.write(item_json(item) + "\n")
             sys.stdout.flush()
@@ -80,9 +81,9 @@ def tail(
     """
     settings = load_settings()
     at = _instant(since) if since is not None else None
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     try:
-        asyncio.run(_tail(settings, bootstrap, topic, group=group, from_beginning=from_beginning, since=at,
+        asyncio.run(_tail(settings, kafka, topic, group=group, from_beginning=from_beginning, since=at,
                           limit=limit, timeout_s=timeout_s))
     except TracestreamError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -103,10 +104,10 @@ def _instant(text: str) -> datetime:
     return at
 
 
-async def _lag(settings: Settings, bootstrap: str, group: str | None, topics: list[str]) -> list[dict[str, Any]]:
+async def _lag(settings: Settings, kafka: KafkaClients, group: str | None, topics: list[str]) -> list[dict[str, Any]]:
     if group is None:
-        return await lag_stats(settings, bootstrap)
-    lags = await known_group_lag(bootstrap, group, [topic_name(settings, t) for t in topics] or None)
+        return await lag_stats(settings, kafka)
+    lags = await known_group_lag(kafka, group, [topic_name(settings, t) for t in topics] or None)
     return [{**lag._asdict(), "lag": lag.lag} for lag in lags]
 
 
@@ -122,9 +123,9 @@ def lag(
     if topics and group is None:
         console.print("[red]error:[/red] --topic needs --group (the processors' groups have their own topics)")
         raise typer.Exit(2)
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     try:
-        rows = asyncio.run(_lag(settings, bootstrap, group, topics))
+        rows = asyncio.run(_lag(settings, kafka, group, topics))
     except TracestreamError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
 from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 from trainer.config import ConfigError
@@ -50,14 +50,14 @@ def train(
 ) -> None:
     """Train the byte-level LM on a dataset, publishing queued/started/metrics/checkpoint/evaluated/completed."""
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     try:
         name, version = _dataset_ref(dataset)
         mapping = _read_config(config)
-        asyncio.run(ensure_pipeline_topics(settings, bootstrap))
+        asyncio.run(ensure_pipeline_topics(settings, kafka))
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
-        outcome = asyncio.run(run_training(settings, bootstrap, name, version, mapping, run_id=run_id,
+        outcome = asyncio.run(run_training(settings, kafka, name, version, mapping, run_id=run_id,
                                            workers=workers))
     except RunCancelled as exc:
         console.print(f"[yellow]run cancelled:[/yellow] {exc}")

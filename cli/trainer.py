@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import configure_logging, console, load_settings, require_bootstrap
+from cli.common import configure_logging, console, load_settings, require_kafka
 from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 from trainer.policy import load_policy
@@ -20,7 +20,7 @@ async def _serve(service: TrainerService) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await ensure_pipeline_topics(service.settings, service.bootstrap)
+    await ensure_pipeline_topics(service.settings, service.kafka)
     await service.run(stop)
 
 
@@ -32,7 +32,7 @@ def trainer(
     """Consume datasets.events and start one training run per ready dataset that the policy matches."""
     configure_logging(verbose)
     settings = load_settings()
-    bootstrap = require_bootstrap(settings)
+    kafka = require_kafka(settings)
     try:
         rules = load_policy(policy)
     except TracestreamError as exc:
@@ -40,7 +40,7 @@ def trainer(
         raise typer.Exit(2) from None
     console.print(f"trainer: group {trainer_group(settings)} on {settings.topics.datasets}, "
                   f"{len(rules.rules)} policy rule(s); Ctrl-C stops (and cancels the run in progress)")
-    asyncio.run(_serve(TrainerService(settings, bootstrap, rules)))
+    asyncio.run(_serve(TrainerService(settings, kafka, rules)))
 
 
 __all__ = ["trainer"]

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Literal
 
 from consumers.ranges import read_ranges
 from consumers.warehouse_reader import read_ranges_from_warehouse
+from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import ContentHasher, Manifest, select
 from schemas.exports import export_line
@@ -47,12 +48,12 @@ def own_thread(warehouse: Warehouse) -> WarehouseRunner:
 
 
 async def dataset_records(
-    manifest: Manifest, *, source: Source, bootstrap: str | None = None, codec: AvroCodec | None = None,
+    manifest: Manifest, *, source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
     warehouse: WarehouseRunner | None = None,
 ) -> AsyncIterator[dict]:
     """The manifest's records, unfiltered, in (partition, offset) order, from the chosen source."""
     if source == "kafka":
-        async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
+        async for record in read_ranges(kafka, manifest.ranges, codec=codec):
             yield record
         return
     rows: Iterator[dict] | None = None
@@ -69,13 +70,13 @@ async def dataset_records(
 
 async def export_dataset(
     manifest: Manifest, fmt: str, split: Literal["all", "train", "eval"], out: BinaryIO, *,
-    source: Source, bootstrap: str | None = None, codec: AvroCodec | None = None,
+    source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
     warehouse: WarehouseRunner | None = None,
 ) -> ExportSummary:
     """Write the manifest's records that pass its filter (and ``split``) as ``fmt`` JSON Lines."""
     hasher, file_hash = ContentHasher(), hashlib.sha256()
     records = written = 0
-    async for record in dataset_records(manifest, source=source, bootstrap=bootstrap, codec=codec, warehouse=warehouse):
+    async for record in dataset_records(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
         for record_split, selected in select((record,), manifest.filter, manifest.split, "all"):
             hasher.add(selected)
             if split != "all" and record_split != split:

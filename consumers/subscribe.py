@@ -43,7 +43,6 @@ from datetime import datetime
 from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 
@@ -52,6 +51,7 @@ from consumers.handled import HandledOffsets
 from consumers.lag import topic_partitions
 from consumers.ranges import read_range_batches_raw
 from consumers.records import Record, Undecodable, decode_record, topic_name, undecodable
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Manifest
@@ -125,7 +125,7 @@ class Subscription:
         idle_timeout_s: float | None = None,
         commit_interval_s: float = 1.0,
         handoff_timeout_s: float = 30.0,
-        bootstrap: str | None = None,
+        kafka: KafkaClients | None = None,
         codec: AvroCodec | None = None,
     ) -> None:
         self.topic = topic_name(settings, topic)
@@ -139,7 +139,7 @@ class Subscription:
         self._commit_interval_s = commit_interval_s
         self._handoff_timeout_s = handoff_timeout_s
         self._settings = settings
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._codec = codec or AvroCodec(default_registry())
         self._consumer: AIOKafkaConsumer | None = None
         self._batches: AsyncIterator[list[ConsumerRecord]] | None = None
@@ -168,18 +168,17 @@ class Subscription:
         if self._started:
             return
         self._started = True
-        bootstrap = self._bootstrap or _bootstrap(self._settings)
-        self._bootstrap = bootstrap
-        partitions = await topic_partitions(bootstrap, [self.topic])
+        kafka = self._kafka or _kafka(self._settings)
+        self._kafka = kafka
+        partitions = await topic_partitions(kafka, [self.topic])
         if not partitions:
-            raise await _unknown_topic(bootstrap, self.topic, self._settings.topic_prefix)
+            raise await _unknown_topic(kafka, self.topic, self._settings.topic_prefix)
         if self._dataset is not None:
-            self._batches = read_range_batches_raw(bootstrap, self._dataset.ranges, batch_records=_MAX_RECORDS)
+            self._batches = read_range_batches_raw(kafka, self._dataset.ranges, batch_records=_MAX_RECORDS)
             # The reader checks every range before its first batch: fail here, not mid-iteration.
             self._buffer.extend(await anext(self._batches, None) or ())
             return
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+        consumer = kafka.consumer(
             group_id=self.group,
             client_id=f"tracestream-subscriber-{self.group or 'groupless'}",
             enable_auto_commit=False,
@@ -190,10 +189,10 @@ class Subscription:
         )
         if self.group is not None:
             if self._since is not None:
-                await reset_group_offsets(bootstrap, self.group, partitions, self._since)
+                await reset_group_offsets(kafka, self.group, partitions, self._since)
             consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._consumer = consumer
-        await consumer.start()
+        await kafka.start(consumer)
         # A group-less consumer's coordinator task must run once before stop() can cancel it cleanly.
         await asyncio.sleep(0)
         if self.group is None:
@@ -374,7 +373,7 @@ def subscribe(settings: Settings, topic: str, group: str | None = None, **option
         idle_timeout_s: stop when nothing arrives for this long; None follows the topic forever.
         commit_interval_s: most time handled records wait to be committed while records keep coming.
         handoff_timeout_s: in a rebalance, how long to wait for the record in hand before giving it up.
-        bootstrap: Kafka bootstrap servers; by default the configured cluster or the running local broker.
+        kafka: the cluster (``KafkaClients``); by default the configured cluster or the running local broker.
         codec: decodes values; one on the default registry by default.
 
     Raises:
@@ -418,16 +417,15 @@ async def _offsets_at(
     return {tp: found[tp].offset if found[tp] is not None else ends[tp] for tp in partitions}
 
 
-async def reset_group_offsets(bootstrap: str, group: str, partitions: list[TopicPartition], at: datetime) -> None:
+async def reset_group_offsets(kafka: KafkaClients, group: str, partitions: list[TopicPartition], at: datetime) -> None:
     """Commit for ``group`` the first offset at or after ``at`` on every partition (``--reset-offsets --to-datetime``).
 
     Raises:
         SubscriptionError: the group has active members; the broker takes offsets from outside
             the group only while it is empty.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                isolation_level="read_committed", retry_backoff_ms=50)
-    await consumer.start()
+    consumer = await kafka.start(kafka.consumer(group_id=group, enable_auto_commit=False,
+                                                isolation_level="read_committed", retry_backoff_ms=50))
     await asyncio.sleep(0)
     try:
         consumer.assign(partitions)
@@ -444,21 +442,20 @@ async def reset_group_offsets(bootstrap: str, group: str, partitions: list[Topic
         await consumer.stop()
 
 
-def _bootstrap(settings: Settings) -> str:
-    from deploy.stack import kafka_bootstrap
+def _kafka(settings: Settings) -> KafkaClients:
+    from deploy.stack import kafka_clients
 
-    bootstrap = kafka_bootstrap(settings)
-    if bootstrap is None:
+    kafka = kafka_clients(settings)
+    if kafka is None:
         raise ConfigurationError(
             "no Kafka broker: start the local stack with `tracestream stack up`, or point "
             "TRACESTREAM_KAFKA_BOOTSTRAP at your cluster (host:port)"
         )
-    return bootstrap
+    return kafka
 
 
-async def _unknown_topic(bootstrap: str, topic: str, prefix: str) -> UnknownTopicError:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def _unknown_topic(kafka: KafkaClients, topic: str, prefix: str) -> UnknownTopicError:
+    admin = await kafka.start(kafka.admin())
     try:
         existing = sorted(t for t in await admin.list_topics() if t.startswith(prefix) and not t.startswith("__"))
     finally:
@@ -466,7 +463,7 @@ async def _unknown_topic(bootstrap: str, topic: str, prefix: str) -> UnknownTopi
     shown = ", ".join(existing[:20]) + (" …" if len(existing) > 20 else "") if existing else "none"
     scope = f" with the prefix {prefix!r}" if prefix else ""
     return UnknownTopicError(
-        f"topic {topic} does not exist on {bootstrap} (topics{scope}: {shown}); give one of them, or a logical "
+        f"topic {topic} does not exist on {kafka.bootstrap} (topics{scope}: {shown}); give one of them, or a logical "
         "name (traces.raw, traces.valid, traces.dlq, datasets.events, runs.events); `tracestream worker` "
         "creates tracestream's topics"
     )

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from deploy.kafka import BrokerError, LocalKafkaBroker, read_broker_state
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 
-__all__ = ["StackStatus", "kafka_bootstrap", "stack_down", "stack_status", "stack_up"]
+__all__ = ["StackStatus", "kafka_bootstrap", "kafka_clients", "stack_down", "stack_status", "stack_up"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ def kafka_bootstrap(settings: Settings) -> str | None:
         return settings.kafka_bootstrap
     state = read_broker_state(settings.kafka_dir)
     return state.bootstrap if state else None
+
+
+def kafka_clients(settings: Settings) -> KafkaClients | None:
+    """Clients for ``kafka_bootstrap(settings)`` with the settings' security; None when there is no Kafka."""
+    bootstrap = kafka_bootstrap(settings)
+    return KafkaClients.from_settings(settings, bootstrap) if bootstrap else None
 
 
 def stack_up(settings: Settings, timeout_s: float = 60) -> StackStatus:

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer
-
 from consumers.lag import topic_partitions
+from deploy.kafka_clients import KafkaClients, as_kafka
 from deploy.settings import Settings
 from streams.topics import materialize_group
 from warehouse.client import Warehouse
 
 
-async def rewind_materializer(settings: Settings, bootstrap: str) -> int:
+async def rewind_materializer(settings: Settings, kafka: KafkaClients) -> int:
     """Commit the log start offsets for the materializer's group; returns how many partitions moved.
 
     Run only while no worker runs: a live member would keep committing its own positions.
     """
+    kafka = as_kafka(kafka)
     topics = settings.topics
-    partitions = await topic_partitions(bootstrap, [topics.valid, topics.dlq, topics.datasets, topics.runs])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=materialize_group(settings), enable_auto_commit=False)
-    await consumer.start()
+    partitions = await topic_partitions(kafka, [topics.valid, topics.dlq, topics.datasets, topics.runs])
+    consumer = await kafka.start(kafka.consumer(group_id=materialize_group(settings), enable_auto_commit=False))
     try:
         consumer.assign(partitions)
         starts = await consumer.beginning_offsets(partitions)

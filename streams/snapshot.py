@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
-from consumers.lag import committed_offsets, topic_partitions
+from consumers.lag import ClusterOffsets
 from consumers.ranges import read_ranges
+from deploy.kafka_clients import KafkaClients, as_kafka
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import (
@@ -60,7 +60,7 @@ class DatasetRequest:
 
 async def create_dataset(
     settings: Settings,
-    bootstrap: str,
+    kafka: KafkaClients,
     request: DatasetRequest,
     codec: AvroCodec,
     *,
@@ -75,8 +75,17 @@ async def create_dataset(
         RangeBeyondEndError / RangeExpiredError: the offsets are not (or no longer) in the log.
         SnapshotTimeout: the materializer did not catch up in time (a `failed` event is published).
     """
+    kafka = as_kafka(kafka)
+    async with ClusterOffsets(kafka) as offsets:  # one admin client and consumer for the whole snapshot
+        return await _create(settings, kafka, offsets, request, codec, wait_timeout_s, warn)
+
+
+async def _create(
+    settings: Settings, kafka: KafkaClients, offsets: ClusterOffsets, request: DatasetRequest, codec: AvroCodec,
+    wait_timeout_s: float, warn: Callable[[str], None],
+) -> Manifest:
     topic = settings.topics.valid
-    catalog = await load_catalog(bootstrap, settings.topics.datasets, codec)
+    catalog = await load_catalog(kafka, settings.topics.datasets, codec)
     version = request.version or catalog.next_version(request.name)
     if catalog.exists(DatasetRef(request.name, version)):
         raise DatasetExists(
@@ -84,30 +93,31 @@ async def create_dataset(
             f"(next free: {catalog.next_version(request.name)}) or another name"
         )
     parent = catalog.get(request.since.name, request.since.version or None).manifest if request.since else None
-    ranges = await _decide_ranges(bootstrap, topic, request.from_offsets, parent)
-    await _warn_if_retention_expires(bootstrap, topic, warn)
+    ranges = await _decide_ranges(offsets, topic, request.from_offsets, parent)
+    await _warn_if_retention_expires(offsets, topic, warn)
     manifest = Manifest(
         name=request.name, version=version, topic=topic, ranges=ranges, filter=request.filter,
         split=request.split, parent=parent.ref if parent else None, created_at=_now(), record_count=0,
         train_count=0, eval_count=0, content_sha256="", formats=FORMATS,
     )
-    async with _Announcer(bootstrap, settings.topics.datasets, codec) as announce:
+    async with _Announcer(kafka, settings.topics.datasets, codec) as announce:
         await announce("created", manifest)
         try:
-            await _wait_materialized(bootstrap, materialize_group(settings), ranges, wait_timeout_s)
+            await _wait_materialized(offsets, materialize_group(settings), ranges, wait_timeout_s)
         except SnapshotTimeout as exc:
             await announce("failed", manifest, error=str(exc))
             raise
-        manifest = await _count_and_hash(bootstrap, manifest, codec)
+        manifest = await _count_and_hash(kafka, manifest, codec)
         await announce("ready", manifest)
     return manifest
 
 
 async def _decide_ranges(
-    bootstrap: str, topic: str, from_offsets: tuple[OffsetRange, ...] | None, parent: Manifest | None
+    offsets: ClusterOffsets, topic: str, from_offsets: tuple[OffsetRange, ...] | None, parent: Manifest | None
 ) -> tuple[OffsetRange, ...]:
-    partitions = await topic_partitions(bootstrap, [topic])
-    starts, ends = await _log_bounds(bootstrap, partitions)
+    partitions = await offsets.topic_partitions([topic])
+    consumer = await offsets.consumer()
+    starts, ends = await consumer.beginning_offsets(partitions), await consumer.end_offsets(partitions)
     if from_offsets is not None:
         ranges = tuple(sorted(from_offsets, key=lambda r: r.partition))
         known = {tp.partition for tp in partitions}
@@ -134,25 +144,10 @@ async def _decide_ranges(
     return ranges
 
 
-async def _log_bounds(
-    bootstrap: str, partitions: list[TopicPartition]
-) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.beginning_offsets(partitions), await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
-
-
-async def _warn_if_retention_expires(bootstrap: str, topic: str, warn: Callable[[str], None]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {})])
-        configs = {entry[0]: entry[1] for resource in response.resources for entry in resource[4]}
-    finally:
-        await admin.close()
+async def _warn_if_retention_expires(offsets: ClusterOffsets, topic: str, warn: Callable[[str], None]) -> None:
+    admin = await offsets.admin()
+    (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {})])
+    configs = {entry[0]: entry[1] for resource in response.resources for entry in resource[4]}
     retention_ms = int(configs.get("retention.ms") or -1)
     if retention_ms >= 0:
         warn(
@@ -161,11 +156,13 @@ async def _warn_if_retention_expires(bootstrap: str, topic: str, warn: Callable[
         )
 
 
-async def _wait_materialized(bootstrap: str, group: str, ranges: tuple[OffsetRange, ...], timeout_s: float) -> None:
+async def _wait_materialized(
+    offsets: ClusterOffsets, group: str, ranges: tuple[OffsetRange, ...], timeout_s: float
+) -> None:
     targets = {TopicPartition(r.topic, r.partition): r.end for r in ranges if r.end > r.start}
     deadline = time.monotonic() + timeout_s
     while True:
-        committed = await committed_offsets(bootstrap, group)
+        committed = await offsets.committed(group)
         behind = {tp: end for tp, end in targets.items() if committed.get(tp, 0) < end}
         if not behind:
             return
@@ -179,10 +176,10 @@ async def _wait_materialized(bootstrap: str, group: str, ranges: tuple[OffsetRan
         await asyncio.sleep(0.25)
 
 
-async def _count_and_hash(bootstrap: str, manifest: Manifest, codec: AvroCodec) -> Manifest:
+async def _count_and_hash(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec) -> Manifest:
     hasher = ContentHasher()
     counts = {"train": 0, "eval": 0}
-    async for split, record in _select(bootstrap, manifest, codec):
+    async for split, record in _select(kafka, manifest, codec):
         hasher.add(record)
         counts[split] += 1
     return replace(
@@ -191,8 +188,8 @@ async def _count_and_hash(bootstrap: str, manifest: Manifest, codec: AvroCodec) 
     )
 
 
-async def _select(bootstrap: str, manifest: Manifest, codec: AvroCodec):
-    async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
+async def _select(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec):
+    async for record in read_ranges(kafka, manifest.ranges, codec=codec):
         for item in select((record,), manifest.filter, manifest.split, "all"):
             yield item
 
@@ -200,13 +197,14 @@ async def _select(bootstrap: str, manifest: Manifest, codec: AvroCodec):
 class _Announcer:
     """Publishes DatasetEvents keyed by dataset name, waiting for each to be acknowledged."""
 
-    def __init__(self, bootstrap: str, topic: str, codec: AvroCodec) -> None:
+    def __init__(self, kafka: KafkaClients, topic: str, codec: AvroCodec) -> None:
+        self.kafka = kafka
         self.topic = topic
         self.codec = codec
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        self.producer = kafka.producer(acks="all", enable_idempotence=True)
 
     async def __aenter__(self) -> _Announcer:
-        await self.producer.start()
+        await self.kafka.start(self.producer)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

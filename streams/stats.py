@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumers.lag import group_lag
+from consumers.lag import ClusterOffsets
+from deploy.kafka_clients import KafkaClients, as_kafka
 from deploy.settings import Settings
 from streams.topics import materialize_group, validate_group
 from warehouse.client import Warehouse
@@ -33,10 +34,14 @@ def warehouse_stats(warehouse: Warehouse) -> dict[str, Any]:
     }
 
 
-async def lag_stats(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
+async def lag_stats(settings: Settings, kafka: KafkaClients | ClusterOffsets) -> list[dict[str, Any]]:
+    """Both processors' lag; a service asking often passes its long-lived ``ClusterOffsets``."""
+    if not isinstance(kafka, ClusterOffsets):
+        async with ClusterOffsets(as_kafka(kafka)) as offsets:
+            return await lag_stats(settings, offsets)
     topics = settings.topics
     lags = [
-        *await group_lag(bootstrap, validate_group(settings), [topics.raw]),
-        *await group_lag(bootstrap, materialize_group(settings), [topics.valid, topics.dlq, topics.datasets, topics.runs]),
+        *await kafka.group_lag(validate_group(settings), [topics.raw]),
+        *await kafka.group_lag(materialize_group(settings), [topics.valid, topics.dlq, topics.datasets, topics.runs]),
     ]
     return [{**lag._asdict(), "lag": lag.lag} for lag in lags]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 
 
@@ -59,6 +60,12 @@ def settings(kafka_bootstrap: str, session_home: Path) -> Settings:
         web_port=free_port(),
         materialize_batch_seconds=0.1,
     )
+
+
+@pytest.fixture
+def kafka(settings: Settings) -> KafkaClients:
+    """Clients for the session's broker, with the test settings' security (PLAINTEXT unless configured)."""
+    return KafkaClients.from_settings(settings, settings.kafka_bootstrap)
 
 
 @pytest.fixture(scope="session")

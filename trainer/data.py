@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from consumers.ranges import read_ranges
+from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import ContentHasher, Manifest, select
 from schemas.exports import record_id, render_completion
@@ -54,7 +55,7 @@ def tokenize(examples: Sequence[Example], max_len: int) -> dict[str, np.ndarray]
     }
 
 
-async def read_examples(bootstrap: str, manifest: Manifest, codec: AvroCodec) -> tuple[list[Example], list[Example]]:
+async def read_examples(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec) -> tuple[list[Example], list[Example]]:
     """The manifest's records, replayed from Kafka, split into train and eval; checks the content hash.
 
     Raises:
@@ -62,7 +63,7 @@ async def read_examples(bootstrap: str, manifest: Manifest, codec: AvroCodec) ->
     """
     hasher = ContentHasher()
     split: dict[str, list[Mapping[str, Any]]] = {"train": [], "eval": []}
-    async for record in read_ranges(bootstrap, manifest.ranges, codec=codec):
+    async for record in read_ranges(kafka, manifest.ranges, codec=codec):
         for name, selected in select((record,), manifest.filter, manifest.split, "all"):
             hasher.add(selected)
             split[name].append(selected)

@@ -46,6 +46,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.dataset import Manifest
 from schemas.errors import TracestreamError
@@ -119,10 +120,10 @@ class Worker:
     Runs as a Ray actor; JAX is imported in the actor's process only.
     """
 
-    def __init__(self, rank: int, workers: int, preset: Preset, bootstrap: str, manifest: Manifest,
+    def __init__(self, rank: int, workers: int, preset: Preset, kafka: KafkaClients, manifest: Manifest,
                  workdir: str | None, compilation_cache: str | None = None) -> None:
         self.rank, self.workers, self.preset = rank, workers, preset
-        self.bootstrap, self.manifest, self.workdir = bootstrap, manifest, workdir
+        self.kafka, self.manifest, self.workdir = kafka, manifest, workdir
         self.compilation_cache = compilation_cache
         self.ckpt = None
 
@@ -146,7 +147,7 @@ class Worker:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         model_cfg, train_cfg = self.preset
-        train, evals = asyncio.run(read_examples(self.bootstrap, self.manifest, AvroCodec(default_registry())))
+        train, evals = asyncio.run(read_examples(self.kafka, self.manifest, AvroCodec(default_registry())))
         info: dict[str, Any] = {"train": len(train), "eval": len(evals), "resumed_from": None,
                                 "checkpoint": None, "sha256": None, "platform": jax.default_backend()}
         if not train:
@@ -270,7 +271,7 @@ class RayTrainer:
     numpy arrays; JAX runs in the actors.
     """
 
-    def __init__(self, preset: Preset, bootstrap: str, manifest: Manifest, workdir: Path | None, *,
+    def __init__(self, preset: Preset, kafka: KafkaClients, manifest: Manifest, workdir: Path | None, *,
                  workers: int, run_id: str, max_restarts: int = 3,
                  compilation_cache: Path | None = None) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -280,7 +281,7 @@ class RayTrainer:
                 f"workers ({workers}) must not exceed TrainConfig.batch_size ({preset.train.batch_size}): "
                 "each worker takes a share of every batch; raise batch_size or use fewer workers"
             )
-        self.preset, self.bootstrap, self.manifest = preset, bootstrap, manifest
+        self.preset, self.kafka, self.manifest = preset, kafka, manifest
         self.workdir = None if workdir is None else str(Path(workdir).absolute())
         self.workers, self.run_id, self.max_restarts = workers, run_id, max_restarts
         self.compilation_cache = None if compilation_cache is None else str(Path(compilation_cache).absolute())
@@ -320,7 +321,7 @@ class RayTrainer:
                 raise TrainerShutDown(f"run {self.run_id}: the trainer was shut down; not starting actors")
             self.actors = [
                 remote.options(name=actor_name(self.run_id, rank, self.attempt), **options).remote(
-                    rank, self.workers, self.preset, self.bootstrap, self.manifest, self.workdir,
+                    rank, self.workers, self.preset, self.kafka, self.manifest, self.workdir,
                     self.compilation_cache)
                 for rank in range(self.workers)
             ]

@@ -37,8 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
@@ -104,18 +103,19 @@ def _now() -> datetime:
 class _Publisher:
     """Sends RunEvents in queue order from one task; events may be queued from any thread."""
 
-    def __init__(self, bootstrap: str, topic: str, codec: AvroCodec, run_id: str) -> None:
+    def __init__(self, kafka: KafkaClients, topic: str, codec: AvroCodec, run_id: str) -> None:
+        self.kafka = kafka
         self.topic = topic
         self.codec = codec
         self.key = run_id.encode()
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        self.producer = kafka.producer(acks="all", enable_idempotence=True)
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.task: asyncio.Task | None = None
         self.sent = 0
 
     async def start(self) -> None:
-        await self.producer.start()
+        await self.kafka.start(self.producer)
         self.task = asyncio.create_task(self._drain(), name=f"run-events-{self.key.decode()}")
 
     def put(self, event: dict[str, Any]) -> None:
@@ -149,7 +149,7 @@ class _Publisher:
 
 async def run_training(
     settings: Settings,
-    bootstrap: str,
+    kafka: KafkaClients,
     dataset: str,
     version: int | None,
     config: Mapping[str, Any] | None,
@@ -191,17 +191,17 @@ async def run_training(
         return {**base, "event_type": event_type, "at": _now(), "metrics": None, "checkpoint": None,
                 "scorecard": None, "error": None, **fields}
 
-    publisher = _Publisher(bootstrap, settings.topics.runs, codec, run_id)
+    publisher = _Publisher(kafka, settings.topics.runs, codec, run_id)
     await publisher.start()
     stop = threading.Event()
-    runlog = RunLog(bootstrap, settings.topics.runs, run_id, codec)
+    runlog = RunLog(kafka, settings.topics.runs, run_id, codec)
     watcher: asyncio.Task | None = None
     trainer = None
     try:
         try:
             published = await runlog.open()
             watcher = asyncio.create_task(runlog.watch(stop.set), name=f"run-cancel-{run_id}")
-            manifest = (await load_catalog(bootstrap, settings.topics.datasets, codec)).get(dataset, version).manifest
+            manifest = (await load_catalog(kafka, settings.topics.datasets, codec)).get(dataset, version).manifest
             base.update(dataset_version=manifest.version, dataset_sha256=manifest.content_sha256)
             try:
                 preset = from_mapping(config if config is not None else {})
@@ -211,7 +211,7 @@ async def run_training(
             publisher.put(event("queued"))
             hooks = _Hooks(preset, metrics_every, publisher.put_threadsafe, event, stop, published)
             if workers == 1:
-                train, evals = await read_examples(bootstrap, manifest, codec)
+                train, evals = await read_examples(kafka, manifest, codec)
                 if not train:
                     raise no_train_split(manifest)
                 workdir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +224,7 @@ async def run_training(
             else:
                 from trainer.distributed import RayTrainer, connect
 
-                trainer = RayTrainer(preset, bootstrap, manifest, workdir, workers=workers, run_id=run_id,
+                trainer = RayTrainer(preset, kafka, manifest, workdir, workers=workers, run_id=run_id,
                                      max_restarts=max_restarts, compilation_cache=settings.cache_dir / "jax")
                 connect(settings)
                 workdir.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from consumers.lag import topic_partitions
 from consumers.log import read_range, read_to_end
+from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 
@@ -47,15 +48,15 @@ class RunLogUnavailable(TracestreamError):
 class RunLog:
     """One consumer on runs.events for one run id: ``open`` reads the past, ``watch`` the future."""
 
-    def __init__(self, bootstrap: str, topic: str, run_id: str, codec: AvroCodec) -> None:
-        self.bootstrap, self.topic, self.run_id, self.codec = bootstrap, topic, run_id, codec
+    def __init__(self, kafka: KafkaClients, topic: str, run_id: str, codec: AvroCodec) -> None:
+        self.kafka, self.topic, self.run_id, self.codec = kafka, topic, run_id, codec
         self.key = run_id.encode()
         self.consumer: AIOKafkaConsumer | None = None
 
     async def open(self) -> Published:
         """Read the run's events up to the current end of runs.events; ``watch`` continues from there."""
         for _ in range(20):  # a topic whose leader is moving is described with an error for a moment
-            partitions = await topic_partitions(self.bootstrap, [self.topic])
+            partitions = await topic_partitions(self.kafka, [self.topic])
             if partitions:
                 break
             await asyncio.sleep(0.5)
@@ -65,10 +66,9 @@ class RunLog:
                 f"topic {self.topic} does not exist or has no available partitions; "
                 "create the pipeline topics first (`tracestream stack up`, or any command that publishes)"
             )
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                         isolation_level="read_committed", fetch_max_wait_ms=100,
-                                         auto_offset_reset="earliest")
-        await self.consumer.start()
+        self.consumer = await self.kafka.start(self.kafka.consumer(
+            enable_auto_commit=False, isolation_level="read_committed", fetch_max_wait_ms=100,
+            auto_offset_reset="earliest"))
         self.consumer.assign(partitions)
         starts = await self.consumer.beginning_offsets(partitions)
         ends = await self.consumer.end_offsets(partitions)
@@ -114,10 +114,10 @@ class UnknownRun(TracestreamError):
     """No event of that run id is on runs.events."""
 
 
-async def run_histories(bootstrap: str, topic: str, codec: AvroCodec) -> dict[str, list[dict[str, Any]]]:
+async def run_histories(kafka: KafkaClients, topic: str, codec: AvroCodec) -> dict[str, list[dict[str, Any]]]:
     """Every run on ``topic`` with its events in log order (runs.events is read from its beginning)."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for event in await read_to_end(bootstrap, topic, lambda record: codec.decode_latest(record.value, RUN_EVENT)[0]):
+    for event in await read_to_end(kafka, topic, lambda record: codec.decode_latest(record.value, RUN_EVENT)[0]):
         runs.setdefault(event["run_id"], []).append(event)
     return runs
 
@@ -126,7 +126,7 @@ class RunAlreadyFinished(TracestreamError):
     """The run already ended (completed, failed or cancelled); there is nothing to cancel."""
 
 
-async def request_cancel(bootstrap: str, topic: str, run_id: str, codec: AvroCodec) -> dict[str, Any]:
+async def request_cancel(kafka: KafkaClients, topic: str, run_id: str, codec: AvroCodec) -> dict[str, Any]:
     """Publish ``cancel_requested`` for ``run_id``, naming the same dataset and config as its other events.
 
     Returns the event published. The run's driver answers with ``cancelled``.
@@ -135,7 +135,7 @@ async def request_cancel(bootstrap: str, topic: str, run_id: str, codec: AvroCod
         UnknownRun: the run has no event on ``topic``.
         RunAlreadyFinished: its latest event is completed, failed or cancelled.
     """
-    events = (await run_histories(bootstrap, topic, codec)).get(run_id)
+    events = (await run_histories(kafka, topic, codec)).get(run_id)
     if not events:
         raise UnknownRun(f"no run {run_id!r} on {topic}; `tracestream runs list` shows the runs")
     last = events[-1]
@@ -145,8 +145,7 @@ async def request_cancel(bootstrap: str, topic: str, run_id: str, codec: AvroCod
         )
     event = {**last, "event_type": CANCEL_REQUESTED, "at": datetime.now(UTC), "metrics": None, "checkpoint": None,
              "scorecard": None, "error": None}
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
+    producer = await kafka.start(kafka.producer(acks="all", enable_idempotence=True))
     try:
         await producer.send_and_wait(topic, codec.encode(event, RUN_EVENT), key=run_id.encode())
     finally:

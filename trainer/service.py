@@ -32,6 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
@@ -71,16 +72,16 @@ class Decision:
     """How the run ended, when one ran."""
 
 
-async def run_statuses(bootstrap: str, topic: str, codec: AvroCodec) -> dict[str, str]:
+async def run_statuses(kafka: KafkaClients, topic: str, codec: AvroCodec) -> dict[str, str]:
     """Each run id on runs.events with the type of its latest event."""
-    histories = await run_histories(bootstrap, topic, codec)
+    histories = await run_histories(kafka, topic, codec)
     return {run_id: events[-1]["event_type"] for run_id, events in histories.items()}
 
 
 class TrainerService:
-    def __init__(self, settings: Settings, bootstrap: str, policy: Policy, *, codec: AvroCodec | None = None) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaClients, policy: Policy, *, codec: AvroCodec | None = None) -> None:
         self.settings = settings
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.policy = policy
         self.codec = codec or AvroCodec(default_registry())
         self.decisions: list[Decision] = []
@@ -88,11 +89,10 @@ class TrainerService:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume datasets.events until ``stop`` is set; stopping cancels the run in progress."""
         topic = self.settings.topics.datasets
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=self.bootstrap, group_id=trainer_group(self.settings),
+        consumer = await self.kafka.start(self.kafka.consumer(
+            topic, group_id=trainer_group(self.settings),
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-        )
-        await consumer.start()
+        ))
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=1)
@@ -140,13 +140,13 @@ class TrainerService:
         if rule is None:
             return self._decided(Decision(*where, "skipped", f"no policy rule matches dataset {name}"))
         run_id = run_id_for(name, version, record.partition, record.offset)
-        status = (await run_statuses(self.bootstrap, self.settings.topics.runs, self.codec)).get(run_id)
+        status = (await run_statuses(self.kafka, self.settings.topics.runs, self.codec)).get(run_id)
         if status in NOT_RESUMED:
             return self._decided(Decision(*where, "skipped", f"run {run_id} already {status}", run_id, status))
         action = "started" if status is None else "resumed"
         log.info("%s run %s for %s@%d (dataset event %s[%d]@%d)", action, run_id, name, version, *where)
         try:
-            await run_training(self.settings, self.bootstrap, name, version, rule.config,
+            await run_training(self.settings, self.kafka, name, version, rule.config,
                                run_id=run_id, workers=rule.workers)
             ended = "completed"
         except RunCancelled:

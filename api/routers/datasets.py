@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import BootstrapDep, Readable, ReaderDep, SettingsDep
+from api.deps import KafkaDep, Readable, ReaderDep, SettingsDep
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.export import stream_export
 from api.models import DatasetDetail, DatasetVersion
@@ -55,7 +55,7 @@ _VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
     response_class=StreamingResponse, summary="A dataset as JSON Lines, streamed",
 )
 async def export(
-    reader: ReaderDep, settings: SettingsDep, bootstrap: BootstrapDep, name: Annotated[str, _NAME],
+    reader: ReaderDep, settings: SettingsDep, kafka: KafkaDep, name: Annotated[str, _NAME],
     format: Annotated[str, Query(description=f"One of {', '.join(FORMATS)}.")] = "trace",
     split: Annotated[Literal["all", "train", "eval"], Query(description="train, eval or all.")] = "all",
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Default: the latest ready version.")] = None,
@@ -66,14 +66,14 @@ async def export(
         raise InvalidRequest(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}",
                              [{"field": "query.format", "message": f"one of {', '.join(FORMATS)}"}])
     codec = AvroCodec(default_registry())
-    catalog = await load_catalog(bootstrap, settings.topics.datasets, codec)
+    catalog = await load_catalog(kafka, settings.topics.datasets, codec)
     try:
         manifest = catalog.get(name, version).manifest
     except UnknownDataset as exc:
         raise NotFound(str(exc), [{"field": "path.name", "message": "no such ready dataset"}]) from exc
     filename = f"{manifest.name}@{manifest.version}.{format}.{split}.jsonl"
     return StreamingResponse(
-        stream_export(manifest, format, split, source=source, bootstrap=bootstrap, codec=codec,
+        stream_export(manifest, format, split, source=source, kafka=kafka, codec=codec,
                       warehouse=reader.runner() if source == "warehouse" else None),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{filename}"',

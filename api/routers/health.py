@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import APIRouter, Response
 
 from api.deps import StateDep
 from api.errors import ERROR_SCHEMA, error_response
+from consumers.lag import ClusterOffsets
 
 router = APIRouter(tags=["health"])
 
@@ -23,20 +22,16 @@ async def healthz() -> dict[str, Any]:
     return {"status": "ok", "pid": os.getpid()}
 
 
-async def _kafka(bootstrap: str | None) -> str | None:
-    """None when the cluster answers a metadata request, else why not."""
-    if not bootstrap:
+async def _kafka(offsets: ClusterOffsets | None) -> str | None:
+    """None when the cluster answers a metadata request (on the app's long-lived admin client), else why not."""
+    if offsets is None:
         return "no Kafka bootstrap is configured (TRACESTREAM_KAFKA_BOOTSTRAP)"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(CHECK_TIMEOUT_S * 1000))
     try:
-        await asyncio.wait_for(admin.start(), CHECK_TIMEOUT_S)
-        await asyncio.wait_for(admin.describe_cluster(), CHECK_TIMEOUT_S)
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await (await offsets.admin()).describe_cluster()
         return None
     except Exception as exc:  # noqa: BLE001 - whatever the reason, the answer is "not reachable, because ..."
-        return f"Kafka at {bootstrap} does not answer: {type(exc).__name__}: {exc}".rstrip(": ")
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(admin.close(), CHECK_TIMEOUT_S)
+        return f"Kafka at {offsets.kafka.bootstrap} does not answer: {type(exc).__name__}: {exc}".rstrip(": ")
 
 
 async def _warehouse(state) -> str | None:
@@ -51,7 +46,7 @@ async def _warehouse(state) -> str | None:
             responses={503: {"content": {"application/json": {"schema": ERROR_SCHEMA}},
                              "description": "Which dependency is not reachable, and why."}})
 async def readyz(state: StateDep) -> Any:
-    kafka, warehouse = await asyncio.gather(_kafka(state.bootstrap), _warehouse(state))
+    kafka, warehouse = await asyncio.gather(_kafka(state.offsets), _warehouse(state))
     checks = {"kafka": kafka, "warehouse": warehouse}
     failing = [name for name, problem in checks.items() if problem]
     if failing:

@@ -29,11 +29,11 @@ async def stats(reader: ReaderDep, settings: SettingsDep, state: StateDep) -> di
     rates, counts = await reader.run(lambda w: (q.ingest_rates(w), decode_rows(dlq.counts(w))))
     body: dict[str, Any] = {"ingest": rates, "dead_letters_by_reason": counts,
                             "dead_letters": sum(c["count"] for c in counts), "lag": None, "lag_error": None}
-    if state.bootstrap:
+    if state.offsets is not None:
         try:
-            body["lag"] = await asyncio.wait_for(lag_stats(settings, state.bootstrap), LAG_TIMEOUT_S)
+            body["lag"] = await asyncio.wait_for(lag_stats(settings, state.offsets), LAG_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - Kafka unreachable must not hide the warehouse figures
-            body["lag_error"] = f"consumer lag unavailable from {state.bootstrap}: {type(exc).__name__}: {exc}"
+            body["lag_error"] = f"consumer lag unavailable from {state.offsets.kafka.bootstrap}: {type(exc).__name__}: {exc}"
     else:
         body["lag_error"] = "no Kafka bootstrap configured"
     return body

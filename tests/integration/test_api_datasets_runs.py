@@ -21,7 +21,7 @@ from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
-from tests.integration.support import cli, publish, running_processors
+from tests.integration.support import cli, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
 
@@ -34,9 +34,9 @@ async def test_dataset_export_over_http_is_byte_identical_to_the_cli(settings: S
     await publish(settings, generate_events(250, seed=101, broken_share=0.1))
     async with running_processors(settings):
         request = DatasetRequest(name="gsm", filter=parse_filter(["source=gsm-synth,tutor-bot"]), split=Split(0.2))
-        manifest = await create_dataset(settings, settings.kafka_bootstrap, request, CODEC)
-        await create_dataset(settings, settings.kafka_bootstrap, DatasetRequest(name="gsm", since=manifest.ref), CODEC)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        manifest = await create_dataset(settings, kafka_of(settings), request, CODEC)
+        await create_dataset(settings, kafka_of(settings), DatasetRequest(name="gsm", since=manifest.ref), CODEC)
+        await wait_until_caught_up(settings, kafka_of(settings))
         app = create_app(settings)
         async with serving(app, settings.api_host, settings.api_port) as base_url, \
                 httpx.AsyncClient(base_url=base_url, timeout=60) as client:
@@ -81,8 +81,8 @@ async def send(producer: AIOKafkaProducer, settings: Settings, *events: dict) ->
 
 async def test_runs_metrics_leaderboard_and_live_events_over_sse(settings: Settings):
     settings = settings.model_copy(update={"api_port": free_port()})
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await ensure_pipeline_topics(settings, kafka_of(settings))
+    producer = kafka_of(settings).producer(acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await send(producer, settings,
@@ -94,7 +94,7 @@ async def test_runs_metrics_leaderboard_and_live_events_over_sse(settings: Setti
                    run_event("done-b", "completed", 6),
                    run_event("live", "queued", 0), run_event("live", "started", 1))
         async with running_processors(settings):
-            await wait_until_caught_up(settings, settings.kafka_bootstrap)
+            await wait_until_caught_up(settings, kafka_of(settings))
             app = create_app(settings)
             async with serving(app, settings.api_host, settings.api_port) as base_url, \
                     httpx.AsyncClient(base_url=base_url, timeout=60) as client:

@@ -26,7 +26,7 @@ from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from tests.conftest import free_port
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -43,7 +43,7 @@ def live_api(kafka_bootstrap: str, session_home: Path) -> Iterator[str]:
     async def seed() -> None:
         await publish(settings, generate_events(60, seed=7, broken_share=0.2))
         async with running_processors(settings):
-            await wait_until_caught_up(settings, settings.kafka_bootstrap)
+            await wait_until_caught_up(settings, kafka_of(settings))
 
     asyncio.run(seed())
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api_port,

@@ -15,7 +15,7 @@ from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
-from tests.integration.support import running_processors
+from tests.integration.support import kafka_of, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
 
@@ -35,7 +35,7 @@ def traces(n: int, seed: int) -> list[dict]:
 
 
 async def raw_events(settings: Settings) -> int:
-    return sum((await end_offsets(settings.kafka_bootstrap, [settings.topics.raw])).values())
+    return sum((await end_offsets(kafka_of(settings), [settings.topics.raw])).values())
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def door(settings: Settings) -> Settings:
 
 
 async def test_a_batch_posted_over_http_is_materialized_exactly_once(door: Settings):
-    await ensure_pipeline_topics(door, door.kafka_bootstrap)
+    await ensure_pipeline_topics(door, kafka_of(door))
     batch = traces(300, seed=91)
     app = create_app(door)
     async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as client:
@@ -61,7 +61,7 @@ async def test_a_batch_posted_over_http_is_materialized_exactly_once(door: Setti
     assert await raw_events(door) == 301
 
     async with running_processors(door) as processors:
-        await wait_until_caught_up(door, door.kafka_bootstrap)
+        await wait_until_caught_up(door, kafka_of(door))
         rows, distinct = (await processors.writer.run(lambda w: w.query(
             f"SELECT count(), uniqExact(trace_id) FROM `{w.database}`.traces FINAL "
             "WHERE trace_id IN {ids:Array(String)}", {"ids": body["trace_ids"] + [generated_id]})))[0]
@@ -69,7 +69,7 @@ async def test_a_batch_posted_over_http_is_materialized_exactly_once(door: Setti
 
 
 async def test_a_bad_batch_is_refused_whole_naming_the_bad_item(door: Settings):
-    await ensure_pipeline_topics(door, door.kafka_bootstrap)
+    await ensure_pipeline_topics(door, kafka_of(door))
     app = create_app(door)
     async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         shape = traces(20, seed=93)
@@ -121,7 +121,7 @@ async def test_a_bad_batch_is_refused_whole_naming_the_bad_item(door: Settings):
 
 
 async def test_ingest_needs_the_token(door: Settings):
-    await ensure_pipeline_topics(door, door.kafka_bootstrap)
+    await ensure_pipeline_topics(door, kafka_of(door))
     app = create_app(door)
     trace = traces(1, seed=98)[0]
     async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(base_url=base_url, timeout=60) as client:

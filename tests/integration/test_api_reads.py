@@ -16,11 +16,12 @@ import pytest
 
 from api.app import create_app
 from api.server import serving
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import GeneratedEvent, generate_events
 from tests.conftest import free_port
-from tests.integration.support import expected_outcome, publish, running_processors
+from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
 
@@ -31,7 +32,7 @@ async def api_after_ingest(settings: Settings, events: list[GeneratedEvent], **a
     settings = settings.model_copy(update={"api_port": free_port()})
     await publish(settings, events)
     async with running_processors(settings) as processors:
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         app = create_app(settings, **app_options)
         async with serving(app, settings.api_host, settings.api_port) as base_url, \
                 httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -87,7 +88,7 @@ async def test_pages_visit_every_trace_once_while_new_traces_arrive(settings: Se
         assert all("prompt" not in item and isinstance(item["steps"], int) for page in pages for item in page)
         assert materialized_while_paging > len(first)  # traces really arrived during the walk
 
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         final = [item for page in await all_pages(client, 500) for item in page]
         assert sorted(item["trace_id"] for item in final) == sorted(r["trace_id"] for r in valid_records(first + later))
         # The unfiltered pages come from api.fastlane; a filter that keeps everything goes through the route.
@@ -211,7 +212,7 @@ async def test_stats_health_readiness_and_metrics(settings: Settings):
 async def test_readyz_is_503_naming_kafka_when_the_broker_is_unreachable(settings: Settings):
     dead = f"127.0.0.1:{free_port()}"
     settings = settings.model_copy(update={"api_port": free_port()})
-    app = create_app(settings, bootstrap=dead, ingest=False)
+    app = create_app(settings, kafka=KafkaClients(dead), ingest=False)
     async with serving(app, settings.api_host, settings.api_port) as base_url, \
             httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get("/readyz")

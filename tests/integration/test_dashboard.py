@@ -26,7 +26,7 @@ from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, serving, wait_until
-from tests.integration.support import expected_outcome, publish, running_processors
+from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
 from trainer.config import ConfigError
 from trainer.run import run_training
 from warehouse.client import Warehouse
@@ -110,19 +110,19 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
     published = {e.trace_id: e.record for e in events if e.expected_reason is None}
 
     async with running_processors(settings):
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1, settings.topics.datasets: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1, settings.topics.datasets: 1})
         await publish(settings, events)
-        await asyncio.wait_for(wait_until_caught_up(settings, settings.kafka_bootstrap), 120)
+        await asyncio.wait_for(wait_until_caught_up(settings, kafka_of(settings)), 120)
         manifest = await create_dataset(
-            settings, settings.kafka_bootstrap, DatasetRequest("dash", split=Split(eval_share=0.2)), CODEC
+            settings, kafka_of(settings), DatasetRequest("dash", split=Split(eval_share=0.2)), CODEC
         )
         with pytest.raises(ConfigError):  # a run that fails at once, before the one that trains
-            await run_training(settings, settings.kafka_bootstrap, "dash", None, {"train": {"total_step": 5}},
+            await run_training(settings, kafka_of(settings), "dash", None, {"train": {"total_step": 5}},
                                run_id="run-bad", workdir=tmp_path / "run-bad")
-        done = await run_training(settings, settings.kafka_bootstrap, "dash", None,
+        done = await run_training(settings, kafka_of(settings), "dash", None,
                                   {"preset": "tiny", "train": {"total_steps": DONE_STEPS}},
                                   run_id="run-done", workdir=tmp_path / "run-done")
-        await asyncio.wait_for(wait_until_caught_up(settings, settings.kafka_bootstrap), 120)
+        await asyncio.wait_for(wait_until_caught_up(settings, kafka_of(settings)), 120)
 
         app = create_app(settings, warehouse=Warehouse.connect(settings))
         with serving(app) as base:
@@ -192,7 +192,7 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
 
             # A run that starts while the page is open: the page follows it and its curve grows live.
             live = asyncio.create_task(run_training(
-                settings, settings.kafka_bootstrap, "dash", None,
+                settings, kafka_of(settings), "dash", None,
                 {"preset": "tiny", "train": {"total_steps": LIVE_STEPS}},
                 run_id="run-live", workdir=tmp_path / "run-live"))
             seen_counts = set()

@@ -12,21 +12,22 @@ import re
 from datetime import timezone
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import RecordsToDelete
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.lag import end_offsets
 from consumers.ranges import read_ranges
 from consumers.warehouse_reader import count_rows, read_ranges_from_warehouse
 from deploy.kafka import ensure_topics_async
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import OffsetRange
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from tests.integration.support import expected_outcome, publish, running_processors
+from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -38,7 +39,7 @@ RECORD_KEYS = {
 
 
 async def kafka_records(settings: Settings, ranges, **options) -> list[dict]:
-    return [r async for r in read_ranges(settings.kafka_bootstrap, ranges, codec=CODEC, **options)]
+    return [r async for r in read_ranges(kafka_of(settings), ranges, codec=CODEC, **options)]
 
 
 def positions(records: list[dict]) -> list[tuple[int, int]]:
@@ -52,8 +53,8 @@ async def test_kafka_and_warehouse_give_the_same_records_in_order(settings: Sett
     topic = settings.topics.valid
     async with running_processors(settings) as processors:
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        ends = await end_offsets(settings.kafka_bootstrap, [topic])
+        await wait_until_caught_up(settings, kafka_of(settings))
+        ends = await end_offsets(kafka_of(settings), [topic])
         assert len(ends) == settings.partitions and sum(ends.values()) == valid
         assert all(end >= 8 for end in ends.values())
 
@@ -98,9 +99,9 @@ async def test_kafka_and_warehouse_give_the_same_records_in_order(settings: Sett
         assert await processors.writer.run(lambda w: list(read_ranges_from_warehouse(w, empty))) == []
 
 
-async def produce_traces(bootstrap: str, topic: str, partition: int, count: int, seed: int) -> None:
+async def produce_traces(kafka: KafkaClients, topic: str, partition: int, count: int, seed: int) -> None:
     # Batches of at most 16 KiB (a few records), so a small fetch never gets the whole partition at once.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+    producer = kafka.producer(acks="all", enable_idempotence=True,
                                 max_batch_size=16384)
     await producer.start()
     try:
@@ -114,18 +115,18 @@ async def produce_traces(bootstrap: str, topic: str, partition: int, count: int,
 
 async def own_topic(settings: Settings, name: str, partitions: int) -> str:
     topic = f"{settings.topic_prefix}{name}"
-    await ensure_topics_async(settings.kafka_bootstrap, {topic: partitions})
+    await ensure_topics_async(kafka_of(settings), {topic: partitions})
     return topic
 
 
 @pytest.mark.asyncio
 async def test_a_range_past_the_high_watermark_or_partition_count_is_refused(settings: Settings):
     topic = await own_topic(settings, "beyond", 1)
-    await produce_traces(settings.kafka_bootstrap, topic, 0, 20, seed=41)
+    await produce_traces(kafka_of(settings), topic, 0, 20, seed=41)
 
     got = []
     with pytest.raises(RangeBeyondEndError, match=re.escape(f"{topic}[0]") + r".*high watermark 20"):
-        async for record in read_ranges(settings.kafka_bootstrap, [OffsetRange(topic, 0, 0, 25)], codec=CODEC):
+        async for record in read_ranges(kafka_of(settings), [OffsetRange(topic, 0, 0, 25)], codec=CODEC):
             got.append(record)
     assert got == []
     with pytest.raises(RangeBeyondEndError, match=re.escape(f"{topic}[3] does not exist")):
@@ -139,9 +140,9 @@ async def test_a_range_past_the_high_watermark_or_partition_count_is_refused(set
 @pytest.mark.asyncio
 async def test_a_range_deleted_by_retention_is_refused_naming_the_missing_offsets(settings: Settings):
     topic = await own_topic(settings, "expiring", 2)
-    await produce_traces(settings.kafka_bootstrap, topic, 0, 30, seed=51)
-    await produce_traces(settings.kafka_bootstrap, topic, 1, 30, seed=52)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await produce_traces(kafka_of(settings), topic, 0, 30, seed=51)
+    await produce_traces(kafka_of(settings), topic, 1, 30, seed=52)
+    admin = kafka_of(settings).admin()
     await admin.start()
     try:
         await admin.delete_records({TopicPartition(topic, 1): RecordsToDelete(before_offset=12)})
@@ -152,7 +153,7 @@ async def test_a_range_deleted_by_retention_is_refused_naming_the_missing_offset
     got = []
     ranges = [OffsetRange(topic, 0, 0, 30), OffsetRange(topic, 1, 5, 20)]
     with pytest.raises(RangeExpiredError, match=re.escape(f"offsets [5, 12) of {topic}[1]") + ".*retention"):
-        async for record in read_ranges(settings.kafka_bootstrap, ranges, codec=CODEC):
+        async for record in read_ranges(kafka_of(settings), ranges, codec=CODEC):
             got.append(record)
     assert got == []
     with pytest.raises(RangeExpiredError, match=re.escape(f"offsets [2, 9) of {topic}[1]")):
@@ -168,7 +169,7 @@ async def test_offset_gaps_from_transactions_end_a_range_by_position(settings: S
     topic = await own_topic(settings, "gaps", 1)
     values = [CODEC.encode(e.record, "Trace", e.schema_version)
               for e in generate_events(15, seed=61, broken_share=0.0)]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{topic}-tx")
+    producer = kafka_of(settings).producer(transactional_id=f"{topic}-tx")
     await producer.start()
     try:
         # offsets 0-4 committed, 5 marker; 6-10 aborted, 11 marker; 12-16 committed, 17 marker
@@ -181,7 +182,7 @@ async def test_offset_gaps_from_transactions_end_a_range_by_position(settings: S
         await producer.stop()
     # The broker writes the last commit marker just after commit_transaction returns.
     for _ in range(100):
-        ends = await end_offsets(settings.kafka_bootstrap, [topic])
+        ends = await end_offsets(kafka_of(settings), [topic])
         if ends == {TopicPartition(topic, 0): 18}:
             break
         await asyncio.sleep(0.05)
@@ -201,27 +202,27 @@ async def test_offset_gaps_from_transactions_end_a_range_by_position(settings: S
 @pytest.mark.asyncio
 async def test_a_range_deleted_while_it_is_read_is_refused_not_skipped(settings: Settings, monkeypatch):
     """Retention racing the reader: the consumer must not jump to the new log start silently."""
-    import consumers.ranges as ranges_module
+    import consumers.log as log_module
 
-    def small_fetch_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    def small_fetch_consumer(kafka: KafkaClients, **options) -> AIOKafkaConsumer:
         # The reader's own settings, but fetches of a few records, so most of the range is still to fetch.
-        return AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        return kafka.consumer(
+            group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="none",
             max_partition_fetch_bytes=4096, fetch_max_bytes=4096, fetch_max_wait_ms=10,
         )
 
-    monkeypatch.setattr(ranges_module, "_range_consumer", small_fetch_consumer)
+    monkeypatch.setattr(log_module, "range_consumer", small_fetch_consumer)
     topic = await own_topic(settings, "racing", 1)
-    await produce_traces(settings.kafka_bootstrap, topic, 0, 200, seed=71)
+    await produce_traces(kafka_of(settings), topic, 0, 200, seed=71)
 
     got = []
     with pytest.raises(RangeExpiredError, match=r"offsets \[(\d+), 150\) of " + re.escape(f"{topic}[0]")) as caught:
-        async for record in read_ranges(settings.kafka_bootstrap, [OffsetRange(topic, 0, 0, 200)],
+        async for record in read_ranges(kafka_of(settings), [OffsetRange(topic, 0, 0, 200)],
                                         codec=CODEC, batch_records=5):
             got.append(record)
             if len(got) == 5:
-                admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+                admin = kafka_of(settings).admin()
                 await admin.start()
                 try:
                     await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=150)})

@@ -13,7 +13,7 @@ import json
 from collections import Counter
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
@@ -33,7 +33,7 @@ from streams.generator import generate_events
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import validate_group
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseUnavailable
 
@@ -43,19 +43,19 @@ CODEC = AvroCodec(default_registry())
 
 
 async def snapshot(settings: Settings, request: DatasetRequest, **options):
-    return await create_dataset(settings, settings.kafka_bootstrap, request, CODEC, **options)
+    return await create_dataset(settings, kafka_of(settings), request, CODEC, **options)
 
 
 async def export_bytes(manifest, fmt: str, source: str, processors, split: str = "all") -> bytes:
     sink = io.BytesIO()
-    summary = await export_dataset(manifest, fmt, split, sink, source=source, bootstrap=processors.validate.bootstrap,
+    summary = await export_dataset(manifest, fmt, split, sink, source=source, kafka=processors.runners[0].kafka,
                                    codec=CODEC, warehouse=processors.writer.run)
     assert summary.content_sha256 == manifest.content_sha256
     return sink.getvalue()
 
 
 async def catalog_events(settings: Settings) -> int:
-    ends = await end_offsets(settings.kafka_bootstrap, [settings.topics.datasets])
+    ends = await end_offsets(kafka_of(settings), [settings.topics.datasets])
     return sum(ends.values())
 
 
@@ -82,13 +82,13 @@ async def test_snapshot_while_publishing_names_exact_ranges(settings: Settings):
         await asyncio.sleep(1.0)
         stop.set()
         published = await publisher
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
 
     size = sum(r.end - r.start for r in manifest.ranges)
-    records = [r async for r in read_ranges(settings.kafka_bootstrap, manifest.ranges, codec=CODEC)]
+    records = [r async for r in read_ranges(kafka_of(settings), manifest.ranges, codec=CODEC)]
     assert manifest.record_count == len(records) == size > 0
     assert [(r["partition"], r["offset"]) for r in records] == sorted((r["partition"], r["offset"]) for r in records)
-    ends_now = await end_offsets(settings.kafka_bootstrap, [settings.topics.valid])
+    ends_now = await end_offsets(kafka_of(settings), [settings.topics.valid])
     assert sum(ends_now.values()) == published > size
     assert after_snapshot and not after_snapshot & {r["trace_id"] for r in records}
 
@@ -97,7 +97,7 @@ async def test_replay_and_warehouse_give_identical_exports_and_survive_a_rebuild
     events = list(generate_events(600, seed=41, broken_share=0.0))
     async with running_processors(settings) as processors:
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         manifest = await snapshot(settings, DatasetRequest("exports", split=Split(eval_share=0.2)))
         assert manifest.record_count == len(events) and manifest.eval_count > 0
         exported = {}
@@ -113,9 +113,9 @@ async def test_replay_and_warehouse_give_identical_exports_and_survive_a_rebuild
         assert len(train.splitlines()) == manifest.train_count
         await processors.writer.run(drop_and_recreate_tables)
 
-    await rewind_materializer(settings, settings.kafka_bootstrap)
+    await rewind_materializer(settings, kafka_of(settings))
     async with running_processors(settings) as processors:
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         for fmt in FORMATS:
             assert await export_bytes(manifest, fmt, "warehouse", processors) == exported[fmt]
         rows = await processors.writer.run(lambda w: w.query(
@@ -129,7 +129,7 @@ async def test_filters_and_split_match_an_independent_reference(settings: Settin
     expressions = ["source=gsm-synth,tutor-bot", "steps>=6", "meta.difficulty=hard"]
     async with running_processors(settings) as processors:
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         request = DatasetRequest("filtered", filter=parse_filter(expressions), split=Split(eval_share=0.3, salt="s1"))
         manifest = await snapshot(settings, request)
         lines = [json.loads(line) for line in (await export_bytes(manifest, "trace", "warehouse", processors)).splitlines()]
@@ -162,11 +162,11 @@ async def test_ready_is_never_published_before_the_materializer_caught_up(settin
     events = list(generate_events(200, seed=61, broken_share=0.0))
     async with running_processors(settings, open_warehouse) as processors:
         await publish(settings, events)
-        raw_ends = await end_offsets(settings.kafka_bootstrap, [settings.topics.raw])
-        await wait_until_committed(settings.kafka_bootstrap, validate_group(settings), raw_ends)
+        raw_ends = await end_offsets(kafka_of(settings), [settings.topics.raw])
+        await wait_until_committed(kafka_of(settings), validate_group(settings), raw_ends)
         with pytest.raises(SnapshotTimeout, match="has not committed"):
             await snapshot(settings, DatasetRequest("stalled"), wait_timeout_s=3)
-        catalog = await load_catalog(settings.kafka_bootstrap, settings.topics.datasets, CODEC)
+        catalog = await load_catalog(kafka_of(settings), settings.topics.datasets, CODEC)
         assert [(e.manifest.name, e.status) for e in catalog] == [("stalled", "failed")]
         with pytest.raises(UnknownDataset):
             catalog.get("stalled")
@@ -180,7 +180,7 @@ async def test_ready_is_never_published_before_the_materializer_caught_up(settin
 async def test_bad_requests_are_refused_and_publish_nothing(settings: Settings):
     await publish(settings, list(generate_events(300, seed=71, broken_share=0.0)))
     async with running_processors(settings):
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         await snapshot(settings, DatasetRequest("base", version=1))
         published = await catalog_events(settings)
 
@@ -192,13 +192,13 @@ async def test_bad_requests_are_refused_and_publish_nothing(settings: Settings):
             parse_offsets_json('{"0": [10, 5]}', settings.topics.valid)
         with pytest.raises(TracestreamError):
             parse_offsets_json("{not json", settings.topics.valid)
-        ends = await end_offsets(settings.kafka_bootstrap, [settings.topics.valid])
+        ends = await end_offsets(kafka_of(settings), [settings.topics.valid])
         tp = next(iter(ends))
         too_far = parse_offsets_json(json.dumps({str(tp.partition): [0, ends[tp] + 5]}), settings.topics.valid)
         with pytest.raises(RangeBeyondEndError, match="high watermark"):
             await snapshot(settings, DatasetRequest("far", from_offsets=too_far))
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = kafka_of(settings).admin()
         await admin.start()
         try:
             await admin.delete_records({tp: RecordsToDelete(before_offset=2)})
@@ -213,10 +213,10 @@ async def test_bad_requests_are_refused_and_publish_nothing(settings: Settings):
 async def test_incremental_dataset_starts_where_its_parent_ended(settings: Settings):
     async with running_processors(settings):
         await publish(settings, list(generate_events(200, seed=81, broken_share=0.0)))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         base = await snapshot(settings, DatasetRequest("inc"))
         await publish(settings, list(generate_events(150, seed=82, broken_share=0.0)))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         more = await snapshot(settings, DatasetRequest("inc-delta", since=DatasetRef("inc", 0)))
     assert more.parent == DatasetRef("inc", base.version)
     assert [r.start for r in more.ranges] == [r.end for r in base.ranges]
@@ -225,7 +225,7 @@ async def test_incremental_dataset_starts_where_its_parent_ended(settings: Setti
 
 async def test_a_topic_whose_retention_would_expire_the_ranges_is_warned_about(settings: Settings):
     await publish(settings, list(generate_events(50, seed=91, broken_share=0.0)))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka_of(settings).admin()
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.valid,
@@ -234,7 +234,7 @@ async def test_a_topic_whose_retention_would_expire_the_ranges_is_warned_about(s
         await admin.close()
     warnings: list[str] = []
     async with running_processors(settings):
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         manifest = await snapshot(settings, DatasetRequest("short-lived"), warn=warnings.append)
     assert manifest.record_count == 50
     assert len(warnings) == 1 and "retention.ms=604800000" in warnings[0] and "retention.ms=-1" in warnings[0]

@@ -23,7 +23,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 from tests.integration.test_train_run import run_events
 from trainer.config import ConfigError, from_mapping
 from trainer.data import read_examples
@@ -39,17 +39,17 @@ CODEC = AvroCodec(default_registry())
 
 async def make_dataset(settings: Settings, n: int = 60, name: str = "sft") -> Manifest:
     async with running_processors(settings):
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
         await publish(settings, generate_events(n, seed=5, broken_share=0.0))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        return await create_dataset(settings, settings.kafka_bootstrap, DatasetRequest(name, split=Split(eval_share=0.1)),
+        await wait_until_caught_up(settings, kafka_of(settings))
+        return await create_dataset(settings, kafka_of(settings), DatasetRequest(name, split=Split(eval_share=0.1)),
                                     CODEC)
 
 
 async def reference_losses(settings: Settings, manifest: Manifest, config: dict) -> list[float]:
     """The single-process loop's loss per micro-step on the same data: the curve every run must follow."""
     preset = from_mapping(config)
-    train, _ = await read_examples(settings.kafka_bootstrap, manifest, CODEC)
+    train, _ = await read_examples(kafka_of(settings), manifest, CODEC)
     result = await asyncio.to_thread(train_and_evaluate, preset.model, preset.train, train, [], None)
     return [m["loss"] for m in result.history]
 
@@ -68,7 +68,7 @@ async def test_two_actors_follow_the_single_process_curve(settings: Settings, ra
     config = {"preset": "tiny", "train": {"total_steps": 8, "warmup_steps": 2, "batch_size": 6,
                                           "eval_max_new_tokens": 8}}
     expected = await reference_losses(settings, manifest, config)
-    trainer = RayTrainer(from_mapping(config), settings.kafka_bootstrap, manifest, tmp_path, workers=2,
+    trainer = RayTrainer(from_mapping(config), kafka_of(settings), manifest, tmp_path, workers=2,
                          run_id=f"equiv-{settings.app_id}", compilation_cache=settings.cache_dir / "jax")
     try:
         counts = await asyncio.to_thread(trainer.start)
@@ -102,7 +102,7 @@ async def test_killed_actor_is_replaced_and_no_step_is_lost_or_repeated(settings
             await asyncio.sleep(0.05)
 
     killer = asyncio.create_task(kill_rank1_after_step_6())
-    outcome = await run_training(settings, settings.kafka_bootstrap, manifest.name, None, config, run_id=run_id,
+    outcome = await run_training(settings, kafka_of(settings), manifest.name, None, config, run_id=run_id,
                                  workdir=tmp_path / "run", workers=2)
     await killer
     assert seen_before_kill[0] < 40
@@ -126,13 +126,13 @@ async def test_cancel_request_stops_the_actors_and_publishes_cancelled(settings:
     manifest = await make_dataset(settings)
     config = {"preset": "tiny", "train": {"total_steps": 2000, "checkpoint_every": 1000}}
     run_id = f"cancel-{settings.app_id}"
-    run = asyncio.create_task(run_training(settings, settings.kafka_bootstrap, manifest.name, None, config,
+    run = asyncio.create_task(run_training(settings, kafka_of(settings), manifest.name, None, config,
                                            run_id=run_id, workdir=tmp_path / "run", workers=2))
     while not [e for e in await run_events(settings, run_id) if e["metrics"]]:
         assert not run.done(), run
         await asyncio.sleep(0.1)
     assert actor_alive(actor_name(run_id, 0, 1)) and actor_alive(actor_name(run_id, 1, 1))
-    await request_cancel(settings.kafka_bootstrap, settings.topics.runs, run_id, CODEC)
+    await request_cancel(kafka_of(settings), settings.topics.runs, run_id, CODEC)
     with pytest.raises(RunCancelled):
         await asyncio.wait_for(run, timeout=60)
 

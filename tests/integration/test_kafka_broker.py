@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
@@ -30,6 +29,7 @@ from deploy.kafka import (
     fetch_broker_jars,
     read_broker_state,
 )
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -50,8 +50,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaBroke
         yield running
 
 
-async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> list[RecordMetadata]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+async def _produce(kafka: KafkaClients, topic: str, values: list[bytes]) -> list[RecordMetadata]:
+    producer = kafka.producer(enable_idempotence=True, acks="all")
     await producer.start()
     try:
         return [await producer.send_and_wait(topic, value, key=b"k") for value in values]
@@ -59,10 +59,10 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> list[Reco
         await producer.stop()
 
 
-async def _read_partition(bootstrap: str, topic: str, partition: int = 0) -> list[ConsumerRecord]:
+async def _read_partition(kafka: KafkaClients, topic: str, partition: int = 0) -> list[ConsumerRecord]:
     """Every record of one partition, up to its high watermark, as a read_committed reader sees it."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    consumer = kafka.consumer(
+        isolation_level="read_committed", enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -79,8 +79,8 @@ async def _read_partition(bootstrap: str, topic: str, partition: int = 0) -> lis
         await consumer.stop()
 
 
-async def _topic_config(bootstrap: str, topic: str, key: str) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _topic_config(kafka: KafkaClients, topic: str, key: str) -> str:
+    admin = kafka.admin()
     await admin.start()
     try:
         [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})])
@@ -90,8 +90,8 @@ async def _topic_config(bootstrap: str, topic: str, key: str) -> str:
         await admin.close()
 
 
-async def _partition_count(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _partition_count(kafka: KafkaClients, topic: str) -> int:
+    admin = kafka.admin()
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
@@ -121,11 +121,11 @@ def test_jars_are_cached_once() -> None:
 async def test_produced_records_come_back_with_their_offsets(broker: LocalKafkaBroker) -> None:
     assert broker.bootstrap is not None
     topic = _topic()
-    await ensure_topics_async(broker.bootstrap, {topic: 1})
+    await ensure_topics_async(broker.clients(), {topic: 1})
     values = [f"event-{i}".encode() for i in range(5)]
 
-    sent = await _produce(broker.bootstrap, topic, values)
-    received = await _read_partition(broker.bootstrap, topic)
+    sent = await _produce(broker.clients(), topic, values)
+    received = await _read_partition(broker.clients(), topic)
 
     assert [meta.offset for meta in sent] == [0, 1, 2, 3, 4]
     assert [(r.offset, r.value) for r in received] == list(enumerate(values))
@@ -137,12 +137,12 @@ async def test_ensure_topics_is_idempotent_and_keeps_records_forever(broker: Loc
     assert broker.bootstrap is not None
     topic = _topic()
 
-    await ensure_topics_async(broker.bootstrap, [(topic, 3)])
-    await ensure_topics_async(broker.bootstrap, [(topic, 3)])
-    ensure_topics(broker.bootstrap, {topic: 5})  # the sync wrapper, even inside a running loop
+    await ensure_topics_async(broker.clients(), [(topic, 3)])
+    await ensure_topics_async(broker.clients(), [(topic, 3)])
+    ensure_topics(broker.clients(), {topic: 5})  # the sync wrapper, even inside a running loop
 
-    assert await _partition_count(broker.bootstrap, topic) == 3  # an existing topic is left alone
-    assert await _topic_config(broker.bootstrap, topic, "retention.ms") == "-1"
+    assert await _partition_count(broker.clients(), topic) == 3  # an existing topic is left alone
+    assert await _topic_config(broker.clients(), topic, "retention.ms") == "-1"
 
 
 @pytest.mark.asyncio
@@ -150,9 +150,9 @@ async def test_ensure_topics_is_idempotent_and_keeps_records_forever(broker: Loc
 async def test_ensure_topics_applies_extra_config(broker: LocalKafkaBroker) -> None:
     assert broker.bootstrap is not None
     topic = _topic()
-    await ensure_topics_async(broker.bootstrap, {topic: 1}, config={"cleanup.policy": "compact"})
-    assert await _topic_config(broker.bootstrap, topic, "cleanup.policy") == "compact"
-    assert await _topic_config(broker.bootstrap, topic, "retention.ms") == "-1"
+    await ensure_topics_async(broker.clients(), {topic: 1}, config={"cleanup.policy": "compact"})
+    assert await _topic_config(broker.clients(), topic, "cleanup.policy") == "compact"
+    assert await _topic_config(broker.clients(), topic, "retention.ms") == "-1"
 
 
 @pytest.mark.timeout(180)
@@ -160,8 +160,8 @@ def test_records_survive_restarts_on_the_same_or_new_ports(tmp_path: Path) -> No
     broker = LocalKafkaBroker(_settings(tmp_path), data_dir=tmp_path / "kafka")
     topic = _topic()
     first = broker.start()
-    ensure_topics(first, {topic: 1})
-    asyncio.run(_produce(first, topic, [b"a", b"b"]))
+    ensure_topics(broker.clients(), {topic: 1})
+    asyncio.run(_produce(broker.clients(), topic, [b"a", b"b"]))
     pid = broker.pid
     assert pid is not None
 
@@ -171,7 +171,7 @@ def test_records_survive_restarts_on_the_same_or_new_ports(tmp_path: Path) -> No
 
     again = broker.start()  # the recorded ports are free again: same address
     assert again == first
-    assert [r.value for r in asyncio.run(_read_partition(again, topic))] == [b"a", b"b"]
+    assert [r.value for r in asyncio.run(_read_partition(broker.clients(), topic))] == [b"a", b"b"]
     broker.stop()
 
     taken_port = int(first.rsplit(":", 1)[1])
@@ -179,8 +179,8 @@ def test_records_survive_restarts_on_the_same_or_new_ports(tmp_path: Path) -> No
         moved = broker.start()
         try:
             assert moved != first
-            asyncio.run(_produce(moved, topic, [b"c"]))
-            assert [(r.offset, r.value) for r in asyncio.run(_read_partition(moved, topic))] == [
+            asyncio.run(_produce(broker.clients(), topic, [b"c"]))
+            assert [(r.offset, r.value) for r in asyncio.run(_read_partition(broker.clients(), topic))] == [
                 (0, b"a"),
                 (1, b"b"),
                 (2, b"c"),

@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 from uuid import uuid4
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
@@ -33,8 +34,8 @@ def _settings() -> Settings:
     return Settings(topic_prefix=f"t{uuid4().hex[:8]}.")
 
 
-async def _create_raw_topic(bootstrap: str, settings: Settings, config: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _create_raw_topic(kafka: KafkaClients, settings: Settings, config: dict[str, str]) -> None:
+    admin = kafka.admin()
     await admin.start()
     try:
         await admin.create_topics(
@@ -44,9 +45,9 @@ async def _create_raw_topic(bootstrap: str, settings: Settings, config: dict[str
         await admin.close()
 
 
-async def _read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+async def _read_all(kafka: KafkaClients, topic: str, expected: int, timeout_s: float = 30) -> list:
+    consumer = kafka.consumer(
+        enable_auto_commit=False, auto_offset_reset="earliest",
         **READ_LIMITS,
     )
     await consumer.start()
@@ -75,22 +76,22 @@ async def _publish(producer: TraceProducer, events) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_every_event_arrives_keyed_partitioned_and_in_order(kafka_bootstrap):
+async def test_every_event_arrives_keyed_partitioned_and_in_order(kafka):
     settings = _settings()
-    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
     events = list(generate_events(1500, seed=21, broken_share=0.3))
     events += [e for e in generate_events(4000, seed=4, broken_share=1.0)
                if e.expected_reason == Breakage.EVENT_TOO_LARGE][:1]
     assert events[-1].expected_reason == Breakage.EVENT_TOO_LARGE
     codec = AvroCodec(default_registry())
 
-    async with TraceProducer(settings, kafka_bootstrap, codec=codec, max_in_flight=500) as producer:
+    async with TraceProducer(settings, kafka, codec=codec, max_in_flight=500) as producer:
         await _publish(producer, events)
         report = await producer.flush()
     assert report.failed == 0, report.errors[:3]
     assert report.delivered == len(events)
 
-    records = await _read_all(kafka_bootstrap, settings.topics.raw, len(events))
+    records = await _read_all(kafka, settings.topics.raw, len(events))
     assert len(records) == len(events)
     # Keys are trace ids on the partition any Kafka client picks (murmur2), in publish order.
     partitioner = DefaultPartitioner()
@@ -120,14 +121,14 @@ def _big_event():
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_an_event_the_topic_cannot_take_is_reported_and_never_sent(kafka_bootstrap):
+async def test_an_event_the_topic_cannot_take_is_reported_and_never_sent(kafka):
     settings = _settings()
     # A topic limited to Kafka's stock 1 MiB cannot take the 1.15 MB event.
-    await _create_raw_topic(kafka_bootstrap, settings, {"max.message.bytes": "1048588"})
+    await _create_raw_topic(kafka, settings, {"max.message.bytes": "1048588"})
     big = _big_event()
     small = list(generate_events(50, seed=8, broken_share=0.0))
 
-    producer = TraceProducer(settings, kafka_bootstrap)
+    producer = TraceProducer(settings, kafka)
     await producer.start()
     try:
         await _publish(producer, small[:25])
@@ -144,25 +145,25 @@ async def test_an_event_the_topic_cannot_take_is_reported_and_never_sent(kafka_b
     with pytest.raises(DeliveryFailed) as raised:
         report.raise_for_failures()
     assert big.trace_id in str(raised.value)
-    records = await _read_all(kafka_bootstrap, settings.topics.raw, len(small))
+    records = await _read_all(kafka, settings.topics.raw, len(small))
     assert sorted(r.key for r in records) == sorted(e.trace_id.encode() for e in small)
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_after_a_broker_refusal_failures_are_reported_and_the_producer_recovers(
-    kafka_bootstrap,
+    kafka,
 ):
     """A refused batch leaves a sequence gap; the producer restarts its client to go on."""
     settings = _settings()
-    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
     big = _big_event()
     small = list(generate_events(90, seed=8, broken_share=0.0))
-    async with TraceProducer(settings, kafka_bootstrap) as producer:
+    async with TraceProducer(settings, kafka) as producer:
         await _publish(producer, small[:30])
         first = await producer.flush()  # the producer now believes the topic takes 4 MiB
         assert (first.delivered, first.failed) == (30, 0)
-        await _set_max_message_bytes(kafka_bootstrap, settings.topics.raw, 1024 * 1024)
+        await _set_max_message_bytes(kafka, settings.topics.raw, 1024 * 1024)
         await producer.publish(big.record, schema_version=big.schema_version)
         await _publish(producer, small[30:60])
         second = await producer.flush()
@@ -172,13 +173,13 @@ async def test_after_a_broker_refusal_failures_are_reported_and_the_producer_rec
         await _publish(producer, small[60:])
         third = await producer.flush()
         assert (third.delivered, third.failed) == (30, 0)
-    records = await _read_all(kafka_bootstrap, settings.topics.raw, 30 + second.delivered + 30)
+    records = await _read_all(kafka, settings.topics.raw, 30 + second.delivered + 30)
     assert len(records) == 60 + second.delivered
     assert big.trace_id.encode() not in {r.key for r in records}
 
 
-async def _set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _set_max_message_bytes(kafka: KafkaClients, topic: str, value: int) -> None:
+    admin = kafka.admin()
     await admin.start()
     try:
         resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(value)})
@@ -198,15 +199,15 @@ async def _set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_leaving_the_context_raises_for_unreported_failures(kafka_bootstrap):
+async def test_leaving_the_context_raises_for_unreported_failures(kafka):
     settings = _settings()
-    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
     event = next(e for e in generate_events(10, seed=1, broken_share=0.0))
     with pytest.raises(DeliveryFailed):
-        async with TraceProducer(settings, kafka_bootstrap, max_request_size=1024) as producer:
+        async with TraceProducer(settings, kafka, max_request_size=1024) as producer:
             # Bigger than max_request_size: counted as failed at once, never sent.
             await producer.publish(event.record, schema_version=event.schema_version)
-    async with TraceProducer(settings, kafka_bootstrap) as producer:
+    async with TraceProducer(settings, kafka) as producer:
         await producer.publish(event.record, schema_version=event.schema_version)
         assert producer.in_flight == 1
     # Left cleanly: stop() flushed it.
@@ -215,13 +216,13 @@ async def test_leaving_the_context_raises_for_unreported_failures(kafka_bootstra
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_linger_sends_a_lone_event_without_flush(kafka_bootstrap):
+async def test_linger_sends_a_lone_event_without_flush(kafka):
     settings = _settings()
-    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
     event = next(e for e in generate_events(10, seed=2, broken_share=0.0))
-    async with TraceProducer(settings, kafka_bootstrap, linger_ms=5) as producer:
+    async with TraceProducer(settings, kafka, linger_ms=5) as producer:
         await producer.publish(event.record, schema_version=event.schema_version)
-        records = await _read_all(kafka_bootstrap, settings.topics.raw, 1, timeout_s=15)
+        records = await _read_all(kafka, settings.topics.raw, 1, timeout_s=15)
         assert [r.key for r in records] == [event.trace_id.encode()]
         report = await producer.flush()
     assert (report.delivered, report.failed) == (1, 0)
@@ -229,9 +230,9 @@ async def test_linger_sends_a_lone_event_without_flush(kafka_bootstrap):
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_publish_jsonl_publishes_good_lines_and_reports_bad_ones(kafka_bootstrap, tmp_path):
+async def test_publish_jsonl_publishes_good_lines_and_reports_bad_ones(kafka, tmp_path):
     settings = _settings()
-    await _create_raw_topic(kafka_bootstrap, settings, BIG_TOPIC_CONFIG)
+    await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
     path = tmp_path / "traces.jsonl"
     events = list(generate_events(400, seed=13, broken_share=0.3))
     with path.open("w", encoding="utf-8") as fp:
@@ -239,7 +240,7 @@ async def test_publish_jsonl_publishes_good_lines_and_reports_bad_ones(kafka_boo
         fp.write("\n")  # a blank line: skipped
         fp.write('{"prompt": "unterminated\n')
     progress: list[int] = []
-    async with TraceProducer(settings, kafka_bootstrap) as producer:
+    async with TraceProducer(settings, kafka) as producer:
         summary = await publish_jsonl(
             path, producer, now=lambda: datetime.now(timezone.utc), on_progress=progress.append
         )
@@ -251,7 +252,7 @@ async def test_publish_jsonl_publishes_good_lines_and_reports_bad_ones(kafka_boo
     assert summary.published == len(events) - rejects + 1
     assert (summary.delivered, summary.failed) == (summary.published, 0)
     assert progress and progress[-1] == summary.lines
-    records = await _read_all(kafka_bootstrap, settings.topics.raw, summary.published)
+    records = await _read_all(kafka, settings.topics.raw, summary.published)
     assert len(records) == summary.published
     codec = AvroCodec(default_registry())
     decoded = {codec.decode(r.value)[0]["trace_id"] for r in records}

@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.topics import ensure_pipeline_topics
-from tests.integration.support import running_processors
+from tests.integration.support import kafka_of, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -34,8 +33,8 @@ async def test_run_events_become_runs_and_metrics_rows_once(settings: Settings):
                for i, loss in enumerate(losses)]
     events += [run_event("checkpoint", 5, checkpoint={"step": 3, "path": "/tmp/ckpt/3", "sha256": "cd" * 32}),
                run_event("evaluated", 6, scorecard='{"exact_match":0.25}'), run_event("completed", 7)]
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await ensure_pipeline_topics(settings, kafka_of(settings))
+    producer = kafka_of(settings).producer(acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for event in events:
@@ -44,7 +43,7 @@ async def test_run_events_become_runs_and_metrics_rows_once(settings: Settings):
         await producer.stop()
 
     async with running_processors(settings) as processors:
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         runs = await processors.writer.run(lambda w: w.query(
             f"SELECT event_type, workers, checkpoint_step, scorecard FROM `{w.database}`.runs FINAL ORDER BY at"))
         curve = await processors.writer.run(lambda w: w.query(

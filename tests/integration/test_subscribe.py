@@ -7,7 +7,6 @@ import re
 from datetime import datetime, timezone
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from consumers.errors import RangeBeyondEndError, SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.records import Record, Undecodable
@@ -21,7 +20,7 @@ from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(180)]
 
@@ -45,7 +44,7 @@ async def wait_split(*subscriptions, partitions: int, timeout_s: float = 60) -> 
 
 async def test_two_members_of_a_group_split_the_partitions_and_see_every_event_once(settings: Settings):
     events = valid_events(300, seed=11)
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
+    await ensure_pipeline_topics(settings, kafka_of(settings))
     async with subscribe(settings, "traces.raw", group="team-a", idle_timeout_s=3) as a, \
             subscribe(settings, "traces.raw", group="team-a", idle_timeout_s=3) as b:
         await wait_split(a, b, partitions=settings.partitions)
@@ -171,14 +170,14 @@ async def test_a_dataset_seek_yields_exactly_the_manifest_records(settings: Sett
     events = list(generate_events(400, seed=16, broken_share=0.05))
     async with running_processors(settings):
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         topic = settings.topics.valid
         # A middle slice of every partition, so records exist before and after each range.
         ranges = tuple(OffsetRange(topic, p, 5, 60) for p in range(settings.partitions))
-        await create_dataset(settings, settings.kafka_bootstrap,
+        await create_dataset(settings, kafka_of(settings),
                              DatasetRequest(name="slice", from_offsets=ranges), CODEC)
         await publish(settings, valid_events(30, seed=17))  # more log after the snapshot
-        manifest = (await load_catalog(settings.kafka_bootstrap, settings.topics.datasets, CODEC)).get("slice").manifest
+        manifest = (await load_catalog(kafka_of(settings), settings.topics.datasets, CODEC)).get("slice").manifest
 
         async with subscribe(settings, "traces.valid", dataset=manifest) as records:
             got = [record async for record in records]
@@ -194,8 +193,8 @@ async def test_a_dataset_seek_yields_exactly_the_manifest_records(settings: Sett
 
 
 async def test_undecodable_records_raise_with_coordinates_or_come_as_items(settings: Settings):
-    await ensure_pipeline_topics(settings, settings.kafka_bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await ensure_pipeline_topics(settings, kafka_of(settings))
+    producer = kafka_of(settings).producer(acks="all")
     await producer.start()
     try:
         good = CODEC.encode(valid_events(1, seed=18)[0].record, "Trace")

@@ -15,7 +15,7 @@ from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import PAYLOAD_KINDS, generate_events
 from streams.topics import materialize_group, validate_group
-from tests.integration.support import REPO, cli, publish, running_processors
+from tests.integration.support import REPO, cli, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -119,7 +119,7 @@ async def test_lag_defaults_to_the_processors_groups(settings: Settings):
     events = list(generate_events(150, seed=25, broken_share=0.1))
     async with running_processors(settings):
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         # In a thread: the processors keep heartbeating in this event loop while the command runs.
         report = json.loads((await asyncio.to_thread(cli, settings, "lag", "--json")).stdout)
     groups = {(row["group"], row["topic"]) for row in report}

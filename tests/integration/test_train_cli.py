@@ -20,7 +20,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import cli, publish, running_processors
+from tests.integration.support import cli, kafka_of, publish, running_processors
 from tests.integration.test_train_run import run_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
@@ -38,10 +38,10 @@ async def test_train_with_two_workers_end_to_end(settings: Settings, tmp_path: P
     config.write_text(json.dumps({"preset": "tiny", "train": {"total_steps": 12, "checkpoint_every": 4,
                                                               "eval_max_new_tokens": 8}}))
     async with running_processors(settings) as processors:
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
         await publish(settings, generate_events(60, seed=9, broken_share=0.0))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        manifest = await create_dataset(settings, settings.kafka_bootstrap,
+        await wait_until_caught_up(settings, kafka_of(settings))
+        manifest = await create_dataset(settings, kafka_of(settings),
                                         DatasetRequest("cli", split=Split(eval_share=0.1)), CODEC)
 
         done = await asyncio.to_thread(cli, settings, "train", "cli", "--workers", "2", "--config", str(config),
@@ -58,7 +58,7 @@ async def test_train_with_two_workers_end_to_end(settings: Settings, tmp_path: P
         assert [e["checkpoint"]["step"] for e in events if e["event_type"] == "checkpoint"] == [4, 8, 12]
         assert {(e["workers"], e["dataset_sha256"]) for e in events} == {(2, manifest.content_sha256)}
 
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         rows = await processors.writer.run(lambda w: w.query(
             f"SELECT event_type, workers FROM `{w.database}`.runs FINAL WHERE run_id = 'cli-run' ORDER BY offset"))
         curve = await processors.writer.run(lambda w: w.query(
@@ -81,10 +81,10 @@ async def test_train_with_two_workers_end_to_end(settings: Settings, tmp_path: P
 async def test_cancel_through_the_cli_is_answered_by_the_running_run(settings: Settings, tmp_path: Path):
     """A local (one-worker) run started by the CLI stops on `runs cancel`, and says so on runs.events."""
     async with running_processors(settings):
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
         await publish(settings, generate_events(30, seed=3, broken_share=0.0))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        await create_dataset(settings, settings.kafka_bootstrap, DatasetRequest("long"), CODEC)
+        await wait_until_caught_up(settings, kafka_of(settings))
+        await create_dataset(settings, kafka_of(settings), DatasetRequest("long"), CODEC)
     config = tmp_path / "long.json"
     config.write_text(json.dumps({"preset": "tiny", "train": {"total_steps": 100000, "checkpoint_every": 100000}}))
     training = asyncio.create_task(asyncio.to_thread(cli, settings, "train", "long", "--config", str(config),
@@ -101,7 +101,7 @@ async def test_cancel_through_the_cli_is_answered_by_the_running_run(settings: S
     types = [e["event_type"] for e in await run_events(settings, "long-run")]
     assert types[-1] == "cancelled" and "cancel_requested" in types and "completed" not in types, types
     async with running_processors(settings) as processors:  # the new event type is materialized like any other
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         rows = await processors.writer.run(lambda w: w.query(
             f"SELECT event_type FROM `{w.database}`.runs FINAL WHERE run_id = 'long-run' ORDER BY offset"))
     assert [r[0] for r in rows] == types

@@ -23,7 +23,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import REPO, cli, publish, running_processors
+from tests.integration.support import REPO, cli, kafka_of, publish, running_processors
 from tests.integration.test_train_run import run_events
 from trainer.config import from_mapping
 from trainer.data import read_examples
@@ -38,10 +38,10 @@ CONFIG = {"preset": "tiny", "train": {"total_steps": 150, "checkpoint_every": 10
 async def test_rerun_after_the_driver_was_killed_continues_without_repeating_a_step(settings: Settings,
                                                                                     tmp_path: Path):
     async with running_processors(settings):
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
         await publish(settings, generate_events(40, seed=2, broken_share=0.0))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        manifest = await create_dataset(settings, settings.kafka_bootstrap, DatasetRequest("resume"), CODEC)
+        await wait_until_caught_up(settings, kafka_of(settings))
+        manifest = await create_dataset(settings, kafka_of(settings), DatasetRequest("resume"), CODEC)
     config = tmp_path / "run.json"
     config.write_text(json.dumps(CONFIG))
     args = ["train", "resume", "--config", str(config), "--run-id", "resume-run"]
@@ -71,6 +71,6 @@ async def test_rerun_after_the_driver_was_killed_continues_without_repeating_a_s
     assert checkpoints == list(range(10, 151, 10))
 
     preset = from_mapping(CONFIG)
-    train, _ = await read_examples(settings.kafka_bootstrap, manifest, CODEC)
+    train, _ = await read_examples(kafka_of(settings), manifest, CODEC)
     whole = await asyncio.to_thread(train_and_evaluate, preset.model, preset.train, train, [], None)
     np.testing.assert_allclose([m["loss"] for m in metrics], [m["loss"] for m in whole.history], rtol=1e-6)

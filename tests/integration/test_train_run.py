@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from consumers.lag import end_offsets, topic_partitions
 from deploy.kafka import ensure_topics_async
@@ -24,7 +23,7 @@ from streams.catchup import wait_until_caught_up
 from streams.errors import UnknownDataset
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 from trainer.config import ConfigError
 from trainer.run import run_training
 
@@ -36,10 +35,10 @@ TINY_20 = {"preset": "tiny", "train": {"total_steps": 20, "checkpoint_every": 10
 
 async def run_events(settings: Settings, run_id: str) -> list[dict]:
     """Every RunEvent of ``run_id`` on runs.events, from the beginning, in log order."""
-    bootstrap = settings.kafka_bootstrap
-    partitions = await topic_partitions(bootstrap, [settings.topics.runs])
-    ends = await end_offsets(bootstrap, [settings.topics.runs])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    kafka = kafka_of(settings)
+    partitions = await topic_partitions(kafka, [settings.topics.runs])
+    ends = await end_offsets(kafka, [settings.topics.runs])
+    consumer = kafka.consumer(enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     events = []
     try:
@@ -60,16 +59,16 @@ async def run_events(settings: Settings, run_id: str) -> list[dict]:
 
 async def test_run_publishes_ordered_events_naming_its_dataset(settings: Settings, tmp_path: Path):
     async with running_processors(settings):
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
         await publish(settings, generate_events(120, seed=41, broken_share=0.0))
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         manifest = await create_dataset(
-            settings, settings.kafka_bootstrap, DatasetRequest("sft", split=Split(eval_share=0.2)), CODEC
+            settings, kafka_of(settings), DatasetRequest("sft", split=Split(eval_share=0.2)), CODEC
         )
     assert manifest.train_count > 0 and manifest.eval_count > 0
 
     started = time.monotonic()
-    outcome = await run_training(settings, settings.kafka_bootstrap, "sft", None, TINY_20,
+    outcome = await run_training(settings, kafka_of(settings), "sft", None, TINY_20,
                                  run_id="run-ok", workdir=tmp_path / "run")
     print(f"run_training took {time.monotonic() - started:.1f}s")
 
@@ -117,7 +116,7 @@ async def test_run_publishes_ordered_events_naming_its_dataset(settings: Setting
 
     # An invalid config fails before training, naming the field, with the dataset it was meant for.
     with pytest.raises(ConfigError, match="total_step"):
-        await run_training(settings, settings.kafka_bootstrap, "sft", manifest.version,
+        await run_training(settings, kafka_of(settings), "sft", manifest.version,
                            {"train": {"total_step": 5}}, run_id="run-badcfg", workdir=tmp_path / "bad")
     (failed,) = await run_events(settings, "run-badcfg")
     assert failed["event_type"] == "failed" and "total_step" in failed["error"]
@@ -125,9 +124,9 @@ async def test_run_publishes_ordered_events_naming_its_dataset(settings: Setting
 
 
 async def test_unknown_dataset_publishes_failed_and_raises(settings: Settings, tmp_path: Path):
-    await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1, settings.topics.datasets: 1})
+    await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1, settings.topics.datasets: 1})
     with pytest.raises(UnknownDataset, match="nope"):
-        await run_training(settings, settings.kafka_bootstrap, "nope", 3, None, run_id="run-bad",
+        await run_training(settings, kafka_of(settings), "nope", 3, None, run_id="run-bad",
                            workdir=tmp_path / "run")
 
     events = await run_events(settings, "run-bad")

@@ -15,8 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.lag import end_offsets
@@ -27,7 +26,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import REPO, publish, running_processors, wait_for_async
+from tests.integration.support import REPO, kafka_of, publish, running_processors, wait_for_async
 from tests.integration.test_train_run import run_events
 from trainer.policy import parse_policy
 from trainer.service import TrainerService, run_id_for, trainer_group
@@ -56,7 +55,7 @@ async def serve_until(service: TrainerService, decisions: int) -> None:
 
 async def rewind_group(settings: Settings) -> None:
     """As if the trainer had crashed before committing anything: its group starts over at offset 0."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=trainer_group(settings),
+    consumer = kafka_of(settings).consumer(group_id=trainer_group(settings),
                                 enable_auto_commit=False)
     await consumer.start()
     try:
@@ -68,19 +67,19 @@ async def rewind_group(settings: Settings) -> None:
 
 
 async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Settings):
-    bootstrap = settings.kafka_bootstrap
+    kafka = kafka_of(settings)
     async with running_processors(settings):
         await publish(settings, generate_events(150, seed=7, broken_share=0.0))
-        await wait_until_caught_up(settings, bootstrap)
-        ends = await end_offsets(bootstrap, [settings.topics.valid])
+        await wait_until_caught_up(settings, kafka)
+        ends = await end_offsets(kafka, [settings.topics.valid])
         # "gone" covers the first two offsets of each partition, which are deleted below; "sft" the rest.
         head = {str(tp.partition): [0, 2] for tp in ends}
         rest = {str(tp.partition): [2, end] for tp, end in ends.items()}
         for name, ranges in (("sft-a", rest), ("other", rest), ("bad-cfg", rest), ("gone-a", head)):
-            await create_dataset(settings, bootstrap, DatasetRequest(
+            await create_dataset(settings, kafka, DatasetRequest(
                 name, split=Split(eval_share=0.2),
                 from_offsets=parse_offsets_json(json.dumps(ranges), settings.topics.valid)), CODEC)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka.admin()
     await admin.start()
     try:
         await admin.delete_records({tp: RecordsToDelete(before_offset=2) for tp in ends})
@@ -88,7 +87,7 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
         await admin.close()
 
     # datasets.events holds created + ready for each of the four: eight events.
-    service = TrainerService(settings, bootstrap, POLICY)
+    service = TrainerService(settings, kafka, POLICY)
     await serve_until(service, 8)
     ready = {d.run_id: d for d in service.decisions if d.run_id}
     by_action = Counter((d.action, d.status) for d in service.decisions)
@@ -109,7 +108,7 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
 
     # A trainer that lost its commits sees every event again and starts nothing twice.
     await rewind_group(settings)
-    again = TrainerService(settings, bootstrap, POLICY)
+    again = TrainerService(settings, kafka, POLICY)
     await serve_until(again, 8)
     assert {d.action for d in again.decisions} == {"skipped"}
     assert sorted(d.status for d in again.decisions if d.run_id) == ["completed", "failed", "failed"]
@@ -117,7 +116,7 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
 
     # The runs are materialized like any run: in order, with a loss curve that goes down.
     async with running_processors(settings) as processors:
-        await wait_until_caught_up(settings, bootstrap)
+        await wait_until_caught_up(settings, kafka)
         rows = await processors.writer.run(lambda w: w.query(
             f"SELECT event_type FROM `{w.database}`.runs FINAL WHERE run_id = {{run:String}} ORDER BY at, offset",
             {"run": sft.run_id}))
@@ -130,10 +129,10 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
 
 
 async def test_a_trainer_killed_mid_run_resumes_that_run_after_restart(settings: Settings, tmp_path: Path):
-    bootstrap = settings.kafka_bootstrap
+    kafka = kafka_of(settings)
     async with running_processors(settings):
         await publish(settings, generate_events(120, seed=9, broken_share=0.0))
-        await wait_until_caught_up(settings, bootstrap)
+        await wait_until_caught_up(settings, kafka)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"rules": [{"dataset": "sft-*", "config": {
         "preset": "tiny", "train": {"total_steps": 300, "checkpoint_every": 10}}}]}), encoding="utf-8")
@@ -148,7 +147,7 @@ async def test_a_trainer_killed_mid_run_resumes_that_run_after_restart(settings:
     first = start(1)
     second = None
     try:
-        await create_dataset(settings, bootstrap, DatasetRequest("sft-r", split=Split(eval_share=0.1)), CODEC)
+        await create_dataset(settings, kafka, DatasetRequest("sft-r", split=Split(eval_share=0.1)), CODEC)
         async def checkpointed() -> bool:
             return any(e["event_type"] == "checkpoint" for e in await run_events(settings, run_id))
         while not await checkpointed():

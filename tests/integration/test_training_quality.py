@@ -24,7 +24,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 from trainer.run import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(600)]
@@ -40,16 +40,16 @@ async def test_arith_run_scores_clearly_above_a_constant_answer(settings: Settin
     events = list(generate_events(COUNT, seed=21, broken_share=0.02, kind="arith"))
     valid = [e for e in events if e.expected_reason is None]
     async with running_processors(settings):
-        await ensure_topics_async(settings.kafka_bootstrap, {settings.topics.runs: 1})
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         manifest = await create_dataset(
-            settings, settings.kafka_bootstrap, DatasetRequest("arith", split=Split(eval_share=0.1)), CODEC
+            settings, kafka_of(settings), DatasetRequest("arith", split=Split(eval_share=0.1)), CODEC
         )
     assert manifest.record_count == len(valid)  # the broken ones were dead-lettered, not trained on
 
     outcome = await run_training(
-        settings, settings.kafka_bootstrap, "arith", None,
+        settings, kafka_of(settings), "arith", None,
         CONFIG, run_id="arith-quality", workdir=tmp_path / "run",
     )
     card = outcome.scorecard

@@ -19,7 +19,7 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import publish, running_processors
+from tests.integration.support import kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
 
@@ -35,8 +35,8 @@ async def test_an_out_of_range_trace_version_is_dead_lettered_by_validate(settin
 
     async with running_processors(settings) as processors:
         await publish(settings, events)
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
-        manifest = await create_dataset(settings, settings.kafka_bootstrap, DatasetRequest("int32"), CODEC)
+        await wait_until_caught_up(settings, kafka_of(settings))
+        manifest = await create_dataset(settings, kafka_of(settings), DatasetRequest("int32"), CODEC)
         dead = await processors.writer.run(lambda w: w.query(
             f"SELECT trace_id, reason, stage FROM `{w.database}`.dlq FINAL ORDER BY trace_id"))
         in_warehouse = (await processors.writer.run(lambda w: w.query(
@@ -45,7 +45,7 @@ async def test_an_out_of_range_trace_version_is_dead_lettered_by_validate(settin
         for source in ("kafka", "warehouse"):
             sink = io.BytesIO()
             summary = await export_dataset(manifest, "trace", "all", sink, source=source,
-                                           bootstrap=processors.validate.bootstrap, codec=CODEC,
+                                           kafka=kafka_of(settings), codec=CODEC,
                                            warehouse=processors.writer.run)
             exported[source] = (summary.content_sha256, sink.getvalue())
 

@@ -17,7 +17,7 @@ from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.topics import materialize_group
-from tests.integration.support import expected_outcome, publish, running_processors
+from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseUnavailable
 
@@ -55,7 +55,7 @@ async def test_outage_waits_commits_nothing_unwritten_and_loses_nothing(settings
     async with running_processors(settings, open_warehouse) as processors:
         writer, materialize = processors.writer, processors.materialize
         await publish(settings, events[:1000])
-        await wait_until_caught_up(settings, settings.kafka_bootstrap)
+        await wait_until_caught_up(settings, kafka_of(settings))
         before = materialize.traces_written
         assert before > 0
 
@@ -65,7 +65,7 @@ async def test_outage_waits_commits_nothing_unwritten_and_loses_nothing(settings
             await asyncio.sleep(4)  # several commit intervals while every insert fails
             assert SwitchableOutage.refused_inserts > 0
             assert materialize.traces_written == before
-            committed = await committed_offsets(settings.kafka_bootstrap, materialize_group(settings))
+            committed = await committed_offsets(kafka_of(settings), materialize_group(settings))
             written = await written_offsets(writer, settings)
             for tp, end in written.items():
                 assert committed.get(tp, 0) <= end, f"{tp} committed past the rows written"
@@ -74,7 +74,7 @@ async def test_outage_waits_commits_nothing_unwritten_and_loses_nothing(settings
         finally:
             SwitchableOutage.down = False
 
-        await asyncio.wait_for(wait_until_caught_up(settings, settings.kafka_bootstrap), 120)
+        await asyncio.wait_for(wait_until_caught_up(settings, kafka_of(settings)), 120)
         rows = await writer.run(lambda w: w.query(
             f"SELECT count(), uniqExact(trace_id) FROM `{w.database}`.traces FINAL"))
         assert rows == [(valid, valid)]
