@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
 from deploy.kafka import LocalKafkaBroker
@@ -66,10 +66,10 @@ def _summary(stdout: str, stderr: str) -> dict[str, int]:
     return {"published": published, "acknowledged": acknowledged, "not_acknowledged": not_acknowledged}
 
 
-async def _read_topic(bootstrap: str, topic: str) -> list:
+async def _read_topic(kafka: KafkaClients, topic: str) -> list:
     """Every committed record of ``topic``, up to its end offsets."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+    consumer = kafka.consumer(
+        enable_auto_commit=False, isolation_level="read_committed",
         fetch_max_bytes=8 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
@@ -112,7 +112,7 @@ def test_publish_gives_up_within_the_delivery_timeout_when_the_broker_is_gone(tm
         raw = settings.topics.raw
 
         publisher = _start_publish(settings, path)
-        wait_for(lambda: publisher.poll() is not None or asyncio.run(_count(bootstrap, raw)) > 0,
+        wait_for(lambda: publisher.poll() is not None or asyncio.run(_count(KafkaClients(bootstrap), raw)) > 0,
                  timeout_s=60, every_s=0.05, what="the first events in traces.raw")
         assert publisher.poll() is None, "the publisher finished before the broker could be killed"
         _kill(broker)
@@ -132,15 +132,15 @@ def test_publish_gives_up_within_the_delivery_timeout_when_the_broker_is_gone(tm
         assert stderr.count("aiokafka") <= 10, stderr  # a few messages, not a flood of retries
 
         broker.start()  # the same data: what was acknowledged must be there
-        held = asyncio.run(_count(broker.bootstrap, raw))
+        held = asyncio.run(_count(broker.clients(), raw))
         assert counts["acknowledged"] <= held <= counts["published"]
     finally:
         broker.stop()
 
 
-async def _count(bootstrap: str, topic: str) -> int:
+async def _count(kafka: KafkaClients, topic: str) -> int:
     """Records in ``topic`` (the sum of its high watermarks)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = kafka.consumer(enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -166,7 +166,7 @@ def test_broker_killed_and_restarted_mid_stream_every_acknowledged_event_arrives
         wait_for(lambda: stats_via_worker(settings), timeout_s=90, what="the worker to serve /stats")
 
         publisher = _start_publish(settings, path)
-        wait_for(lambda: publisher.poll() is not None or asyncio.run(_count(bootstrap, raw)) > 0,
+        wait_for(lambda: publisher.poll() is not None or asyncio.run(_count(KafkaClients(bootstrap), raw)) > 0,
                  timeout_s=60, every_s=0.05, what="the first events in traces.raw")
         assert publisher.poll() is None, "the publisher finished before the broker could be killed"
         _kill(broker)
@@ -178,7 +178,7 @@ def test_broker_killed_and_restarted_mid_stream_every_acknowledged_event_arrives
         counts = _summary(stdout, stderr)
         assert counts == {"published": written.lines - sum(written.publish_rejects.values()),
                           "acknowledged": counts["published"], "not_acknowledged": 0}
-        assert asyncio.run(_count(bootstrap, raw)) == counts["acknowledged"]  # no event twice in the log
+        assert asyncio.run(_count(KafkaClients(bootstrap), raw)) == counts["acknowledged"]  # no event twice in the log
 
         def caught_up():
             assert worker.poll() is None, f"the worker exited ({worker.returncode}):\n{log.read_text()[-3000:]}"
@@ -187,8 +187,8 @@ def test_broker_killed_and_restarted_mid_stream_every_acknowledged_event_arrives
         stats = wait_for(caught_up, timeout_s=120, every_s=0.5, what="the worker to store every valid trace")
         assert stats["traces"] == stats["distinct_trace_ids"] == written.valid
 
-        raw_records = asyncio.run(_read_topic(bootstrap, raw))
-        outputs = asyncio.run(_read_topic(bootstrap, valid)) + asyncio.run(_read_topic(bootstrap, dlq))
+        raw_records = asyncio.run(_read_topic(KafkaClients(bootstrap), raw))
+        outputs = asyncio.run(_read_topic(KafkaClients(bootstrap), valid)) + asyncio.run(_read_topic(KafkaClients(bootstrap), dlq))
         made_from = Counter(
             (r.partition, at) for r in outputs if (at := source_offset(r.headers, raw)) is not None
         )
@@ -230,7 +230,7 @@ async def test_the_sdk_reports_each_unacknowledged_event_and_recovers_when_the_b
             for event in events[300:]:  # a fresh client: the producer goes on once the broker is back
                 await producer.publish(event.record, schema_version=event.schema_version)
             assert (await producer.flush()).delivered == 100
-        held = await _read_topic(bootstrap, settings.topics.raw)
+        held = await _read_topic(KafkaClients(bootstrap), settings.topics.raw)
         keys = Counter(r.key for r in held)
         assert set(keys) >= {e.trace_id.encode() for e in events[:200] + events[300:]}
         assert max(keys.values()) == 1
