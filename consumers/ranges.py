@@ -30,7 +30,8 @@ from aiokafka.structs import ConsumerRecord
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.lag import topic_partitions
-from consumers.log import decode_records, read_range_batches, start_range_consumer
+from consumers.log import decode_records, start_range_consumer
+from consumers.log import read_range_batches as read_partition_range
 from deploy.kafka_clients import KafkaClients
 
 if TYPE_CHECKING:
@@ -141,8 +142,8 @@ async def read_range_batches_raw(
         await _check(kafka, consumer, ranges)
         for r in ranges:
             tp = TopicPartition(r.topic, r.partition)
-            async for batch in read_range_batches(consumer, tp, r.start, r.end, batch_records=batch_records,
-                                                  stall_timeout_s=stall_timeout_s):
+            async for batch in read_partition_range(consumer, tp, r.start, r.end, batch_records=batch_records,
+                                                    stall_timeout_s=stall_timeout_s):
                 yield batch
     finally:
         await consumer.stop()
