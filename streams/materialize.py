@@ -216,10 +216,11 @@ class MaterializeStage:
     async def close(self) -> None:
         """The writer and producer are the worker's; nothing of the stage's own to release."""
 
-    async def process(self, batches: Batches) -> dict[TopicPartition, int]:
+    async def process(self, batches: Batches, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         records = [record for tp in sorted(batches) for record in batches[tp]]
-        await self._materialize(records)
-        return {tp: records[-1].offset + 1 for tp, records in batches.items()}
+        if records:
+            await self._materialize(records)
+        return offsets
 
     async def _materialize(self, records: Sequence[ConsumerRecord]) -> None:
         now = utc_now()

@@ -58,11 +58,14 @@ class Stage(Protocol):
         fetched before it are stale and are dropped).
         """
 
-    async def process(self, batches: Batches) -> dict[TopicPartition, int]:
+    async def process(self, batches: Batches, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Make the output of ``batches`` durable; return only when it is. Never raises for bad input.
 
-        Returns the offsets the runner must still commit through the consumer
-        group: none for a stage that commits them in its own transaction.
+        ``offsets`` are the positions to commit once it is done (every partition
+        of ``batches``, and partitions whose position only stepped over
+        transaction markers). Returns the offsets the runner must still commit
+        through the consumer group: none for a stage that commits them in its
+        own transaction.
         """
 
     async def close(self) -> None:
@@ -108,6 +111,7 @@ class StageRunner(Service):
         self.records_processed = 0
         self.assignment_epoch = 0
         self._prepared_epoch = 0
+        self._positions: dict[TopicPartition, int] = {}
         self.failure: StageFailed | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._consumer_options = dict(
@@ -150,20 +154,45 @@ class StageRunner(Service):
         batches = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
         if self._prepared_epoch != self.assignment_epoch or getattr(self.stage, "needs_prepare", False):
             epoch = self.assignment_epoch
+            self._positions = {}
             moved = await self.stage.on_assigned(set(self.consumer.assignment()), self.consumer)
             self._prepared_epoch = epoch
             if moved:
                 return
         assignment = self.consumer.assignment()
         batches = {tp: records for tp, records in batches.items() if records and tp in assignment}
-        if not batches:
+        offsets = await self._advanced(batches)
+        if not offsets:
             return
         self._current = batches
         epoch = self.assignment_epoch
-        offsets = await self.stage.process(batches)
+        to_commit = await self.stage.process(batches, offsets)
         self.records_processed += sum(len(records) for records in batches.values())
-        if offsets:
-            await self._commit(offsets, moved=epoch != self.assignment_epoch)
+        self._positions.update(offsets)
+        if to_commit:
+            await self._commit(to_commit, moved=epoch != self.assignment_epoch)
+
+    async def _advanced(self, batches: Batches) -> dict[TopicPartition, int]:
+        """The consumer's position for each partition that has records or moved past records it skips.
+
+        The position, not the last record's offset + 1, is what gets committed:
+        under read_committed the consumer steps over transaction markers and
+        aborted records without returning them, and committing the last
+        record + 1 would leave the group forever "behind" by a marker
+        (as Kafka Streams found, KAFKA-6607).
+        """
+        offsets: dict[TopicPartition, int] = {}
+        paused = self.consumer.paused()
+        for tp in self.consumer.assignment():
+            if tp in paused and tp not in batches:
+                continue
+            position = await self.consumer.position(tp)
+            known = self._positions.get(tp)
+            if tp in batches or (known is not None and position > known):
+                offsets[tp] = max(position, batches[tp][-1].offset + 1) if tp in batches else position
+            elif known is None:
+                self._positions[tp] = position  # where the assignment starts: nothing to commit yet
+        return offsets
 
     async def _commit(self, offsets: dict[TopicPartition, int], *, moved: bool) -> None:
         assigned = self.consumer.assignment()

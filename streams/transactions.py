@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
-from aiokafka.structs import ConsumerRecord
 
 from deploy.kafka_clients import KafkaClients
 from streams.coordinates import Coordinates
@@ -66,6 +65,7 @@ class PartitionTransactions:
         which is what makes the committed offsets read next stable.
         """
         await self.close()
+        _quiet_abandoned_deliveries(asyncio.get_running_loop())
         self._consumer, self._retry_at = consumer, None
         if not partitions:
             return
@@ -92,10 +92,10 @@ class PartitionTransactions:
                 pass  # revoked meanwhile: the next assignment prepares again
 
     async def commit(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord], outputs: Sequence[Output],
+        self, tp: TopicPartition, offset: int, outputs: Sequence[Output],
         on_committed: Callable[[], None] | None = None,
     ) -> bool:
-        """Produce ``outputs`` to partition ``tp.partition`` and commit ``records``' offset, atomically.
+        """Produce ``outputs`` to partition ``tp.partition`` and commit ``offset`` for ``tp``, atomically.
 
         Returns False when the transaction could not commit (fenced, or the
         broker failed it): nothing of it is visible to read_committed readers
@@ -113,14 +113,13 @@ class PartitionTransactions:
                     deliveries.append(
                         await producer.send(topic, value, key=key, partition=tp.partition, headers=headers)
                     )
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
+                await producer.send_offsets_to_transaction({tp: offset}, self.group)
         except (KafkaError, asyncio.TimeoutError) as exc:
             # These fail with the transaction, whose error is reported once, below. aiokafka leaves its own
             # transaction waiter unretrieved when the error is fatal (fenced); asyncio would print it at exit.
             for delivery in (*deliveries, producer._txn_manager.wait_for_transaction_end()):
                 delivery.add_done_callback(_retrieve)
-            span = f"{Coordinates(tp.topic, tp.partition, records[0].offset)}..{records[-1].offset}"
-            self._lose(tp, exc, span)
+            self._lose(tp, exc, f"up to {Coordinates(tp.topic, tp.partition, offset)}")
             return False
         self.transactions += 1
         self.transaction_seconds += time.perf_counter() - started
@@ -170,3 +169,29 @@ def _pause(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> 
 def _retrieve(delivery: asyncio.Future) -> None:
     if not delivery.cancelled():
         delivery.exception()
+
+
+def _quiet_abandoned_deliveries(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep a lost transaction's internal futures out of the log: ``_lose`` already reported it, once.
+
+    aiokafka fails every batch future of a fenced producer; nobody awaits the
+    batches of a transaction we gave up, so asyncio would print each with a
+    traceback at garbage collection ("Future exception was never retrieved").
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiet_abandoned_deliveries", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if context.get("message") == "Future exception was never retrieved" and isinstance(
+            context.get("exception"), KafkaError
+        ):
+            log.debug("abandoned delivery of a lost transaction: %r", context["exception"])
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiet_abandoned_deliveries = True
+    loop.set_exception_handler(handler)

@@ -141,14 +141,14 @@ class ValidateStage:
         await self.transactions.take_over(partitions, consumer)
         return True
 
-    async def process(self, batches: Batches) -> dict[TopicPartition, int]:
-        await asyncio.gather(*(self._validate(tp, records) for tp, records in batches.items()))
+    async def process(self, batches: Batches, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        await asyncio.gather(*(self._validate(tp, batches.get(tp, ()), offset) for tp, offset in offsets.items()))
         return {}  # committed inside each partition's transaction
 
     async def close(self) -> None:
         await self.transactions.close()
 
-    async def _validate(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> None:
+    async def _validate(self, tp: TopicPartition, records: Sequence[ConsumerRecord], offset: int) -> None:
         outputs: list[Output] = []
         valid = 0
         reasons: Counter[str] = Counter()
@@ -168,7 +168,7 @@ class ValidateStage:
             self.validated += valid
             self.dead_lettered.update(reasons)
 
-        await self.transactions.commit(tp, records, outputs, on_committed=count)
+        await self.transactions.commit(tp, offset, outputs, on_committed=count)
 
 
 def _key_text(key: bytes | None) -> str | None:
