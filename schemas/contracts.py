@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.registry import RegisteredSchema, SchemaRegistry, default_registry
+from schemas.validation import Reason
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "topics.md"
 REGENERATE = ".venv/bin/python -m schemas.contracts"
@@ -56,8 +57,10 @@ CONTRACTS: tuple[TopicContract, ...] = (
         value_note="any registered version, as the producer wrote it; may also hold bytes that are not a valid "
                    "Trace at all (validate dead-letters them)",
         partitions="`TRACESTREAM_PARTITIONS` (default 4)",
-        headers=(),
-        writers=("producers: `TraceProducer`, `tracestream publish`, `POST /api/traces`",),
+        headers=(("tracestream-replayed-from",
+                  "only on events republished by `tracestream dlq replay`: the dead letter's `topic/partition/offset`"),),
+        writers=("producers: `TraceProducer`, `tracestream publish`, `POST /api/traces`",
+                 "`tracestream dlq replay` (dead letters' original bytes, once each unless `--again`)"),
         readers=("validate (group `<app_id>.validate`)",),
     ),
     TopicContract(
@@ -79,11 +82,12 @@ CONTRACTS: tuple[TopicContract, ...] = (
         key="trace_id when it could be read, else none",
         value="DeadLetter",
         value_note="the original bytes with a machine-readable reason; validate writes raw partition p to "
-                   "partition p",
+                   "partition p. Reasons: " + ", ".join(f"`{r.value}`" for r in Reason),
         partitions="same count as traces.raw",
         headers=_SOURCE_HEADERS,
         writers=("validate (invalid events)", "materialize (rows the warehouse rejected)"),
-        readers=("materialize (table `dlq`)", "subscribers: `consumers.subscribe`, `tracestream tail`"),
+        readers=("materialize (table `dlq`)", "`tracestream dlq replay` (read whole; the source of truth)",
+                 "subscribers: `consumers.subscribe`, `tracestream tail`"),
     ),
     TopicContract(
         topic="datasets.events",
