@@ -82,7 +82,8 @@ CONTRACTS: tuple[TopicContract, ...] = (
         key="trace_id when it could be read, else none",
         value="DeadLetter",
         value_note="the original bytes with a machine-readable reason; validate writes raw partition p to "
-                   "partition p. Reasons: " + ", ".join(f"`{r.value}`" for r in Reason),
+                   "partition p. Reasons: " + ", ".join(
+                       f"`{r.value}`" for r in Reason if r not in (Reason.NOT_JSON, Reason.INVALID_SHAPE)),
         partitions="same count as traces.raw",
         headers=_SOURCE_HEADERS,
         writers=("validate (invalid events)", "materialize (rows the warehouse rejected)"),
