@@ -228,3 +228,14 @@ def test_normalize_fills_latest_defaults():
     out = normalize(v1_record)
     assert out["model"] is None and out["score"] is None and out["trace_version"] == 1
     assert normalize(trace(model="m"))["model"] == "m"
+
+
+def test_an_avro_int_past_32_bits_decodes_and_is_caught():
+    """fastavro writes and reads a 2^40 "int" without complaint; the rule is what stops it."""
+    from schemas.codec import AvroCodec
+    from schemas.registry import default_registry
+
+    codec = AvroCodec(default_registry())
+    record, _ = codec.decode_latest(codec.encode(trace(trace_version=2**40), "Trace"), "Trace")
+    assert record["trace_version"] == 2**40
+    assert check_trace(record).reason == Reason.TRACE_VERSION_OUT_OF_RANGE
