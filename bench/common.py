@@ -256,14 +256,16 @@ def encode_events(count: int, seed: int) -> EncodedEvents:
 
 
 @asynccontextmanager
-async def running_processors(settings: Settings, kafka: KafkaClients) -> AsyncIterator[Any]:
-    """Build the processors in this process; yield them unstarted (``streams.app.Processors``).
+async def running_processors(
+    settings: Settings, kafka: KafkaClients, stages: tuple[str, ...] = ("validate", "materialize")
+) -> AsyncIterator[Any]:
+    """Build the processors (``stages``) in this process; yield them unstarted (``streams.app.Processors``).
 
     The caller starts ``processors.app`` (so it can time the start); it is stopped on exit.
     """
     from streams.app import build_app
 
-    processors = build_app(settings, as_kafka(kafka))
+    processors = build_app(settings, as_kafka(kafka), stages=stages)
     try:
         yield processors
     finally:

@@ -1,8 +1,8 @@
 """End-to-end ingest throughput: traces published to traces.raw → queryable in ClickHouse.
 
-    python -m bench.ingest [--count 20000] [--seed 7] [--timeout 600]
+    python -m bench.ingest [--count 20000] [--seed 7] [--validate-processes 0,1,2] [--timeout 600]
 
-One run, one process:
+One run, one broker:
 
 1. generate ``--count`` valid traces and encode them (Avro single-object);
 2. warm the broker and the clients up with a short bare round trip on a
@@ -11,10 +11,16 @@ One run, one process:
    count — AIOKafkaProducer (acks=all, idempotent, same linger and batch size as
    the SDK) into a fresh topic, then one AIOKafkaConsumer (fresh group,
    ``getmany`` loop) reading everything back, doing nothing with it;
-4. the pipeline: publish every trace to traces.raw with ``TraceProducer``
-   first (publish rate), then start the processors in this process and
-   time until ``SELECT count() FROM traces FINAL`` (polled every 0.1 s) says
-   every trace is queryable.
+4. the cost of one Kafka transaction: a transactional producer commits
+   transactions that hold only a consumed offset (begin, offsets, commit),
+   the fixed price validate pays per partition and batch;
+5. the pipeline, once per ``--validate-processes`` value N, each on fresh
+   topics: publish every trace to traces.raw with ``TraceProducer`` (publish
+   rate), then start the processors and time until ``SELECT count() FROM
+   traces FINAL`` (polled every 0.1 s) says every trace is queryable. N=0 runs
+   validate and materialize in this process; N>0 runs materialize here and
+   validate in N ``tracestream worker --stages validate`` processes, as
+   ``tracestream serve`` does on a machine with more than one core.
 
 The baseline runs before the pipeline so that chDB's background merges of
 the pipeline's inserts cannot slow it down. Speeds are printed, never asserted.
@@ -27,7 +33,7 @@ import asyncio
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import TopicPartition
 
 from bench.common import (
     SHARED_MACHINE_NOTE,
@@ -39,7 +45,6 @@ from bench.common import (
     drop_run_topics,
     emit_json,
     encode_events,
-    kafka,
     load_average,
     machine,
     open_warehouse,
@@ -52,11 +57,16 @@ from bench.common import (
     temp_workdir,
     warehouse_kind,
 )
+from bench.common import kafka as kafka_target
+from consumers.lag import ClusterOffsets
 from deploy.kafka import ensure_topics_async
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.app import MAX_MESSAGE_BYTES
+from streams.app import MAX_MESSAGE_BYTES, STAGES
+from streams.processes import ValidateProcesses
 from streams.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
-from streams.topics import TOPIC_CONFIG, ensure_pipeline_topics
+from streams.topics import TOPIC_CONFIG, ensure_pipeline_topics, validate_group
+from streams.transactions import RETRY_BACKOFF_MS
 
 POLL_S = 0.1
 # The SDK's batching (TraceProducer defaults), so the baseline's producer batches alike.
@@ -66,17 +76,18 @@ WARMUP_EVENTS = 2000
 # A just-created topic's leaders can bounce the first produce (NotLeaderForPartition, retried);
 # a short pause keeps that retry out of the timed publish.
 TOPIC_SETTLE_S = 1.0
+TRANSACTION_ROUNDS = 200
 
 
 async def bare_round_trip(
-    bootstrap: str, topic: str, partitions: int, items: list[tuple[bytes, bytes]], *, group: str, timeout_s: float,
+    kafka: KafkaClients, topic: str, partitions: int, items: list[tuple[bytes, bytes]], *, group: str, timeout_s: float,
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Produce ``items`` to a fresh ``topic``, then consume them all back; timings in seconds."""
-    await ensure_topics_async(bootstrap, {topic: partitions}, config=TOPIC_CONFIG)
+    await ensure_topics_async(kafka, {topic: partitions}, config=TOPIC_CONFIG)
     await asyncio.sleep(TOPIC_SETTLE_S)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=SDK_LINGER_MS,
+    producer = kafka.producer(
+        acks="all", enable_idempotence=True, linger_ms=SDK_LINGER_MS,
         max_batch_size=SDK_MAX_BATCH_BYTES, max_request_size=DEFAULT_MAX_REQUEST_SIZE, compression_type=None,
     )
     await producer.start()
@@ -92,8 +103,8 @@ async def bare_round_trip(
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+    consumer = kafka.consumer(
+        topic, group_id=group, auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
     )
     got = got_bytes = 0
@@ -127,10 +138,10 @@ async def bare_round_trip(
 
 
 async def publish(
-    settings: Settings, bootstrap: str, items: list[tuple[bytes, bytes]], timeout_s: float, broker_pid: int | None
+    settings: Settings, kafka: KafkaClients, items: list[tuple[bytes, bytes]], timeout_s: float, broker_pid: int | None
 ) -> tuple[float, dict[str, Any]]:
     """Publish every item with the producer SDK; (seconds from the first publish to the flushed report, CPU)."""
-    async with TraceProducer(settings, bootstrap) as producer:
+    async with TraceProducer(settings, kafka) as producer:
         cpu = CpuMeter(broker_pid)
         started = time.perf_counter()
         async with asyncio.timeout(timeout_s):
@@ -145,57 +156,90 @@ async def publish(
     return took, used
 
 
+async def transaction_cost(kafka: KafkaClients, topic: str, group: str, rounds: int) -> dict[str, float]:
+    """Milliseconds per transaction that holds only a consumed offset: validate's fixed cost per partition and batch."""
+    await ensure_topics_async(kafka, {topic: 1}, config=TOPIC_CONFIG)
+    producer = await kafka.start(kafka.producer(transactional_id=f"{group}-cost", acks="all",
+                                                retry_backoff_ms=RETRY_BACKOFF_MS))
+    tp = TopicPartition(topic, 0)
+    try:
+        took = []
+        for offset in range(rounds + 3):
+            started = time.perf_counter()
+            async with producer.transaction():
+                await producer.send_offsets_to_transaction({tp: offset}, group)
+            took.append(time.perf_counter() - started)
+        took = sorted(took[3:])  # the first ones find the coordinator
+    finally:
+        await producer.stop()
+    return {"mean_ms": 1000 * sum(took) / len(took), "p50_ms": 1000 * took[len(took) // 2],
+            "p99_ms": 1000 * took[min(len(took) - 1, int(len(took) * 0.99))]}
+
+
+async def validated_count(offsets: ClusterOffsets, settings: Settings) -> int:
+    return sum((await offsets.committed(validate_group(settings))).values())
+
+
 async def pipeline_ingest(
-    settings: Settings, bootstrap: str, expected: int, timeout_s: float, broker_pid: int | None = None
+    settings: Settings, kafka: KafkaClients, expected: int, timeout_s: float, *, validate_processes: int,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Start the processors and time until ``expected`` traces are queryable."""
-    async with running_processors(settings, bootstrap) as processors:
+    stages = ("materialize",) if validate_processes else STAGES
+    children = ValidateProcesses(settings, validate_processes, log_dir=settings.home / "logs")
+    async with running_processors(settings, kafka, stages=stages) as processors, ClusterOffsets(kafka) as offsets:
         open_s = await open_warehouse(processors.writer)
         cpu = CpuMeter(broker_pid)
         started = time.perf_counter()
+        if validate_processes:
+            await children.start()
         await processors.app.start()
         app_started_s = time.perf_counter() - started
         deadline = started + timeout_s
         first: tuple[float, int] | None = None
-        validated_all_s = written_all_s = None
-        rows = 0
-        polls = 0
+        validated_all_s = None
+        validated = rows = polls = 0
         timeline: list[tuple[float, int, int]] = []  # (s since start, validated, queryable), about 1 a second
-        while time.perf_counter() < deadline:
-            rows = await count_traces(processors.writer)
-            now = time.perf_counter() - started
-            polls += 1
-            if validated_all_s is None and processors.validate.validated >= expected:
-                validated_all_s = now
-            if written_all_s is None and processors.materialize.traces_written >= expected:
-                written_all_s = now
-            if rows and first is None:
-                first = (now, rows)
-            if not timeline or now - timeline[-1][0] >= 1.0 or rows >= expected:
-                timeline.append((round(now, 1), processors.validate.validated, rows))
-            if rows >= expected:
-                break
-            await asyncio.sleep(max(0.0, started + polls * POLL_S - time.perf_counter()))
-        done_s = time.perf_counter() - started
-        used = cpu.read()
+        try:
+            while time.perf_counter() < deadline:
+                rows = await count_traces(processors.writer)
+                now = time.perf_counter() - started
+                polls += 1
+                if validated_all_s is None and (polls % 5 == 0 or rows >= expected):
+                    validated = await validated_count(offsets, settings)
+                    if validated >= expected:
+                        validated_all_s = now
+                if rows and first is None:
+                    first = (now, rows)
+                if not timeline or now - timeline[-1][0] >= 1.0 or rows >= expected:
+                    timeline.append((round(now, 1), validated, rows))
+                if rows >= expected:
+                    break
+                await asyncio.sleep(max(0.0, started + polls * POLL_S - time.perf_counter()))
+            done_s = time.perf_counter() - started
+            used = cpu.read()
+        finally:
+            if validate_processes:
+                await children.stop()
+        transactions = processors.counters().get("transactions")
         check = await processors.writer.run(lambda w: w.query(
             f"SELECT count(), uniqExact(trace_id), (SELECT count() FROM `{w.database}`.dlq FINAL) "
             f"FROM `{w.database}`.traces FINAL"))
         await drop_run_database(settings, processors.writer)
     final_rows, unique_ids, dead_letters = check[0]
     return {
+        "validate_processes": validate_processes,
         "warehouse_open_s": open_s,
         "app_start_s": app_started_s,
         "first_row_s": first[0] if first else None,
         "rows_at_first_sight": first[1] if first else 0,
         "validated_all_s": validated_all_s,
-        "written_all_s": written_all_s,
         "all_queryable_s": done_s,
         "rows": int(final_rows),
         "unique_trace_ids": int(unique_ids),
         "dead_letters": int(dead_letters),
         "complete": rows >= expected,
-        "validated": processors.validate.validated,
+        "transactions": transactions,
         "cpu": used,
         "timeline": timeline,
     }
@@ -205,15 +249,15 @@ def per_s(count: float, seconds: float | None) -> float:
     return count / seconds if seconds else float("nan")
 
 
-async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[str, Any]:
+async def run(base: Settings, count: int, seed: int, validate_processes: list[int], timeout_s: float) -> dict[str, Any]:
     info = machine()
     load_start = load_average()
-    with temp_workdir() as workdir, kafka(base, workdir) as target:
-        bootstrap, kafka_description, pid = target.bootstrap, target.description, target.broker_pid
-        settings = run_settings(base, home=workdir / "home", bootstrap=bootstrap, tag="ingest")
+    with temp_workdir() as workdir, kafka_target(base, workdir) as target:
+        kafka, kafka_description, pid = target.kafka, target.description, target.broker_pid
+        settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="ingest")
         print_machine(info, kafka_description, warehouse_kind(settings))
         print(f"settings: {settings.partitions} partitions, materialize batch {settings.materialize_batch_size} rows "
-              f"or {settings.materialize_batch_seconds} s; offsets are committed after each batch")
+              f"or {settings.materialize_batch_seconds} s; validate commits each partition's batch in a transaction")
 
         print(f"\ngenerating and encoding {count} traces (seed {seed}) ...", flush=True)
         events: EncodedEvents = encode_events(count, seed)
@@ -224,48 +268,75 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
 
         prefix = settings.topic_prefix
         print(f"warming up the broker and clients ({min(WARMUP_EVENTS, count)} events, not measured) ...", flush=True)
-        await bare_round_trip(bootstrap, f"{prefix}warmup", settings.partitions, items[:WARMUP_EVENTS],
+        await bare_round_trip(kafka, f"{prefix}warmup", settings.partitions, items[:WARMUP_EVENTS],
                               group=f"{settings.app_id}-warmup", timeout_s=timeout_s)
 
         print("baseline: bare aiokafka produce, then consume ...", flush=True)
-        bare = await bare_round_trip(bootstrap, f"{prefix}bare", settings.partitions, items,
+        bare = await bare_round_trip(kafka, f"{prefix}bare", settings.partitions, items,
                                      group=f"{settings.app_id}-bare", timeout_s=timeout_s, broker_pid=pid)
+        print("the cost of a transaction (offsets only) ...", flush=True)
+        transaction = await transaction_cost(kafka, f"{prefix}txn-cost", f"{settings.app_id}-txn", TRANSACTION_ROUNDS)
 
-        print("pipeline: publishing with TraceProducer ...", flush=True)
-        await ensure_pipeline_topics(settings, bootstrap)
-        await asyncio.sleep(TOPIC_SETTLE_S)
-        publish_s, publish_cpu = await publish(settings, bootstrap, items, timeout_s, pid)
-        print("pipeline: starting the processors, waiting until every trace is queryable ...", flush=True)
-        pipe = await pipeline_ingest(settings, bootstrap, count, timeout_s, pid)
+        pipelines = []
+        for processes in validate_processes:
+            run_set = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag=f"ingest-v{processes}")
+            print(f"pipeline, validate in {processes or 'this'} process{'es' if processes > 1 else ''}: "
+                  "publishing with TraceProducer ...", flush=True)
+            await ensure_pipeline_topics(run_set, kafka)
+            await asyncio.sleep(TOPIC_SETTLE_S)
+            publish_s, publish_cpu = await publish(run_set, kafka, items, timeout_s, pid)
+            print("  starting the processors, waiting until every trace is queryable ...", flush=True)
+            pipe = await pipeline_ingest(run_set, kafka, count, timeout_s, validate_processes=processes, broker_pid=pid)
+            pipe.update(publish_s=publish_s, publish_cpu=publish_cpu)
+            pipelines.append(pipe)
+            await drop_run_topics(run_set, target)
         await drop_run_topics(settings, target)
     load_end = load_average()
+    return figures_of(count, seed, settings, events, bare, transaction, pipelines, info, kafka_description,
+                      load_start, load_end)
 
-    e2e_s = pipe["all_queryable_s"]
-    steady_s = (e2e_s - pipe["first_row_s"]) if pipe["first_row_s"] is not None else None
-    steady_rows = count - pipe["rows_at_first_sight"]
+
+def figures_of(count, seed, settings, events, bare, transaction, pipelines, info, kafka_description,
+               load_start, load_end) -> dict[str, Any]:
+    bare_total_s = bare["produce_s"] + bare["consume_s"]
     bare_steady_s = (bare["consume_s"] - bare["first_record_s"]) if bare["first_record_s"] is not None else None
-    figures: dict[str, Any] = {
+    runs = []
+    for pipe in pipelines:
+        e2e_s = pipe["all_queryable_s"]
+        steady_s = (e2e_s - pipe["first_row_s"]) if pipe["first_row_s"] is not None else None
+        steady_rows = count - pipe["rows_at_first_sight"]
+        traces_per_transaction = (count / pipe["transactions"]) if pipe["transactions"] else None
+        runs.append({
+            "validate_processes": pipe["validate_processes"],
+            "publish_s": round(pipe["publish_s"], 2),
+            "publish_per_s": round(per_s(count, pipe["publish_s"])),
+            "complete": pipe["complete"],
+            "app_start_s": round(pipe["app_start_s"], 2),
+            "first_row_s": rounded(pipe["first_row_s"], 2) if pipe["first_row_s"] is not None else None,
+            "validated_all_s": rounded(pipe["validated_all_s"], 2) if pipe["validated_all_s"] else None,
+            "all_queryable_s": round(e2e_s, 2),
+            "e2e_per_s": round(per_s(count, e2e_s)),
+            "steady_per_s": round(per_s(steady_rows, steady_s)) if steady_s else None,
+            "total_per_s": round(per_s(count, pipe["publish_s"] + e2e_s)),
+            "ratio_total_pipeline_over_bare": round(bare_total_s / (pipe["publish_s"] + e2e_s), 4),
+            "ratio_e2e_pipeline_over_bare_consume": round(bare["consume_s"] / e2e_s, 4),
+            "transactions": pipe["transactions"],
+            "traces_per_transaction": rounded(traces_per_transaction, 1) if traces_per_transaction else None,
+            "transaction_ms_per_trace": (rounded(transaction["mean_ms"] / traces_per_transaction, 4)
+                                         if traces_per_transaction else None),
+            "rows": pipe["rows"],
+            "unique_trace_ids": pipe["unique_trace_ids"],
+            "dead_letters": pipe["dead_letters"],
+            "timeline_s_validated_queryable": pipe["timeline"],
+            "cpu": {"publish": pipe["publish_cpu"], "pipeline": pipe["cpu"]},
+        })
+    return {
         "count": count,
         "seed": seed,
         "partitions": settings.partitions,
-        "mean_event_bytes": round(mean_bytes),
+        "mean_event_bytes": round(events.mean_bytes),
         "total_mb": round(events.total_bytes / 1e6, 1),
         "encode_per_s": round(per_s(count, events.encode_s)),
-        "publish_s": round(publish_s, 2),
-        "publish_per_s": round(per_s(count, publish_s)),
-        "publish_mb_per_s": rounded(events.total_bytes / 1e6 / publish_s),
-        "pipeline_complete": pipe["complete"],
-        "pipeline_app_start_s": round(pipe["app_start_s"], 2),
-        "pipeline_first_row_s": rounded(pipe["first_row_s"], 2) if pipe["first_row_s"] is not None else None,
-        "pipeline_validated_all_s": rounded(pipe["validated_all_s"], 2) if pipe["validated_all_s"] else None,
-        "pipeline_all_queryable_s": round(e2e_s, 2),
-        "pipeline_e2e_per_s": round(per_s(count, e2e_s)),
-        "pipeline_steady_per_s": round(per_s(steady_rows, steady_s)) if steady_s else None,
-        "pipeline_timeline_s_validated_queryable": pipe["timeline"],
-        "pipeline_rows": pipe["rows"],
-        "pipeline_unique_trace_ids": pipe["unique_trace_ids"],
-        "pipeline_dead_letters": pipe["dead_letters"],
-        "warehouse_open_s": round(pipe["warehouse_open_s"], 2),
         "bare_complete": bare["complete"],
         "bare_produce_s": round(bare["produce_s"], 2),
         "bare_produce_per_s": round(per_s(count, bare["produce_s"])),
@@ -274,13 +345,10 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
         "bare_consume_per_s": round(per_s(count, bare["consume_s"])),
         # Too short to time when one fetch brought nearly everything.
         "bare_consume_steady_per_s": round(per_s(count, bare_steady_s)) if (bare_steady_s or 0) >= 0.05 else None,
-        "pipeline_total_per_s": round(per_s(count, publish_s + e2e_s)),
-        "bare_total_per_s": round(per_s(count, bare["produce_s"] + bare["consume_s"])),
-        "ratio_total_pipeline_over_bare": round((bare["produce_s"] + bare["consume_s"]) / (publish_s + e2e_s), 4),
-        "ratio_e2e_pipeline_over_bare_consume": round(bare["consume_s"] / e2e_s, 4),
-        "ratio_publish_over_bare_produce": round(bare["produce_s"] / publish_s, 3),
-        "cpu": {"bare_produce": bare["produce_cpu"], "bare_consume": bare["consume_cpu"],
-                "publish": publish_cpu, "pipeline": pipe["cpu"]},
+        "bare_total_per_s": round(per_s(count, bare_total_s)),
+        "transaction_ms": {k: round(v, 2) for k, v in transaction.items()},
+        "pipelines": runs,
+        "cpu": {"bare_produce": bare["produce_cpu"], "bare_consume": bare["consume_cpu"]},
         "materialize_batch_size": settings.materialize_batch_size,
         "materialize_batch_seconds": settings.materialize_batch_seconds,
         "kafka": kafka_description,
@@ -289,7 +357,6 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
         "load_average_start": load_start,
         "load_average_end": load_end,
     }
-    return figures
 
 
 def print_report(f: dict[str, Any]) -> None:
@@ -299,38 +366,45 @@ def print_report(f: dict[str, Any]) -> None:
     def secs(value: Any) -> str:
         return f"{value:.2f} s" if isinstance(value, (int, float)) else "n/a"
 
+    txn = f["transaction_ms"]
     print_table(
         f"ingest: {f['count']:,} traces, {f['mean_event_bytes']} B mean ({f['total_mb']} MB), "
-        f"{f['partitions']} partitions",
+        f"{f['partitions']} partitions — baseline",
         [
-            ("publish (TraceProducer, acks=all)", f"{rate(f['publish_per_s'])}  ({secs(f['publish_s'])}, "
-                                                  f"{f['publish_mb_per_s']} MB/s)"),
             ("bare produce (aiokafka send)", f"{rate(f['bare_produce_per_s'])}  ({secs(f['bare_produce_s'])})"),
-            ("pipeline end to end", f"{rate(f['pipeline_e2e_per_s'])}  (processors start → all "
-                                    f"{f['count']:,} queryable in {secs(f['pipeline_all_queryable_s'])})"),
-            ("  without start-up/rebalance", f"{rate(f['pipeline_steady_per_s'])}  (first row at "
-                                             f"{secs(f['pipeline_first_row_s'])} → last row)"),
-            ("  all validated at", secs(f["pipeline_validated_all_s"])),
             ("bare consume (getmany, no work)", f"{rate(f['bare_consume_per_s'])}  ({secs(f['bare_consume_s'])}, "
                                                 f"first record at {secs(f['bare_consume_first_record_s'])})"),
             ("  without group join", rate(f["bare_consume_steady_per_s"]) if f["bare_consume_steady_per_s"]
              else "n/a (one fetch brought nearly everything)"),
-            ("pipeline total (publish + processors)", f"{rate(f['pipeline_total_per_s'])}"),
-            ("bare total (produce + consume)", f"{rate(f['bare_total_per_s'])}"),
-            ("ratio pipeline / bare, total", f"{f['ratio_total_pipeline_over_bare']:.4f}"),
-            ("ratio processors / bare consume", f"{f['ratio_e2e_pipeline_over_bare_consume']:.4f}"),
-            ("ratio publish / bare produce", f"{f['ratio_publish_over_bare_produce']:.3f}"),
-            ("rows / unique ids / dead letters", f"{f['pipeline_rows']:,} / {f['pipeline_unique_trace_ids']:,} / "
-                                                 f"{f['pipeline_dead_letters']}"),
-            ("load average start → end", f"{f['load_average_start']} → {f['load_average_end']}"),
+            ("bare total (produce + consume)", rate(f["bare_total_per_s"])),
+            ("one transaction (offsets only)", f"mean {txn['mean_ms']} ms, p50 {txn['p50_ms']} ms, "
+                                               f"p99 {txn['p99_ms']} ms"),
         ],
     )
-    print("\npipeline progress (seconds since the processors started: validated / queryable):")
-    print("  " + ", ".join(f"{t:g}s {v}/{q}" for t, v, q in f["pipeline_timeline_s_validated_queryable"]))
-    print_table("CPU used in each phase (this process = producer or consumer or processors + chDB)", [
-        (phase, cpu_line(f["cpu"][phase])) for phase in ("bare_produce", "bare_consume", "publish", "pipeline")
-    ])
-    if not (f["pipeline_complete"] and f["bare_complete"]):
+    for run in f["pipelines"]:
+        where = (f"validate in {run['validate_processes']} process{'es' if run['validate_processes'] > 1 else ''} "
+                 "of its own" if run["validate_processes"] else "validate and materialize in one process")
+        rows = [
+            ("publish (TraceProducer, acks=all)", f"{rate(run['publish_per_s'])}  ({secs(run['publish_s'])})"),
+            ("processors start → all queryable", f"{rate(run['e2e_per_s'])}  ({secs(run['all_queryable_s'])})"),
+            ("  without start-up/rebalance", f"{rate(run['steady_per_s'])}  (first row at "
+                                             f"{secs(run['first_row_s'])} → last row)"),
+            ("  all validated at", secs(run["validated_all_s"])),
+            ("publish + process, total", rate(run["total_per_s"])),
+            ("ratio pipeline / bare, total", f"{run['ratio_total_pipeline_over_bare']:.4f}"),
+            ("ratio processors / bare consume", f"{run['ratio_e2e_pipeline_over_bare_consume']:.4f}"),
+        ]
+        if run["transactions"]:
+            rows.append(("transactions", f"{run['transactions']:,} ({run['traces_per_transaction']} traces each; "
+                                         f"~{run['transaction_ms_per_trace']} ms of transaction per trace)"))
+        rows.append(("rows / unique ids / dead letters",
+                     f"{run['rows']:,} / {run['unique_trace_ids']:,} / {run['dead_letters']}"))
+        print_table(f"pipeline: {where}", rows)
+        print("  progress (s since start: validated / queryable): "
+              + ", ".join(f"{t:g}s {v}/{q}" for t, v, q in run["timeline_s_validated_queryable"]))
+        print("  CPU: publish " + cpu_line(run["cpu"]["publish"]) + "; processors " + cpu_line(run["cpu"]["pipeline"]))
+    print(f"\nload average start → end: {f['load_average_start']} → {f['load_average_end']}")
+    if not (f["bare_complete"] and all(run["complete"] for run in f["pipelines"])):
         print("\nWARNING: a phase hit --timeout before it saw every trace; its rate is not a throughput figure")
     print("\n" + SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]) + ".")
 
@@ -339,13 +413,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20_000, help="traces to ingest (default 20000)")
     parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    parser.add_argument("--validate-processes", default="0,1,2",
+                        help="comma-separated: run the pipeline with validate in this many processes of its own "
+                             "(0: in the materializer's process); default 0,1,2")
     parser.add_argument("--timeout", type=float, default=600.0, help="upper bound on each phase, seconds")
     args = parser.parse_args(argv)
     if not 1 <= args.count <= 1_000_000:
         parser.error("--count must be between 1 and 1,000,000 (every trace is held in memory)")
+    try:
+        processes = [int(n) for n in args.validate_processes.split(",")]
+    except ValueError:
+        parser.error("--validate-processes takes numbers separated by commas, e.g. 0,1,2")
+    if any(n < 0 or n > 8 for n in processes):
+        parser.error("--validate-processes: each value between 0 and 8")
     quiet_logging()
     settings = Settings()
-    figures = asyncio.run(run(settings, args.count, args.seed, args.timeout))
+    figures = asyncio.run(run(settings, args.count, args.seed, processes, args.timeout))
     print_report(figures)
     emit_json("ingest", figures)
 

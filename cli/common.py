@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import typer
 from rich.console import Console
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from schemas.errors import ConfigurationError
 from deploy.stack import kafka_bootstrap
+from schemas.errors import ConfigurationError
 
 console = Console(stderr=True)
 out = Console()
@@ -40,28 +39,6 @@ def require_kafka(settings: Settings) -> KafkaClients:
     except ConfigurationError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-
-
-class QuietRetries(logging.Filter):
-    """Let each kind of aiokafka message through once per ``every_s``.
-
-    While a broker is down aiokafka logs the same connection errors on every
-    retry, about ten a second; one of each says what is wrong.
-    """
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        super().__init__()
-        self.every_s = every_s
-        self._last: dict[tuple[str, object], float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("aiokafka"):
-            return True
-        key, now = (record.name, record.msg), time.monotonic()
-        if now - self._last.get(key, -self.every_s) < self.every_s:
-            return False
-        self._last[key] = now
-        return True
 
 
 def configure_logging(verbose: bool) -> None:

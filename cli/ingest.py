@@ -19,7 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cli.common import QuietRetries, console, load_settings, out, require_kafka
+from cli.common import console, load_settings, out, require_kafka
+from deploy.quiet_logs import QuietRetries
 from schemas.errors import TracestreamError
 from streams.generator import TRACE_KINDS, generate_events, write_jsonl
 from streams.jsonl import publish_jsonl

@@ -20,8 +20,8 @@ from mode import Service
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from schemas.errors import ConfigurationError
 from schemas.codec import AvroCodec
+from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
 from streams.materialize import BatchWriter, MaterializeStage
 from streams.stage import MAX_MESSAGE_BYTES, StageFailed, StageRunner

@@ -23,8 +23,7 @@ from aiokafka.structs import ConsumerRecord
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.registry import RegisteredSchema
-from streams.coordinates import Coordinates
-from streams.coordinates import source_headers
+from streams.coordinates import Coordinates, source_headers
 from streams.stage import Batches, Outputs
 from streams.validate import (
     DEAD_LETTER,

@@ -13,6 +13,7 @@ import faust
 from mode import Service
 
 from deploy.kafka_clients import KafkaClients
+from deploy.quiet_logs import quiet_kafka_retries
 from deploy.settings import Settings
 from streams.app import STAGES, Processors, build_app
 from streams.catchup import wait_until_caught_up
@@ -58,6 +59,10 @@ def run_worker(
             {"status": "ok", "pid": os.getpid(), "stages": list(stages),
              "assigned_partitions": processors.assigned_partitions()}
         )
+
+    @app.task
+    async def readable_logs() -> None:
+        quiet_kafka_retries()  # faust's worker has set its handlers up by now
 
     if until_caught_up:
 

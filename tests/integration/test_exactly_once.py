@@ -26,7 +26,12 @@ from streams.coordinates import source_offset
 from streams.generator import generate_events
 from streams.topics import ensure_pipeline_topics, validate_group
 from streams.transactions import PartitionTransactions
-from tests.integration.support import expected_outcome, publish, running_processors, start_worker
+from tests.integration.support import (
+    expected_outcome,
+    publish,
+    running_processors,
+    start_worker,
+)
 from warehouse.client import Warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(420)]
@@ -115,7 +120,7 @@ async def test_validate_processes_join_and_die_mid_stream_and_each_event_is_vali
     warehouse = Warehouse.connect(settings)
     db = warehouse.database
     ((rows, distinct),) = warehouse.query(f"SELECT count(), uniqExact(trace_id) FROM `{db}`.traces FINAL")
-    assert rows == valid
+    assert rows == valid and distinct == len({e.trace_id for e in events if e.expected_reason is None})
 
 
 async def test_a_stalled_validate_process_is_fenced_and_nothing_is_duplicated(settings: Settings, tmp_path: Path):
