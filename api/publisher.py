@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from aiokafka.errors import KafkaError
+
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.producer import DeliveryReport, TraceProducer
+from schemas.errors import TracestreamError
+from streams.producer import DeliveryFailure, DeliveryReport, TraceProducer
 
 
 class Publisher:
@@ -33,8 +36,19 @@ class Publisher:
     async def publish(self, events: Sequence[tuple[bytes, bytes]]) -> DeliveryReport:
         """Publish ``(key, payload)`` pairs in order; the report says which were acknowledged."""
         async with self._lock:
-            for key, payload in events:
-                await self.producer.publish_bytes(payload, key)
-            report = await self.producer.flush()
+            try:
+                for key, payload in events:
+                    await self.producer.publish_bytes(payload, key)
+            except (KafkaError, TracestreamError) as exc:
+                # No broker takes events: settle what was handed over (bounded by the delivery
+                # timeout), and count the rest as not acknowledged, so the answer is a 503.
+                try:
+                    settled = await self.producer.flush()
+                except (KafkaError, TracestreamError):
+                    settled = DeliveryReport(delivered=0, failed=0)
+                report = DeliveryReport(delivered=settled.delivered, failed=len(events) - settled.delivered,
+                                        errors=settled.errors or (DeliveryFailure(None, exc),))
+            else:
+                report = await self.producer.flush()
         self.accepted += report.delivered
         return report
