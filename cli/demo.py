@@ -22,7 +22,8 @@ import httpx
 import typer
 from rich.table import Table
 
-from cli.common import console, load_settings, out, require_bootstrap
+from cli.common import console, load_settings, out, require_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from deploy.stack import stack_up
 from schemas.codec import AvroCodec
@@ -48,7 +49,7 @@ def demo(
     base = load_settings()
     console.print("starting the local stack...")
     stack_up(base)
-    bootstrap = require_bootstrap(base)
+    kafka = require_kafka(base)
     run = uuid.uuid4().hex[:8]
     settings = base.model_copy(
         update={
@@ -59,7 +60,7 @@ def demo(
             "api_port": _free_port(),
         }
     )
-    asyncio.run(ensure_pipeline_topics(settings, bootstrap))
+    asyncio.run(ensure_pipeline_topics(settings, kafka))
     events = list(generate_events(count, seed, broken_share=broken_share))
     expected_reasons = Counter(e.expected_reason for e in events if e.expected_reason)
     expected_valid = count - sum(expected_reasons.values())
@@ -69,19 +70,19 @@ def demo(
     policy.parent.mkdir(parents=True, exist_ok=True)
     policy.write_text(json.dumps({"rules": [{"dataset": "demo-*", "config": {
         "preset": "tiny", "train": {"total_steps": DEMO_STEPS, "checkpoint_every": 10}}}]}), encoding="utf-8")
-    worker = _start(settings, bootstrap, "serve")
-    trainer = _start(settings, bootstrap, "trainer", "--policy", str(policy))
+    worker = _start(settings, kafka, "serve")
+    trainer = _start(settings, kafka, "trainer", "--policy", str(policy))
     try:
         _wait_healthy(settings, worker)
         console.print(f"run {run}: publishing {count} traces to {settings.topics.raw} ...")
         started = time.perf_counter()
-        report = asyncio.run(_publish(settings, bootstrap, events))
+        report = asyncio.run(_publish(settings, kafka, events))
         published_at = time.perf_counter()
         _wait_accounted(settings, worker, count, timeout_s, committed=False)
         queryable_at = time.perf_counter()
         stats = _wait_accounted(settings, worker, count, timeout_s, committed=True)
         console.print(f"snapshotting dataset {name} and waiting for the trainer to train on it ...")
-        manifest = asyncio.run(create_dataset(settings, bootstrap, DatasetRequest(name, split=Split(eval_share=0.1)),
+        manifest = asyncio.run(create_dataset(settings, kafka, DatasetRequest(name, split=Split(eval_share=0.1)),
                                               AvroCodec(default_registry())))
         served = _wait_trained(settings, trainer, name, timeout_s)
     finally:
@@ -110,13 +111,13 @@ def demo(
         raise typer.Exit(1)
 
 
-async def _publish(settings: Settings, bootstrap: str, events: list[GeneratedEvent]) -> Any:
-    async with TraceProducer(settings, bootstrap) as producer:
+async def _publish(settings: Settings, kafka: KafkaClients, events: list[GeneratedEvent]) -> Any:
+    async with TraceProducer(settings, kafka) as producer:
         return await publish_generated(producer, events)
 
 
-def _start(settings: Settings, bootstrap: str, command: str, *args: str) -> subprocess.Popen:
-    env = settings.model_copy(update={"kafka_bootstrap": bootstrap}).child_environment()
+def _start(settings: Settings, kafka: KafkaClients, command: str, *args: str) -> subprocess.Popen:
+    env = settings.model_copy(update={"kafka_bootstrap": kafka.bootstrap}).child_environment()
     log_path = _log_path(settings, command)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     console.print(f"{command} log: {log_path}")
