@@ -12,7 +12,6 @@ from cli.common import console, load_settings, out, require_kafka
 from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 from trainer.config import ConfigError
-from trainer.run import RunCancelled, run_training
 
 
 def _dataset_ref(text: str) -> tuple[str, int | None]:
@@ -49,6 +48,8 @@ def train(
     ),
 ) -> None:
     """Train the byte-level LM on a dataset, publishing queued/started/metrics/checkpoint/evaluated/completed."""
+    from trainer.run import RunCancelled, run_training  # JAX and Orbax: ~1.5 s to import, only for this command
+
     settings = load_settings()
     kafka = require_kafka(settings)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -12,7 +13,9 @@ from cli.common import configure_logging, console, load_settings, require_kafka
 from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 from trainer.policy import load_policy
-from trainer.service import TrainerService, trainer_group
+
+if TYPE_CHECKING:
+    from trainer.service import TrainerService
 
 
 async def _serve(service: TrainerService) -> None:
@@ -30,6 +33,8 @@ def trainer(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
 ) -> None:
     """Consume datasets.events and start one training run per ready dataset that the policy matches."""
+    from trainer.service import TrainerService, trainer_group  # JAX and Ray: slow imports, only for this command
+
     configure_logging(verbose)
     settings = load_settings()
     kafka = require_kafka(settings)
