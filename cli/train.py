@@ -48,7 +48,10 @@ def train(
     ),
 ) -> None:
     """Train the byte-level LM on a dataset, publishing queued/started/metrics/checkpoint/evaluated/completed."""
-    from trainer.run import RunCancelled, run_training  # JAX and Orbax: ~1.5 s to import, only for this command
+    from trainer.run import (  # JAX and Orbax: ~1.5 s to import, only for this command
+        RunCancelled,
+        run_training,
+    )
 
     settings = load_settings()
     kafka = require_kafka(settings)

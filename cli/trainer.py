@@ -33,7 +33,10 @@ def trainer(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
 ) -> None:
     """Consume datasets.events and start one training run per ready dataset that the policy matches."""
-    from trainer.service import TrainerService, trainer_group  # JAX and Ray: slow imports, only for this command
+    from trainer.service import (  # JAX and Ray: slow imports, only for this command
+        TrainerService,
+        trainer_group,
+    )
 
     configure_logging(verbose)
     settings = load_settings()
