@@ -55,13 +55,18 @@ async def test_kafka_and_warehouse_give_the_same_records_in_order(settings: Sett
         await publish(settings, events)
         await wait_until_caught_up(settings, kafka_of(settings))
         ends = await end_offsets(kafka_of(settings), [topic])
-        assert len(ends) == settings.partitions and sum(ends.values()) == valid
+        # validate writes in transactions: their commit markers take offsets too, so offsets are not dense.
+        assert len(ends) == settings.partitions and sum(ends.values()) >= valid
+        present = set(await processors.writer.run(lambda w: w.query(
+            f"SELECT partition, offset FROM `{w.database}`.traces FINAL WHERE topic = {{t:String}}", {"t": topic})))
+        assert len(present) == valid
         assert all(end >= 8 for end in ends.values())
 
         # A middle slice of every partition: records exist before start and at/after end.
         ranges = [OffsetRange(tp.topic, tp.partition, end // 4, end - end // 4)
                   for tp, end in sorted(ends.items())]
-        expected = [(r.partition, offset) for r in ranges for offset in range(r.start, r.end)]
+        expected = [(r.partition, offset) for r in ranges for offset in range(r.start, r.end)
+                    if (r.partition, offset) in present]
 
         # Small batches and pages, ranges given out of order: still exact and in (partition, offset) order.
         from_kafka = await kafka_records(settings, list(reversed(ranges)), batch_records=50)
@@ -73,7 +78,7 @@ async def test_kafka_and_warehouse_give_the_same_records_in_order(settings: Sett
         assert await processors.writer.run(lambda w: count_rows(w, ranges)) == len(expected)
         for r in ranges:
             assert r.end < ends[TopicPartition(topic, r.partition)]
-            assert max(o for p, o in expected if p == r.partition) == r.end - 1
+            assert any(p == r.partition and r.end <= o for p, o in present)
 
         for record in from_kafka + from_warehouse:
             assert set(record) == RECORD_KEYS
