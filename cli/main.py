@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from cli import dataset, demo, dlq, ingest, runs, stack, train, trainer, worker
-from cli import subscribe as subscribe_cli
 from cli import serve as serve_cli
+from cli import subscribe as subscribe_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
 app.add_typer(stack.app, name="stack")
