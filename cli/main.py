@@ -7,8 +7,22 @@ import typer
 from cli import dataset, demo, dlq, ingest, runs, stack, train, trainer, worker
 from cli import serve as serve_cli
 from cli import subscribe as subscribe_cli
+from cli.common import console
+from schemas.errors import TracestreamError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
+
+class _App(typer.Typer):
+    """Our own errors (wrong password, no broker, bad settings) end a command with their message, not a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except TracestreamError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise SystemExit(1) from None
+
+
+app = _App(no_args_is_help=True, add_completion=False, help="Reasoning traces from Kafka to training data.")
 app.add_typer(stack.app, name="stack")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(runs.app, name="runs")
