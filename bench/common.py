@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 
 SHARED_MACHINE_NOTE = (
@@ -265,7 +265,7 @@ async def running_processors(
     """
     from streams.app import build_app
 
-    processors = build_app(settings, as_kafka(kafka), stages=stages)
+    processors = build_app(settings, kafka, stages=stages)
     try:
         yield processors
     finally:

@@ -6,7 +6,7 @@ import typer
 
 from cli.common import configure_logging, console, load_settings, require_kafka
 from cli.worker import run_processors
-from deploy.stack import kafka_bootstrap
+from deploy.stack import kafka_clients
 from streams.app import STAGES
 from streams.processes import default_validate_processes
 
@@ -31,11 +31,11 @@ def serve(
     configure_logging(verbose)
     settings = load_settings()
     if api_only:
-        bootstrap = kafka_bootstrap(settings)
-        if bootstrap is None:
+        kafka = kafka_clients(settings)
+        if kafka is None:
             console.print("[yellow]warning:[/yellow] no Kafka broker: reads work, the ingest door answers 503")
         console.print(f"API on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
-        run_api_only(settings, bootstrap)
+        run_api_only(settings, kafka)
         return
     kafka = require_kafka(settings)
     console.print(f"processors + API on http://{settings.api_host}:{settings.api_port} (docs: /docs)")

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from consumers.errors import UnknownGroupError, UnknownTopicError
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 
 _COORDINATOR_ATTEMPTS = 20
 
@@ -50,7 +50,7 @@ class ClusterOffsets:
     """
 
     def __init__(self, kafka: KafkaClients) -> None:
-        self.kafka = as_kafka(kafka)
+        self.kafka = kafka
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._starting: asyncio.Lock | None = None  # made in the running loop; concurrent callers start one client

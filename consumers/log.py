@@ -27,7 +27,7 @@ from aiokafka.structs import ConsumerRecord
 
 from consumers.errors import RangeExpiredError, RangeReadStalled
 from consumers.lag import topic_partitions
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from schemas.errors import DecodeError
 
 T = TypeVar("T")
@@ -166,7 +166,6 @@ async def read_to_end(
 
     With ``decode``, its results instead of the records (a ``DecodeError`` names the record's coordinates).
     """
-    kafka = as_kafka(kafka)
     partitions = await topic_partitions(kafka, [topic])
     if not partitions:
         return []

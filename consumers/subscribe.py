@@ -43,14 +43,29 @@ from datetime import datetime
 from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import SubscriptionError, UndecodableRecordError, UnknownTopicError
+from consumers.errors import (
+    SubscriptionError,
+    UndecodableRecordError,
+    UnknownTopicError,
+)
 from consumers.handled import HandledOffsets
 from consumers.lag import topic_partitions
 from consumers.ranges import read_range_batches_raw
-from consumers.records import Record, Undecodable, decode_record, topic_name, undecodable
+from consumers.records import (
+    Record,
+    Undecodable,
+    decode_record,
+    topic_name,
+    undecodable,
+)
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.errors import TracestreamError
 
@@ -730,7 +730,6 @@ async def ensure_topics_async(
         KafkaAuthenticationError: the cluster refused the credentials.
         BrokerError: the cluster refused to create a topic (bad name, policy).
     """
-    kafka = as_kafka(kafka)
     bootstrap = kafka.bootstrap
     wanted = dict(topics)
     topic_config = {**DEFAULT_TOPIC_CONFIG, **(config or {})}

@@ -134,7 +134,9 @@ class KafkaClients:
 
     async def connection_error(self, exc: BaseException) -> Exception:
         """The clearest error for a failed connection: an authentication problem if a probe finds one."""
-        from deploy.kafka import BrokerUnreachableError  # deploy.kafka builds its clients here
+        from deploy.kafka import (
+            BrokerUnreachableError,  # deploy.kafka builds its clients here
+        )
 
         where = f"Kafka at {self.bootstrap} ({self.describe()})"
         refused = await self._probe()
@@ -174,11 +176,6 @@ class KafkaClients:
 
     def _ssl_context(self) -> ssl.SSLContext:
         return create_ssl_context(cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile)
-
-
-def as_kafka(kafka: KafkaClients | str) -> KafkaClients:
-    """Transitional: a bare bootstrap string (PLAINTEXT) is still accepted until every caller passes KafkaClients."""
-    return kafka if isinstance(kafka, KafkaClients) else KafkaClients(kafka)
 
 
 async def _close(client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient) -> None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumers.lag import topic_partitions

@@ -48,7 +48,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import ConfigurationError, TracestreamError
@@ -205,7 +205,7 @@ class TraceProducer:
         self.delivery_timeout_s = (
             settings.kafka_delivery_timeout_s if delivery_timeout_s is None else delivery_timeout_s
         )
-        self.kafka = as_kafka(kafka)
+        self.kafka = kafka
         self._client_config = dict(
             client_id=client_id,
             acks="all",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.lag import topic_partitions
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.topics import materialize_group
 from warehouse.client import Warehouse
@@ -14,7 +14,6 @@ async def rewind_materializer(settings: Settings, kafka: KafkaClients) -> int:
 
     Run only while no worker runs: a live member would keep committing its own positions.
     """
-    kafka = as_kafka(kafka)
     topics = settings.topics
     partitions = await topic_partitions(kafka, [topics.valid, topics.dlq, topics.datasets, topics.runs])
     consumer = await kafka.start(kafka.consumer(group_id=materialize_group(settings), enable_auto_commit=False))

@@ -23,7 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.lag import ClusterOffsets
 from consumers.ranges import read_ranges
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import (
@@ -75,7 +75,6 @@ async def create_dataset(
         RangeBeyondEndError / RangeExpiredError: the offsets are not (or no longer) in the log.
         SnapshotTimeout: the materializer did not catch up in time (a `failed` event is published).
     """
-    kafka = as_kafka(kafka)
     async with ClusterOffsets(kafka) as offsets:  # one admin client and consumer for the whole snapshot
         return await _create(settings, kafka, offsets, request, codec, wait_timeout_s, warn)
 

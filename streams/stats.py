@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from consumers.lag import ClusterOffsets
-from deploy.kafka_clients import KafkaClients, as_kafka
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.topics import materialize_group, validate_group
 from warehouse.client import Warehouse
@@ -37,7 +37,7 @@ def warehouse_stats(warehouse: Warehouse) -> dict[str, Any]:
 async def lag_stats(settings: Settings, kafka: KafkaClients | ClusterOffsets) -> list[dict[str, Any]]:
     """Both processors' lag; a service asking often passes its long-lived ``ClusterOffsets``."""
     if not isinstance(kafka, ClusterOffsets):
-        async with ClusterOffsets(as_kafka(kafka)) as offsets:
+        async with ClusterOffsets(kafka) as offsets:
             return await lag_stats(settings, offsets)
     topics = settings.topics
     lags = [

@@ -12,6 +12,7 @@ from typing import Any
 import faust
 from mode import Service
 
+from consumers.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.quiet_logs import quiet_kafka_retries
 from deploy.settings import Settings
@@ -21,6 +22,17 @@ from streams.stats import lag_stats, warehouse_stats
 from streams.topics import ensure_pipeline_topics
 
 log = logging.getLogger(__name__)
+
+
+class OffsetsService(Service):
+    """One admin client and consumer for the worker's life, for /stats (a page load is not a new connection)."""
+
+    def __init__(self, kafka: KafkaClients) -> None:
+        super().__init__()
+        self.offsets = ClusterOffsets(kafka)  # its clients start on first use, in the worker's loop
+
+    async def on_stop(self) -> None:
+        await self.offsets.close()
 
 
 def run_worker(
@@ -46,10 +58,13 @@ def run_worker(
     for service in services(processors) if services else ():
         app.add_dependency(service)
 
+    offsets = OffsetsService(kafka)
+    app.add_dependency(offsets)
+
     @app.page("/stats")
     async def stats_page(web: Any, request: Any) -> Any:
         body = await writer.run(warehouse_stats) if writer is not None else {}
-        body["lag"] = await lag_stats(settings, kafka)
+        body["lag"] = await lag_stats(settings, offsets.offsets)
         body["worker"] = dict(processors.counters(), pid=os.getpid(), stages=list(stages))
         return web.json(body)
 
