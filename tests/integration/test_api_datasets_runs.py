@@ -33,6 +33,7 @@ async def test_dataset_export_over_http_is_byte_identical_to_the_cli(settings: S
     settings = settings.model_copy(update={"api_port": free_port()})
     await publish(settings, generate_events(250, seed=101, broken_share=0.1))
     async with running_processors(settings):
+        await wait_until_caught_up(settings, kafka_of(settings))  # snapshot what was ingested, not an empty log
         request = DatasetRequest(name="gsm", filter=parse_filter(["source=gsm-synth,tutor-bot"]), split=Split(0.2))
         manifest = await create_dataset(settings, kafka_of(settings), request, CODEC)
         await create_dataset(settings, kafka_of(settings), DatasetRequest(name="gsm", since=manifest.ref), CODEC)
