@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cli.common import console, load_settings, out, require_kafka
 from schemas.errors import TracestreamError
+from schemas.validation import Reason
 from streams.dlq_replay import replay as replay_dead_letters
 
 app = typer.Typer(no_args_is_help=True, help="Dead letters: replay them after a fix.")
@@ -43,6 +44,11 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
     """Republish dead letters' original bytes to traces.raw, each dead letter once (unless --again)."""
+    unknown = sorted(set(reason) - {r.value for r in Reason})
+    if unknown:
+        console.print(f"[red]error:[/red] --reason {', '.join(unknown)}: not a dead-letter reason; "
+                      f"use one of {', '.join(r.value for r in Reason)}")
+        raise typer.Exit(2)
     settings = load_settings()
     kafka = require_kafka(settings)
     try:
