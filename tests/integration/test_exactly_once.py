@@ -26,6 +26,7 @@ from streams.coordinates import source_offset
 from streams.generator import generate_events
 from streams.topics import ensure_pipeline_topics, validate_group
 from streams.transactions import PartitionTransactions
+from tests.conftest import free_port
 from tests.integration.support import (
     expected_outcome,
     publish,
@@ -187,3 +188,31 @@ async def test_an_owner_fenced_by_a_newer_one_cannot_commit(settings: Settings):
         await new.close()
         await old_consumer.stop()
         await new_consumer.stop()
+
+
+async def test_materializers_joining_and_leaving_mid_stream_never_crash_and_write_each_row_once(settings: Settings):
+    """Partitions of traces.valid move between materialize members mid-batch (a ClickHouse server allows many)."""
+    settings = settings.model_copy(update={"partitions": 4, "materialize_batch_size": 300})
+    events = list(generate_events(8000, seed=913, broken_share=0.05))
+    valid, reasons = expected_outcome(events)
+    kafka = kafka_of(settings)
+
+    def member() -> Settings:  # each worker serves /stats on a port of its own
+        return settings.model_copy(update={"web_port": free_port()})
+
+    async with running_processors(member(), stages=("validate",)):
+        publishing = asyncio.create_task(publish(settings, events))
+        async with running_processors(member(), stages=("materialize",)) as first:
+            await asyncio.sleep(1.5)
+            async with running_processors(member(), stages=("materialize",)) as second:
+                await asyncio.sleep(2)  # both members share the partitions; then the first leaves mid-stream
+            assert second.failure() is None
+            await publishing
+            await asyncio.wait_for(wait_until_caught_up(settings, kafka), 180)
+            assert first.failure() is None
+    warehouse = Warehouse.connect(settings)
+    db = warehouse.database
+    ((rows, keys),) = warehouse.query(f"SELECT count(), uniqExact(partition, offset) FROM `{db}`.traces FINAL")
+    ((letters,),) = warehouse.query(f"SELECT count() FROM `{db}`.dlq FINAL")
+    assert (rows, keys) == (valid, valid)
+    assert letters == sum(reasons.values())
