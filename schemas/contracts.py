@@ -68,7 +68,8 @@ CONTRACTS: tuple[TopicContract, ...] = (
         key="trace_id",
         value="Trace",
         value_note="the latest version, valid and normalized (steps sorted by index); raw partition p goes to "
-                   "partition p, in raw-offset order, each raw record at most once",
+                   "partition p, in raw-offset order, each raw record exactly once (committed in Kafka "
+                   "transactions with the consumed offset: read it with isolation.level=read_committed)",
         partitions="same count as traces.raw",
         headers=(*_SOURCE_HEADERS, ("tracestream-writer-version", "the Trace version the producer wrote")),
         writers=("validate",),
