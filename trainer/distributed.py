@@ -372,7 +372,7 @@ class RayTrainer:
             WorkerLost: actors died more than ``max_restarts`` times.
         """
         delivered = self.position  # micro-steps up to here were delivered before (or by a previous driver)
-        announced = self.checkpoint[0] if self.checkpoint else -1
+        announced = -1
         history: list[dict[str, Any]] = []
 
         def deliver(metrics: dict[str, Any]) -> None:
@@ -392,6 +392,8 @@ class RayTrainer:
                 announced = checkpoint[0]
                 if on_checkpoint is not None:
                     on_checkpoint(checkpoint[0], Path(checkpoint[1]), checkpoint[2])
+
+        saved(self.checkpoint)  # the one resumed from: a driver killed before announcing it announces it now
 
         while True:
             try:

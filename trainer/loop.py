@@ -105,6 +105,9 @@ def train_and_evaluate(
         resumed_from, state = restore(ckpt, state, data_id)
         if resumed_from is not None:
             last_path = ckpt.path(resumed_from)
+            last_sha = sha256_dir(last_path)
+            if on_checkpoint is not None:  # a run killed between saving it and announcing it announces it now
+                on_checkpoint(resumed_from, last_path, last_sha)
         arrays = tokenize(train_examples, model_cfg.max_len)
         k = train_cfg.grad_accum_steps
         history: list[dict[str, Any]] = []
