@@ -22,6 +22,9 @@ def serve(
         help="Run validate in this many processes of its own (default: one per core beyond the first); "
         "0 runs it in this process.",
     ),
+    host: str = typer.Option(None, "--host", help="Interface the API listens on (default TRACESTREAM_API_HOST)."),
+    port: int = typer.Option(None, "--port", min=1, max=65535,
+                             help="Port of the API (default TRACESTREAM_API_PORT, 8080)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO."),
 ) -> None:
     """Run validate + materialize and the API (http://API_HOST:API_PORT) together, sharing one warehouse."""
@@ -30,6 +33,9 @@ def serve(
 
     configure_logging(verbose)
     settings = load_settings()
+    chosen = {name: value for name, value in (("api_host", host), ("api_port", port)) if value is not None}
+    if chosen:
+        settings = settings.model_copy(update=chosen)
     if api_only:
         kafka = kafka_clients(settings)
         if kafka is None:
