@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -16,6 +16,7 @@ from api.models import Trace, TraceComparison, TracePage
 from api.queries import traces as q
 from api.readahead import ReadAhead, page_json
 from api.reader import WarehouseReader
+from schemas.validation import CREATED_AT_MAX, CREATED_AT_MIN
 
 router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Readable])
 
@@ -38,6 +39,20 @@ def parse_meta(pairs: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def check_instant(name: str, value: datetime | None) -> datetime | None:
+    """An instant the warehouse's created_at column can hold (DateTime64's range), else a 422 naming it."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not CREATED_AT_MIN <= aware <= CREATED_AT_MAX:
+        raise InvalidRequest(
+            f"{name}={value.isoformat()} is outside what traces can hold ({CREATED_AT_MIN.isoformat()} to "
+            f"{CREATED_AT_MAX.isoformat()})",
+            [{"field": f"query.{name}", "message": "outside the range of created_at"}],
+        )
+    return value
+
+
 @router.get("", response_model=TracePage, responses=_ERRORS, summary="List traces, a page at a time")
 async def list_traces(
     reader: ReaderDep,
@@ -57,7 +72,8 @@ async def list_traces(
     page's last trace, so traces written while you page simply show up at
     the end of their partition.
     """
-    where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta), created_from, created_until)
+    where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta),
+                          check_instant("created_from", created_from), check_instant("created_until", created_until))
     return json_response(await read_page(state.pages, state.topics.valid, decode_cursor(cursor), limit, where))
 
 

@@ -168,6 +168,12 @@ async def test_bad_requests_get_422_naming_the_field(settings: Settings):
         assert bad_meta.status_code == 422 and "key=value" in bad_meta.json()["error"]["message"]
         bad_time = await client.get("/api/traces", params={"created_from": "yesterday"})
         assert bad_time.status_code == 422 and bad_time.json()["error"]["details"][0]["field"] == "query.created_from"
+        for name, instant in (("created_from", "9999-12-31T23:59:59Z"), ("created_until", "1899-12-31T09:59:59-14:00")):
+            far = await client.get("/api/traces", params={name: instant})
+            assert far.status_code == 422, (name, far.text)
+            assert far.json()["error"]["details"][0]["field"] == f"query.{name}"
+        edge = await client.get("/api/traces", params={"created_until": "2299-12-31T23:59:59Z"})
+        assert edge.status_code == 200 and len(edge.json()["items"]) == 5
         nowhere = await client.get("/api/nothing-here")
         assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
 
