@@ -11,7 +11,7 @@ them as one dataset, then time, each over the whole dataset:
 2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
    checked) and decoded (``read_ranges``: dataset records, Avro decoded);
 3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
-4. export of every format from Kafka, and ``trace`` from ClickHouse, to /dev/null.
+4. export of every format (JSON Lines and Parquet) from Kafka, and ``trace`` from ClickHouse, to /dev/null.
 
 Speeds are printed, never asserted.
 """
@@ -43,12 +43,11 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.ingest import publish
-from consumers.export import dataset_records, export_dataset
+from consumers.export import EXPORT_FORMATS, dataset_records, export_dataset
 from consumers.ranges import read_ranges, read_ranges_raw
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.exports import FORMATS
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.snapshot import DatasetRequest, create_dataset
@@ -124,7 +123,7 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                         manifest, source="warehouse", warehouse=processors.writer.run))),
                 ]
                 with open(os.devnull, "wb") as sink:
-                    for fmt in FORMATS:
+                    for fmt in EXPORT_FORMATS:
                         runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
                             manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
                     runs.append(await timed("export_trace_warehouse", export_dataset(
@@ -151,7 +150,7 @@ def print_report(f: dict[str, Any]) -> None:
         ("  ratio decoded replay / bare", f"{f['ratio_replay_kafka_over_bare']}"),
         ("replay from ClickHouse", f"{f['replay_warehouse_per_s']:,}/s"),
     ]
-    rows += [(f"export {fmt} from Kafka", f"{f[f'export_{fmt}_kafka_per_s']:,}/s") for fmt in FORMATS]
+    rows += [(f"export {fmt} from Kafka", f"{f[f'export_{fmt}_kafka_per_s']:,}/s") for fmt in EXPORT_FORMATS]
     rows.append(("export trace from ClickHouse", f"{f['export_trace_warehouse_per_s']:,}/s"))
     print_table(f"datasets: {f['records']:,} traces", rows)
     print(SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]))

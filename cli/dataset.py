@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from cli.common import console, load_settings, out, require_kafka
-from consumers.export import dataset_records, export_dataset, own_thread
+from consumers.export import EXPORT_FORMATS, dataset_records, export_dataset, own_thread
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import (
@@ -23,7 +23,6 @@ from schemas.dataset import (
     select,
 )
 from schemas.errors import TracestreamError
-from schemas.exports import FORMATS
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from streams.snapshot import DatasetRequest, create_dataset
@@ -140,14 +139,16 @@ async def _keys(manifest: Manifest, kafka: KafkaClients, codec: AvroCodec) -> di
 @app.command()
 def export(
     dataset: str = typer.Argument(..., help="NAME or NAME@VERSION."),
-    fmt: str = typer.Option("trace", "--format", help=f"One of: {', '.join(FORMATS)}."),
+    fmt: str = typer.Option("trace", "--format", help=f"One of: {', '.join(EXPORT_FORMATS)} (parquet: one row "
+                            "per trace, steps as a list of structs)."),
     split: str = typer.Option("all", "--split", help="train, eval or all."),
     out_file: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: stdout)."),
     source: str = typer.Option("kafka", "--source", help="kafka (replay the log) or warehouse (ClickHouse)."),
 ) -> None:
-    """Write a dataset as JSON Lines; the same manifest always gives the same bytes, from either source."""
-    if split not in ("all", "train", "eval") or source not in ("kafka", "warehouse") or fmt not in FORMATS:
-        console.print(f"[red]error:[/red] --split is train|eval|all, --source kafka|warehouse, --format {'|'.join(FORMATS)}")
+    """Write a dataset as JSON Lines or Parquet; the same manifest always gives the same bytes, from either source."""
+    if split not in ("all", "train", "eval") or source not in ("kafka", "warehouse") or fmt not in EXPORT_FORMATS:
+        console.print(f"[red]error:[/red] --split is train|eval|all, --source kafka|warehouse, "
+                      f"--format {'|'.join(EXPORT_FORMATS)}")
         raise typer.Exit(2)
     settings = load_settings()
     kafka = require_kafka(settings)

@@ -1,4 +1,4 @@
-"""Export a dataset as JSON Lines, from Kafka (replay) or from the warehouse.
+"""Export a dataset as JSON Lines or Parquet, from Kafka (replay) or from the warehouse.
 
 Both sources yield the same records in (partition, offset) order and go
 through the same filter, split and formatter, so the bytes are the same.
@@ -14,15 +14,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from consumers.ranges import read_ranges
 from consumers.warehouse_reader import read_ranges_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import ContentHasher, Manifest, select
-from schemas.exports import export_line
+from schemas.errors import InvalidDatasetRequest
+from schemas.exports import FORMATS, export_line
+from schemas.parquet_export import PARQUET, ROW_GROUP_ROWS, parquet_row, record_batch
+from schemas.parquet_export import SCHEMA as PARQUET_SCHEMA
 from warehouse.client import Warehouse
 
 Source = Literal["kafka", "warehouse"]
+EXPORT_FORMATS = (*FORMATS, PARQUET)
 _PAGE = 5000
 
 
@@ -68,24 +75,76 @@ async def dataset_records(
             yield record
 
 
+class _CountingSink:
+    """A write-only file over ``out`` that counts and hashes what passes (pyarrow needs ``tell``)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.sha256, self.position, self.closed = out, hashlib.sha256(), 0, False
+
+    def write(self, data: bytes) -> int:
+        data = bytes(data)
+        self.out.write(data)
+        self.sha256.update(data)
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        flush = getattr(self.out, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        self.closed = True  # the caller owns ``out``
+
+
 async def export_dataset(
     manifest: Manifest, fmt: str, split: Literal["all", "train", "eval"], out: BinaryIO, *,
     source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
     warehouse: WarehouseRunner | None = None,
 ) -> ExportSummary:
-    """Write the manifest's records that pass its filter (and ``split``) as ``fmt`` JSON Lines."""
-    hasher, file_hash = ContentHasher(), hashlib.sha256()
-    records = written = 0
-    async for record in dataset_records(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
-        for record_split, selected in select((record,), manifest.filter, manifest.split, "all"):
-            hasher.add(selected)
-            if split != "all" and record_split != split:
-                continue
-            line = export_line(fmt, record_split, selected)
-            out.write(line)
-            file_hash.update(line)
-            records += 1
-            written += len(line)
-    return ExportSummary(records, written, file_hash.hexdigest(), hasher.hexdigest())
+    """Write the manifest's records that pass its filter (and ``split``) as ``fmt``: JSON Lines, or Parquet."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidDatasetRequest(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    hasher, sink = ContentHasher(), _CountingSink(out)
+    parquet = _ParquetRows(sink) if fmt == PARQUET else None
+    records = 0
+    try:
+        async for record in dataset_records(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
+            for record_split, selected in select((record,), manifest.filter, manifest.split, "all"):
+                hasher.add(selected)
+                if split != "all" and record_split != split:
+                    continue
+                if parquet is not None:
+                    parquet.add(parquet_row(selected, record_split))
+                else:
+                    sink.write(export_line(fmt, record_split, selected))
+                records += 1
+    finally:
+        if parquet is not None:
+            parquet.close()
+    return ExportSummary(records, sink.position, sink.sha256.hexdigest(), hasher.hexdigest())
 
 
+class _ParquetRows:
+    """Rows into a Parquet file, one row group per ``ROW_GROUP_ROWS`` rows (a fixed layout: same input, same bytes)."""
+
+    def __init__(self, sink: _CountingSink) -> None:
+        self.rows: list[dict] = []
+        self.writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PARQUET_SCHEMA, compression="zstd")
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= ROW_GROUP_ROWS:
+            self._write()
+
+    def _write(self) -> None:
+        if self.rows:
+            self.writer.write_batch(record_batch(self.rows), row_group_size=ROW_GROUP_ROWS)
+            self.rows = []
+
+    def close(self) -> None:
+        self._write()
+        self.writer.close()

@@ -13,8 +13,9 @@ from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.export import stream_export
 from api.models import DatasetDetail, DatasetVersion
 from api.queries import datasets as q
+from consumers.export import EXPORT_FORMATS
 from schemas.codec import AvroCodec
-from schemas.exports import FORMATS
+from schemas.parquet_export import PARQUET
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from streams.errors import UnknownDataset
@@ -50,32 +51,36 @@ _VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
 
 @router.get(
-    "/{name}/export", responses={**_ERRORS, 200: {"content": {"application/x-ndjson": {}},
-                                                   "description": "JSON Lines, the bytes `tracestream dataset export` writes."}},
-    response_class=StreamingResponse, summary="A dataset as JSON Lines, streamed",
+    "/{name}/export", responses={**_ERRORS, 200: {"content": {"application/x-ndjson": {},
+                                                               "application/vnd.apache.parquet": {}},
+                                                   "description": "JSON Lines or Parquet, the bytes "
+                                                                  "`tracestream dataset export` writes."}},
+    response_class=StreamingResponse, summary="A dataset as JSON Lines or Parquet, streamed",
 )
 async def export(
     reader: ReaderDep, settings: SettingsDep, kafka: KafkaDep, name: Annotated[str, _NAME],
-    format: Annotated[str, Query(description=f"One of {', '.join(FORMATS)}.")] = "trace",
+    format: Annotated[str, Query(description=f"One of {', '.join(EXPORT_FORMATS)}.")] = "trace",
     split: Annotated[Literal["all", "train", "eval"], Query(description="train, eval or all.")] = "all",
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Default: the latest ready version.")] = None,
     source: Annotated[Literal["kafka", "warehouse"], Query(description="Replay the log, or read ClickHouse.")] = "kafka",
 ) -> StreamingResponse:
     """The same bytes as ``tracestream dataset export NAME[@VERSION] --format --split --source``."""
-    if format not in FORMATS:
-        raise InvalidRequest(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}",
-                             [{"field": "query.format", "message": f"one of {', '.join(FORMATS)}"}])
+    if format not in EXPORT_FORMATS:
+        raise InvalidRequest(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}",
+                             [{"field": "query.format", "message": f"one of {', '.join(EXPORT_FORMATS)}"}])
     codec = AvroCodec(default_registry())
     catalog = await load_catalog(kafka, settings.topics.datasets, codec)
     try:
         manifest = catalog.get(name, version).manifest
     except UnknownDataset as exc:
         raise NotFound(str(exc), [{"field": "path.name", "message": "no such ready dataset"}]) from exc
-    filename = f"{manifest.name}@{manifest.version}.{format}.{split}.jsonl"
+    parquet = format == PARQUET
+    filename = f"{manifest.name}@{manifest.version}.{'trace' if parquet else format}.{split}." + (
+        "parquet" if parquet else "jsonl")
     return StreamingResponse(
         stream_export(manifest, format, split, source=source, kafka=kafka, codec=codec,
                       warehouse=reader.runner() if source == "warehouse" else None),
-        media_type="application/x-ndjson",
+        media_type="application/vnd.apache.parquet" if parquet else "application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{filename}"',
                  "X-Dataset-Content-Sha256": manifest.content_sha256},
     )

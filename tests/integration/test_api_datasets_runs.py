@@ -58,6 +58,16 @@ async def test_dataset_export_over_http_is_byte_identical_to_the_cli(settings: S
                 assert done.returncode == 0, done.stderr
                 assert over_http == done.stdout.encode() and over_http, (fmt, split, source)
 
+            async with client.stream("GET", "/api/datasets/gsm/export",
+                                     params={"format": "parquet", "version": 1, "source": "warehouse"}) as r:
+                assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
+                parquet_over_http = b"".join([chunk async for chunk in r.aiter_bytes()])
+            out = settings.home / f"gsm-{settings.app_id}.parquet"
+            done = await asyncio.to_thread(cli, settings, "dataset", "export", "gsm@1", "--format", "parquet",
+                                           "--out", str(out))
+            assert done.returncode == 0, done.stderr
+            assert parquet_over_http == out.read_bytes() and parquet_over_http[:4] == b"PAR1"
+
             unknown = await client.get("/api/datasets/nope/export")
             assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
             bad_format = await client.get("/api/datasets/gsm/export", params={"format": "csv"})

@@ -12,6 +12,7 @@ import io
 import json
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 from aiokafka.admin import RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -22,7 +23,13 @@ from consumers.lag import end_offsets
 from consumers.ranges import read_ranges
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import DatasetRef, OffsetRange, Split, parse_filter, parse_offsets_json
+from schemas.dataset import (
+    DatasetRef,
+    OffsetRange,
+    Split,
+    parse_filter,
+    parse_offsets_json,
+)
 from schemas.errors import TracestreamError
 from schemas.exports import FORMATS
 from schemas.registry import default_registry
@@ -240,3 +247,29 @@ async def test_a_topic_whose_retention_would_expire_the_ranges_is_warned_about(s
         manifest = await snapshot(settings, DatasetRequest("short-lived"), warn=warnings.append)
     assert manifest.record_count == 50
     assert len(warnings) == 1 and "retention.ms=604800000" in warnings[0] and "retention.ms=-1" in warnings[0]
+
+
+async def test_parquet_export_holds_every_record_and_step_of_the_jsonl_export(settings: Settings):
+    events = list(generate_events(700, seed=43, broken_share=0.0))
+    async with running_processors(settings) as processors:
+        await publish(settings, events)
+        await wait_until_caught_up(settings, kafka_of(settings))
+        manifest = await snapshot(settings, DatasetRequest("columns", split=Split(eval_share=0.2)))
+        parquet = await export_bytes(manifest, "parquet", "kafka", processors)
+        assert parquet == await export_bytes(manifest, "parquet", "kafka", processors), "a second export differs"
+        assert parquet == await export_bytes(manifest, "parquet", "warehouse", processors)
+        jsonl = [json.loads(line) for line in (await export_bytes(manifest, "trace", "kafka", processors)).splitlines()]
+        eval_only = await export_bytes(manifest, "parquet", "kafka", processors, split="eval")
+
+    table = pq.read_table(io.BytesIO(parquet))
+    rows = table.to_pylist()
+    assert len(rows) == len(jsonl) == len(events)
+    for row, line in zip(rows, jsonl, strict=True):
+        assert row["id"] == line["id"] and row["split"] == line["split"]
+        assert row["steps"] == line["steps"]  # every step: index, type, content, in order
+        assert dict(row["meta"]) == line["meta"]
+        assert row["created_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z") == line["created_at"]
+        for key in ("trace_id", "trace_version", "prompt", "final_answer", "source", "score", "model",
+                    "topic", "partition", "offset"):
+            assert row[key] == line[key], key
+    assert pq.read_table(io.BytesIO(eval_only)).num_rows == manifest.eval_count
