@@ -160,11 +160,13 @@ async def read_range(
 
 
 async def read_to_end(
-    kafka: KafkaClients, topic: str, decode: Callable[[ConsumerRecord], T] | None = None
+    kafka: KafkaClients, topic: str, decode: Callable[[ConsumerRecord], T] | None = None, *,
+    since_ms: int | None = None,
 ) -> list:
     """Every committed record of ``topic`` below the end offsets seen at the call, partition by partition.
 
     With ``decode``, its results instead of the records (a ``DecodeError`` names the record's coordinates).
+    With ``since_ms``, each partition starts at its first record timestamped at or after it.
     """
     partitions = await topic_partitions(kafka, [topic])
     if not partitions:
@@ -173,6 +175,9 @@ async def read_to_end(
     try:
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            starts = {tp: ends[tp] if found[tp] is None else max(found[tp].offset, starts[tp]) for tp in partitions}
         out: list = []
         for tp in partitions:
             async for batch in read_range_batches(consumer, tp, starts[tp], ends[tp], decode=decode):

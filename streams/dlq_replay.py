@@ -27,8 +27,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from consumers.lag import topic_partitions
-from consumers.log import read_range_batches, start_range_consumer
+from consumers.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
@@ -86,27 +85,6 @@ class ReplayReport:
         }
 
 
-async def _read_partitions(kafka: KafkaClients, topic: str, since_ms: int | None, decode) -> list:
-    """``decode(record)`` for every committed record of ``topic`` (from ``since_ms`` on, if given)."""
-    partitions = await topic_partitions(kafka, [topic])
-    if not partitions:
-        return []
-    consumer = await start_range_consumer(kafka)
-    try:
-        starts = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
-            starts = {tp: ends[tp] if found[tp] is None else max(found[tp].offset, starts[tp]) for tp in partitions}
-        out: list = []
-        for tp in partitions:
-            async for batch in read_range_batches(consumer, tp, starts[tp], ends[tp], decode=decode):
-                out += batch
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def dead_letters(kafka: KafkaClients, topic: str, codec: AvroCodec) -> tuple[list[DeadLetterAt], list[str]]:
     """Every dead letter on ``topic`` in (partition, offset) order, and the coordinates of undecodable records."""
     undecodable: list[str] = []
@@ -119,7 +97,7 @@ async def dead_letters(kafka: KafkaClients, topic: str, codec: AvroCodec) -> tup
             return None
         return DeadLetterAt(record.topic, record.partition, record.offset, record.timestamp, value)
 
-    letters = [d for d in await _read_partitions(kafka, topic, None, decode) if d is not None]
+    letters = [d for d in await read_to_end(kafka, topic, decode) if d is not None]
     return letters, undecodable
 
 
@@ -132,7 +110,7 @@ async def replayed_coordinates(kafka: KafkaClients, raw_topic: str, since_ms: in
                 return value.decode()
         return None
 
-    return {c for c in await _read_partitions(kafka, raw_topic, since_ms, header) if c is not None}
+    return {c for c in await read_to_end(kafka, raw_topic, header, since_ms=since_ms) if c is not None}
 
 
 def _selected(letter: DeadLetterAt, reasons: frozenset[str], since: datetime | None) -> bool:
