@@ -27,6 +27,7 @@ from typing import Any
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from streams.topics import STAGES
 
 SHARED_MACHINE_NOTE = (
     "the Kafka broker JVM, the producer and the processors (and chDB, in-process) all share "
@@ -257,7 +258,7 @@ def encode_events(count: int, seed: int) -> EncodedEvents:
 
 @asynccontextmanager
 async def running_processors(
-    settings: Settings, kafka: KafkaClients, stages: tuple[str, ...] = ("validate", "materialize")
+    settings: Settings, kafka: KafkaClients, stages: tuple[str, ...] = STAGES
 ) -> AsyncIterator[Any]:
     """Build the processors (``stages``) in this process; yield them unstarted (``streams.app.Processors``).
 

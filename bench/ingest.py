@@ -62,10 +62,10 @@ from consumers.lag import ClusterOffsets
 from deploy.kafka import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.app import MAX_MESSAGE_BYTES, STAGES
+from streams.app import MAX_MESSAGE_BYTES
 from streams.processes import ValidateProcesses
 from streams.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
-from streams.topics import TOPIC_CONFIG, ensure_pipeline_topics, validate_group
+from streams.topics import STAGES, TOPIC_CONFIG, ensure_pipeline_topics, validate_group
 from streams.transactions import RETRY_BACKOFF_MS
 
 POLL_S = 0.1

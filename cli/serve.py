@@ -7,8 +7,8 @@ import typer
 from cli.common import configure_logging, console, load_settings, require_kafka
 from cli.worker import run_processors
 from deploy.stack import kafka_clients
-from streams.app import STAGES
 from streams.processes import default_validate_processes
+from streams.topics import STAGES
 
 
 def serve(

@@ -13,10 +13,10 @@ from rich.table import Table
 from cli.common import configure_logging, console, load_settings, out, require_kafka
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.app import STAGES
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.stage import StageFailed
 from streams.stats import lag_stats, warehouse_stats
+from streams.topics import STAGES
 from streams.worker import run_worker
 from warehouse.client import Warehouse
 

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from consumers.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.topics import materialize_group, validate_group
+from streams.topics import STAGES, materialize_group, validate_group
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ async def wait_until_committed(
 
 
 async def wait_until_caught_up(
-    settings: Settings, kafka: KafkaClients, *, stages: tuple[str, ...] = ("validate", "materialize"),
+    settings: Settings, kafka: KafkaClients, *, stages: tuple[str, ...] = STAGES,
     poll_seconds: float = 0.25,
 ) -> None:
     """Block until every processor of ``stages`` has committed what was in the log when this was called."""

@@ -45,6 +45,10 @@ async def ensure_pipeline_topics(settings: Settings, kafka: KafkaClients) -> Non
         )
 
 
+STAGES = ("validate", "materialize")
+"""The processing stages, in pipeline order; a worker runs any of them (``--stages``)."""
+
+
 def validate_group(settings: Settings) -> str:
     """Consumer group of the validate stage (reads traces.raw)."""
     return f"{settings.app_id}.validate"

@@ -16,10 +16,10 @@ from consumers.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.quiet_logs import quiet_kafka_retries
 from deploy.settings import Settings
-from streams.app import STAGES, Processors, build_app
+from streams.app import Processors, build_app
 from streams.catchup import wait_until_caught_up
 from streams.stats import lag_stats, warehouse_stats
-from streams.topics import ensure_pipeline_topics
+from streams.topics import STAGES, ensure_pipeline_topics
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import httpx
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.app import STAGES, Processors, build_app
+from streams.app import Processors, build_app
 from streams.generator import GeneratedEvent, publish_generated
 from streams.producer import DeliveryReport, TraceProducer
-from streams.topics import ensure_pipeline_topics
+from streams.topics import STAGES, ensure_pipeline_topics
 from warehouse.client import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
