@@ -195,6 +195,7 @@ class MaterializeStage:
     """traces.valid → `traces` and traces.dlq → `dlq`; returns only once the rows are durable."""
 
     name = "materialize"
+    needs_prepare = False  # rows are keyed by their coordinates: nothing to take back after a failure
 
     def __init__(
         self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str, datasets: str,

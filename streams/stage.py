@@ -55,6 +55,8 @@ class Stage(Protocol):
 
     name: str
     topics: tuple[str, ...]
+    needs_prepare: bool
+    """True when the stage lost a partition's state (e.g. its transactional producer) and must prepare again."""
 
     async def on_assigned(self, partitions: set[TopicPartition], consumer: AIOKafkaConsumer) -> bool:
         """Prepare for the current assignment before its first batch.
@@ -118,6 +120,7 @@ class StageRunner(Service):
         self._prepared_epoch = 0
         self._positions: dict[TopicPartition, int] = {}
         self.failure: StageFailed | None = None
+        self._current: Batches = {}  # the batch in process, for the error that names it
         self.consumer: AIOKafkaConsumer | None = None
         self._consumer_options = dict(
             group_id=group,
@@ -157,7 +160,7 @@ class StageRunner(Service):
 
     async def _step(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
-        if self._prepared_epoch != self.assignment_epoch or getattr(self.stage, "needs_prepare", False):
+        if self._prepared_epoch != self.assignment_epoch or self.stage.needs_prepare:
             epoch = self.assignment_epoch
             self._positions = {}
             moved = await self.stage.on_assigned(set(self.consumer.assignment()), self.consumer)
@@ -216,7 +219,7 @@ class StageRunner(Service):
                         self.stage.name, _describe(kept), exc)
 
     def _fail(self, exc: Exception) -> None:
-        where = _describe(getattr(self, "_current", {}))
+        where = _describe(self._current)
         kind = "Kafka" if isinstance(exc, KafkaError) else type(exc).__name__
         self.failure = StageFailed(f"{self.stage.name} stopped on {kind} error {exc!r} while processing {where} "
                                    f"(group {self.group}); nothing past the last commit is lost, a restart redoes it")

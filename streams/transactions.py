@@ -20,7 +20,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
+from aiokafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+)
 
 from deploy.kafka_clients import KafkaClients
 from streams.coordinates import Coordinates
@@ -147,7 +152,7 @@ class PartitionTransactions:
             _pause(self._consumer, [tp])  # no more batches of tp until it is taken back at its committed offset
         if producer is not None:
             asyncio.ensure_future(_stop_quietly(producer.stop()))
-        fenced = isinstance(exc, ProducerFenced) or "fenced" in str(exc).lower() or "epoch" in str(exc).lower()
+        fenced = isinstance(exc, (ProducerFenced, InvalidProducerEpoch))
         backoff = FENCED_BACKOFF_S if fenced else FAILED_BACKOFF_S
         what = f"batch {span}" if span else f"partition {tp.topic}[{tp.partition}]"
         log.warning("%s: %s %s; its transaction is aborted and the batch will be redone (%s)",
