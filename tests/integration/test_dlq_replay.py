@@ -10,7 +10,6 @@ that has it, which is what adding ``schemas/avro/trace.v3.avsc`` does).
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -19,28 +18,21 @@ from consumers.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.registry import SchemaRegistry, default_registry
+from schemas.registry import SchemaRegistry
 from streams import app as streams_app
 from streams.catchup import wait_until_caught_up
 from streams.dlq_replay import REPLAYED_FROM_HEADER
 from streams.generator import GeneratedEvent, generate_events
 from tests.integration.support import cli, publish, running_processors
+from tests.registries import registry_with_trace_v3 as registry_with_field
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
 
 
 def registry_with_trace_v3() -> SchemaRegistry:
     """The packaged schemas plus Trace v3 (v2 and an optional ``temperature``), compatibility-checked."""
-    packaged = default_registry()
-    registry = SchemaRegistry()
-    for name in packaged.names():
-        for schema in packaged.versions(name):
-            registry.register(name, schema.definition)
-    v3 = copy.deepcopy(packaged.latest("Trace").definition)
-    v3["fields"].append({"name": "temperature", "type": ["null", "double"], "default": None,
-                         "doc": "Sampling temperature (v3)."})
-    assert registry.register("Trace", v3).version == 3
-    return registry
+    return registry_with_field({"name": "temperature", "type": ["null", "double"], "default": None,
+                                "doc": "Sampling temperature (v3)."})
 
 
 def replay(settings: Settings, *args: str) -> tuple[int, dict]:

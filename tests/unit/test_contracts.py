@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from deploy.settings import Topics
 from schemas.contracts import CONTRACTS, DOC_PATH, REGENERATE, main, render, type_text
 from schemas.registry import SchemaRegistry, default_registry
+from tests.registries import registry_with_trace_v3
 
 pytestmark = pytest.mark.unit
 
@@ -50,16 +49,8 @@ def test_every_registered_version_and_field_is_in_the_document():
 
 def with_trace_v3() -> SchemaRegistry:
     """The packaged schemas plus a Trace v3 that adds a field, as a producer team would add one."""
-    registry = SchemaRegistry()
-    packaged = default_registry()
-    for name in packaged.names():
-        for schema in packaged.versions(name):
-            registry.register(name, schema.definition)
-    v3 = copy.deepcopy(packaged.latest("Trace").definition)
-    v3["fields"].append({"name": "language", "type": ["null", "string"], "default": None,
-                         "doc": "Natural language of the prompt (BCP 47)."})
-    registry.register("Trace", v3)
-    return registry
+    return registry_with_trace_v3({"name": "language", "type": ["null", "string"], "default": None,
+                                   "doc": "Natural language of the prompt (BCP 47)."})
 
 
 def test_a_new_schema_version_shows_up_without_touching_the_generator():
