@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import InvalidTraceShape
+from schemas.validation import CREATED_AT_MAX, CREATED_AT_MIN
 
 # Avro "int" bounds; fastavro would write larger ints that other readers reject.
 _INT32 = {"ge": -(2**31), "le": 2**31 - 1}
@@ -50,6 +51,25 @@ class TraceIn(BaseModel):
     created_at: datetime | None = None
     score: float | None = None
     model: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at_in_utc(cls, value: datetime | None) -> datetime | None:
+        """In UTC (milliseconds); a time whose UTC instant no datetime holds is refused here, naming the field.
+
+        ``9999-12-31T23:59:59-14:00`` is year 10000 in UTC and ``0001-01-01T00:00:00+14:00``
+        is year 0: both parse, but converting them overflows. Times that convert are
+        range-checked with the other trace rules (``created_at_out_of_range``).
+        """
+        if value is None:
+            return None
+        try:
+            return utc_millis(value)
+        except OverflowError:
+            raise ValueError(
+                f"{value.isoformat()} is outside {CREATED_AT_MIN.isoformat()}..{CREATED_AT_MAX.isoformat()} "
+                "(what the warehouse's DateTime64 holds) once in UTC"
+            ) from None
 
     def to_record(self, now: datetime) -> dict:
         """The Avro record for the latest Trace schema; a missing id/created_at is filled in."""

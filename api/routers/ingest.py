@@ -9,11 +9,15 @@ event (acks=all); the validate stage then treats them like any producer's.
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import Field, TypeAdapter, ValidationError
 
 from api.deps import Ingestible, PublisherDep, SettingsDep, StateDep, json_response
@@ -24,7 +28,39 @@ from schemas.errors import EncodeError
 from schemas.models import TraceIn
 from schemas.validation import check_trace
 
-router = APIRouter(prefix="/api/traces", tags=["ingest"], dependencies=[Ingestible])
+
+def _json_int(digits: str) -> int | float:
+    """A JSON integer; one too long for ``int()`` (over 4,300 digits) is ±inf, like ``1e400``.
+
+    The standard library refuses such a number and FastAPI would answer a bare
+    400; as an infinity, the field's own validation refuses it with a 422 naming it.
+    """
+    try:
+        return int(digits)
+    except ValueError:
+        return -math.inf if digits.startswith("-") else math.inf
+
+
+class _IngestRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), parse_int=_json_int)
+        return self._json
+
+
+class _IngestRoute(APIRoute):
+    """Parses the body with ``_json_int``, so every number a body can carry gets a field-named 422."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def parse_then_handle(request: Request) -> Response:
+            return await handler(_IngestRequest(request.scope, request.receive))
+
+        return parse_then_handle
+
+
+router = APIRouter(prefix="/api/traces", tags=["ingest"], dependencies=[Ingestible], route_class=_IngestRoute)
 
 MAX_BATCH = 1000
 _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 413, 422, 503)}
@@ -105,9 +141,16 @@ def parse_batch(body: bytes) -> list[TraceIn]:
     try:
         return _BATCH.validate_json(body)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False, include_context=False)]
-        ) from None
+        errors = exc.errors(include_url=False, include_context=False)
+    if any(err["type"] == "json_invalid" for err in errors):
+        # pydantic's parser refuses a number beyond ~4,300 digits without naming its field;
+        # the standard library's, with huge integers as ±inf, lets the field's check name it.
+        try:
+            return _BATCH.validate_python(json.loads(body, parse_int=_json_int))
+        except ValueError as exc:  # json.JSONDecodeError, or pydantic's ValidationError
+            if isinstance(exc, ValidationError):
+                errors = exc.errors(include_url=False, include_context=False)
+    raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
 
 
 @router.post(

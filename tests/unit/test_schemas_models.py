@@ -100,3 +100,21 @@ def test_models_forbid_extra_fields():
     with pytest.raises(Exception):
         StepIn(i=0, type="t", content="c", extra=1)
     assert TraceIn(**payload()).steps[0] == StepIn(i=0, type="thought", content="add")
+
+
+@pytest.mark.parametrize("created_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00",
+                                        "9999-12-31T23:59:59.999999-00:01"])
+def test_a_time_no_utc_datetime_holds_is_a_shape_error_naming_created_at(created_at):
+    with pytest.raises(InvalidTraceShape, match="created_at: Value error, .* is outside 1900-01-01") as info:
+        parse_trace_json(payload(created_at=created_at), NOW)
+    assert len(info.value.problems) == 1
+
+
+@pytest.mark.parametrize(("created_at", "utc"), [
+    ("9999-12-31T23:59:59+14:00", datetime(9999, 12, 31, 9, 59, 59, tzinfo=timezone.utc)),
+    ("0001-01-01T00:00:00-14:00", datetime(1, 1, 1, 14, tzinfo=timezone.utc)),
+    ("2299-12-31T23:59:59.999-14:00", datetime(2300, 1, 1, 13, 59, 59, 999000, tzinfo=timezone.utc)),
+])
+def test_times_at_the_edges_convert_and_are_left_to_the_range_rule(created_at, utc):
+    record = parse_trace_json(payload(created_at=created_at), NOW)
+    assert record["created_at"] == utc and record["created_at"].tzinfo == timezone.utc
