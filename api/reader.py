@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from warehouse.client import Warehouse
+from warehouse.trace_index import TraceIndex
 
 T = TypeVar("T")
 
@@ -48,6 +49,11 @@ class WarehouseReader:
     def generation(self) -> int | None:
         """The warehouse's write generation (None: unknown, or another process may write)."""
         return self._warehouse.generation if self._warehouse is not None else None
+
+    @property
+    def trace_index(self) -> TraceIndex | None:
+        """The warehouse's trace index, once the warehouse is open (None with a server)."""
+        return self._warehouse.trace_index if self._warehouse is not None else None
 
     async def run(self, fn: Callable[[Warehouse], T]) -> T:
         """``fn(warehouse)`` on the reader's thread (the warehouse opens on first use)."""

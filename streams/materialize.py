@@ -234,6 +234,7 @@ class MaterializeStage:
             refused = await self.writer.write(batch)
             self.traces_written += len(batch) - len(refused)
             rejected += [*batch.rejected, *refused]
+            await self.writer.index_traces(self.valid, traces)
         if datasets:
             batch = dataset_event_rows(datasets, self.codec, now)
             rejected += [*batch.rejected, *await self.writer.write(batch)]
@@ -310,7 +311,7 @@ class BatchWriter:
         if not batch:
             return []
         try:
-            await self._with_retry(batch, lambda w: w.insert(batch.table, batch.columns))
+            await self._with_retry(batch.span, lambda w: w.insert(batch.table, batch.columns))
         except WarehouseRejected as exc:
             log.warning("warehouse refused a batch of %d rows (%s): %s; retrying row by row",
                         len(batch), batch.span, exc)
@@ -318,18 +319,25 @@ class BatchWriter:
         self.rows_written += len(batch)
         return []
 
+    async def index_traces(self, topic: str, events: Sequence[InboundEvent]) -> None:
+        """Bring the warehouse's trace index (lookups by id) up to these events, before their offsets commit."""
+        last: dict[int, int] = {}
+        for event in events:
+            last[event.at.partition] = max(event.at.offset, last.get(event.at.partition, -1))
+        await self._with_retry(f"the trace index of {topic}", lambda w: w.index_traces(topic, last))
+
     async def _write_rows_one_by_one(self, batch: Batch) -> list[Rejected]:
         refused: list[Rejected] = []
         for i, event in enumerate(batch.events):
             row = [[column[i]] for column in batch.columns]
             try:
-                await self._with_retry(batch, lambda w, row=row: w.insert(batch.table, row))
+                await self._with_retry(batch.span, lambda w, row=row: w.insert(batch.table, row))
                 self.rows_written += 1
             except WarehouseRejected as exc:
                 refused.append(_materialize_dead_letter(self._codec, event, "warehouse_rejected", str(exc)))
         return refused
 
-    async def _with_retry(self, batch: Batch, fn: Callable[[Warehouse], Any]) -> None:
+    async def _with_retry(self, what: str, fn: Callable[[Warehouse], Any]) -> None:
         delay = 0.1
         started = time.monotonic()
         while True:
@@ -337,14 +345,14 @@ class BatchWriter:
                 await self.run(fn)
                 if delay > 0.1:
                     log.warning("warehouse is back after %.1fs; wrote %s",
-                                time.monotonic() - started, batch.span)
+                                time.monotonic() - started, what)
                 return
             except WarehouseUnavailable as exc:
                 self.outage_retries += 1
                 if self._warehouse is not None and not self._warehouse.embedded:
                     self._warehouse = None  # reconnect to a server on the next try
                 log.warning("warehouse unavailable while writing %s (%s); retrying in %.1fs",
-                            batch.span, exc, delay)
+                            what, exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_seconds)
 

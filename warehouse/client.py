@@ -20,6 +20,7 @@ from deploy.settings import Settings
 from schemas.errors import ConfigurationError
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
 from warehouse.tables import TABLES, column_names, create_table_sql
+from warehouse.trace_index import TraceIndex
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,12 @@ class Warehouse:
     materializer and the API share the embedded warehouse.
     """
 
-    def __init__(self, client: Any, database: str, *, embedded: bool) -> None:
+    def __init__(self, client: Any, database: str, *, embedded: bool, trace_index: TraceIndex | None = None) -> None:
         self.client = client
         self.database = database
         self.embedded = embedded
+        self.trace_index = trace_index
+        """trace_id → answer, beside an embedded warehouse (``warehouse.trace_index``); None with a server."""
         self._access = _embedded_access if embedded else _Access()
 
     @classmethod
@@ -120,7 +123,8 @@ class Warehouse:
                 embedded = True
         except ClickHouseError as exc:
             raise classify(exc, f"connecting to {settings.clickhouse_url}") from exc
-        warehouse = cls(client, database, embedded=embedded)
+        index = TraceIndex.beside(settings.warehouse_dir, database) if embedded else None
+        warehouse = cls(client, database, embedded=embedded, trace_index=index)
         warehouse.ensure_tables()
         return warehouse
 
@@ -132,6 +136,16 @@ class Warehouse:
         self.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         for table in TABLES:
             self.command(create_table_sql(self.database, table))
+        if self.trace_index is not None:
+            [(uuid,)] = self.query("SELECT toString(uuid) FROM system.tables WHERE database = {db:String} "
+                                   "AND name = 'traces'", {"db": self.database})
+            self.trace_index.mirror(uuid)
+
+    def index_traces(self, topic: str, last_offsets: dict[int, int]) -> int:
+        """Bring the trace index up to these offsets of ``topic`` (no-op without one); rows copied."""
+        if self.trace_index is None:
+            return 0
+        return self.trace_index.index_through(self, topic, last_offsets)
 
     def drop_tables(self) -> None:
         for table in TABLES:

@@ -13,17 +13,12 @@ from typing import Any
 from api.cursor import Position
 from api.queries import keyset
 from warehouse.client import Warehouse
+from warehouse.trace_index import TRACE_ANSWER_COLUMNS
 
 # partition and offset first: ``api.readahead`` reads each row's key from the start of its JSON line.
 _LIST_COLUMNS = (
     "partition, offset, topic, trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
     "length(step_index) AS steps, substringUTF8(prompt, 1, 200) AS prompt_preview"
-)
-
-_WHOLE_COLUMNS = (
-    "trace_id, trace_version, schema_version, prompt, "
-    "CAST(arrayZip(step_index, step_type, step_content), 'Array(Tuple(i Int32, type String, content String))') "
-    "AS steps, final_answer, meta, source, created_at, score, model, topic, partition, offset, ingested_at"
 )
 
 
@@ -73,7 +68,8 @@ def by_id(warehouse: Warehouse, trace_id: str) -> bytes:
     """The latest copy of ``trace_id`` as one JSON object line, or b'' when there is none.
 
     A trace published twice has two rows (two offsets of its partition); the later one wins.
+    The API asks the trace index first (``warehouse.trace_index``); this is the warehouse's answer.
     """
-    sql = (f"SELECT {_WHOLE_COLUMNS} FROM {{db:Identifier}}.traces FINAL WHERE trace_id = {{trace_id:String}} "
-           "ORDER BY topic, partition, offset DESC LIMIT 1")
+    sql = (f"SELECT {TRACE_ANSWER_COLUMNS} FROM {{db:Identifier}}.traces WHERE trace_id = {{trace_id:String}} "
+           "ORDER BY ingested_at DESC, offset DESC LIMIT 1")
     return warehouse.query_json(sql, {"db": warehouse.database, "trace_id": trace_id})

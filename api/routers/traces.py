@@ -85,7 +85,10 @@ async def read_page(pages: ReadAhead, topic: str, after: Position, limit: int, w
 
 
 async def read_trace(reader: WarehouseReader, trace_id: str) -> bytes:
-    """One trace's JSON line, or b'' when there is none."""
+    """One trace's JSON line, or b'' when there is none: from the trace index when it holds it."""
+    index = reader.trace_index
+    if index is not None and (row := index.get(trace_id)) is not None:
+        return row
     return await reader.cached(("trace", trace_id), lambda w: q.by_id(w, trace_id))
 
 
