@@ -5,6 +5,11 @@
  * /api/runs/{id}/metrics, then extended live from /api/runs/{id}/events (SSE).
  * Every panel degrades on its own: an endpoint that fails or has nothing shows
  * "no data" with the reason, and the other panels carry on.
+ *
+ * When the API keeps its reads behind the token (GET /api/session says so), the
+ * page first asks for the token and signs in: the API answers with an HttpOnly
+ * session cookie that every fetch and the EventSource then send by themselves.
+ * A 401 later (the session expired, the token changed) brings the sign-in back.
  */
 "use strict";
 
@@ -23,11 +28,15 @@ const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
 /* ---------- small helpers ---------- */
 
+async function errorDetail(response) {
+  try { return (await response.json()).error.message; } catch (_) { return ""; /* not the API's error shape */ }
+}
+
 async function getJSON(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
   if (!response.ok) {
-    let detail = "";
-    try { detail = (await response.json()).error.message; } catch (_) { /* not the API's error shape */ }
+    const detail = await errorDetail(response);
+    if (response.status === 401 && auth.required) signedOut("Your session has ended; sign in again.");
     throw new Error(`GET ${path} answered ${response.status}${detail ? `: ${detail}` : ""}`);
   }
   return response.json();
@@ -354,13 +363,13 @@ async function refreshLeaderboard(dataset) {
 /* ---------- trace viewer ---------- */
 
 const PAGE_SIZE = 50;
-/* cursors[k] fetches page k of /api/traces (keyset pages in log order); page 0 needs none. */
+/* cursors[k] fetches page k of /api/traces (keyset pages, newest first); page 0 needs none. */
 const traceList = { cursors: [null], page: 0, selected: null };
 
 async function refreshTraces() {
   const cursor = traceList.cursors[traceList.page];
   const after = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
-  const body = await getJSON(`/api/traces?limit=${PAGE_SIZE}${after}`);
+  const body = await getJSON(`/api/traces?order=desc&limit=${PAGE_SIZE}${after}`);
   const traces = body.items;
   traceList.cursors[traceList.page + 1] = body.next_cursor;
   document.getElementById("traces-prev").disabled = traceList.page === 0;
@@ -445,6 +454,81 @@ function followLink() {
   if (params.get("trace")) showTrace(params.get("trace"));
 }
 
+/* ---------- sign-in: only when the API keeps its reads behind the token ---------- */
+
+/* required: reads need the token; open: the panels may read (signed in, or nothing to sign in to). */
+const auth = { required: false, open: false, started: false };
+
+function showSignIn(message = "") {
+  document.getElementById("sign-in").hidden = false;
+  document.getElementById("panels").hidden = true;
+  document.getElementById("tiles").hidden = true;
+  document.getElementById("sign-out").hidden = true;
+  document.getElementById("updated").textContent = "signed out";
+  const error = document.getElementById("sign-in-error");
+  error.hidden = !message;
+  error.textContent = message;
+  document.getElementById("sign-in-token").focus();
+}
+
+/* The panels' reads were refused: stop reading (and streaming) until the user signs in again. */
+function signedOut(message) {
+  if (!auth.open) return;
+  auth.open = false;
+  if (current.source) current.source.close();
+  showSignIn(message);
+}
+
+function showDashboard() {
+  auth.open = true;
+  document.getElementById("sign-in").hidden = true;
+  document.getElementById("panels").hidden = false;
+  document.getElementById("tiles").hidden = false;
+  document.getElementById("sign-out").hidden = !auth.required;
+  if (!auth.started) {
+    auth.started = true;
+    followLink();
+    loop();
+  } else {
+    if (current.runId) selectRun(current.runId).catch((e) => setLive(e.message, false));
+    refreshAll();
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const box = document.getElementById("sign-in-token");
+  const response = await fetch("/api/session", {
+    method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ token: box.value }),
+  });
+  if (!response.ok) {
+    const detail = await errorDetail(response);
+    showSignIn(`Not signed in (${response.status})${detail ? `: ${detail}` : ""}`);
+    box.select();
+    return;
+  }
+  box.value = "";
+  showDashboard();
+}
+
+async function signOut() {
+  await fetch("/api/session", { method: "DELETE" });
+  location.reload();  // a fresh page: nothing read under the session stays in it
+}
+
+async function start() {
+  let session = { required: false, signed_in: false };
+  try {
+    session = await getJSON("/api/session");
+  } catch (error) {
+    console.warn("GET /api/session:", error);  // an API without sessions: read as before
+  }
+  auth.required = session.required;
+  if (session.required && !session.signed_in) showSignIn();
+  else showDashboard();
+}
+
 /* ---------- main loop ---------- */
 
 async function refreshAll() {
@@ -455,12 +539,12 @@ async function refreshAll() {
     guarded("panel-runs", refreshRuns),
     guarded("panel-traces", refreshTraces),
   ]);
-  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  if (auth.open) document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
 /* Refresh, then wait: a slow API never gets overlapping rounds; a hidden tab does not poll. */
 async function loop() {
-  if (!document.hidden) await refreshAll();
+  if (!document.hidden && auth.open) await refreshAll();
   setTimeout(loop, REFRESH_MS);
 }
 
@@ -474,5 +558,8 @@ document.getElementById("traces-next").addEventListener("click", () => turnTrace
 document.getElementById("follow-latest").addEventListener("change", (event) => {
   if (event.target.checked) setLink({ run: null });
 });
-followLink();
-loop();
+document.getElementById("sign-in-form").addEventListener("submit", (event) => {
+  signIn(event).catch((error) => showSignIn(`Not signed in: ${error.message}`));
+});
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+start();
