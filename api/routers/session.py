@@ -20,7 +20,14 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S, SettingsDep, issue_session, read_session, token_matches
+from api.deps import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE_S,
+    SettingsDep,
+    issue_session,
+    read_session,
+    token_matches,
+)
 from api.errors import ERROR_SCHEMA, ApiError, InvalidRequest, Unauthorized
 from deploy.settings import Settings
 
