@@ -1,30 +1,41 @@
 """The read API and the HTTP ingest door under load, from a second process on loopback.
 
-    python -m bench.api_load [--traces 100000] [--seconds 10] [--connections 16] [--ingest-seconds 8]
+    python -m bench.api_load [--traces 100000,1000000] [--seconds 10] [--connections 16] [--ingest-seconds 8]
 
 This process fills the warehouse and serves the API; a second process (this
 module with ``--client``) runs a bounded load client on raw asyncio sockets
 (HTTP/1.1 keep-alive, N connections, fixed duration) and reports every
 request's latency back as JSON.
 
-Filling: ``--traces`` generated traces are encoded as the producer SDK encodes
-them, turned into ``traces`` rows by the materializer's own row builder
+Filling: generated traces are encoded as the producer SDK encodes them,
+turned into ``traces`` rows by the materializer's own row builder
 (``streams.materialize.trace_rows``) with made-up Kafka coordinates (4
-partitions, dense offsets) and inserted straight into the embedded warehouse.
-The pipeline is not run: the figures are about reading.
+partitions, dense offsets) and inserted straight into the embedded warehouse;
+the trace index is then brought up to them by the same call the materializer
+makes after each batch (``Warehouse.index_traces``). The pipeline is not run:
+the figures are about reading. With several sizes (``--traces 100000,1000000``)
+the warehouse is filled up to each in turn and every phase runs again, so the
+last table shows how each figure changes with size.
 
 Phases, each ``--seconds`` long:
 
 - ``GET /healthz``: the floor of this stack (uvicorn + FastAPI, no warehouse);
-- ``GET /api/traces?limit=100`` following ``next_cursor``: every connection
-  walking the log from its start (``list_cached``), each from its own random
-  cursor (``list_scattered``), both against the API as configured (read-ahead
-  runs and answers kept until the next write, which these phases have none
-  of), and walking from the start against the same API with the cache off
-  (``list_uncached``: every page is a ClickHouse query);
-- ``GET /api/traces/{id}`` for random ids (cache on, so repeats are hits);
-- ``POST /api/traces/batch`` with 1000 traces per request (JSON pre-built by
-  the client), acknowledged by Kafka before the 202: traces/s accepted.
+  every ratio below is against it, in the same run;
+- ``GET /api/traces?limit=100&order=asc|desc`` following ``next_cursor``: every
+  connection walking the list from its start (``list_asc``, ``list_desc``), or
+  from its own random cursor (``list_scattered``), against the API as
+  configured (read-ahead runs kept until the next write, which these phases
+  have none of); and the same walks against the API with the cache off
+  (``uncached_asc``, ``uncached_desc``: every page is a ClickHouse query, as
+  with a ClickHouse server);
+- ``GET /api/traces/{id}`` for random ids (``by_id``: the trace index);
+- ``POST /api/traces`` one trace per request (``single_post``: the ingest
+  door's requests share produce batches), acknowledged by Kafka before the 202;
+- ``POST /api/traces/batch`` with 1000 traces per request: traces/s accepted.
+
+Beside the phases, the options for the by-id lookup are timed in this process
+on the same ids: the warehouse point query (what the API asks when the index
+does not hold a trace) against the index.
 """
 
 from __future__ import annotations
@@ -137,7 +148,7 @@ async def _load(host: str, port: int, connections: int, seconds: float, make_req
     }
 
 
-def list_requests(start_cursors: list[str]):
+def list_requests(start_cursors: list[str], order: str = "asc"):
     def make(state: dict) -> tuple[str, str, bytes]:
         if "cursor" not in state:
             state["cursor"] = start_cursors[state["n"] % len(start_cursors)]
@@ -148,7 +159,7 @@ def list_requests(start_cursors: list[str]):
 
             state["on_response"] = on_response
         cursor = state["cursor"]
-        return "GET", "/api/traces?limit=100" + (f"&cursor={cursor}" if cursor else ""), b""
+        return "GET", f"/api/traces?limit=100&order={order}" + (f"&cursor={cursor}" if cursor else ""), b""
     return make
 
 
@@ -167,6 +178,25 @@ def ingest_requests(bodies: list[bytes]):
         state.setdefault("on_response", lambda status, payload: 1000 if status == 202 else 0)
         return "POST", "/api/traces/batch", bodies[state["i"] % len(bodies)]
     return make
+
+
+def single_requests(bodies: list[bytes]):
+    def make(state: dict) -> tuple[str, str, bytes]:
+        state.setdefault("i", state["n"] * 100_000)
+        state["i"] += 1
+        return "POST", "/api/traces", bodies[state["i"] % len(bodies)]
+    return make
+
+
+def single_bodies(count: int, seed: int) -> list[bytes]:
+    from streams.generator import generate_events
+
+    bodies = []
+    for event in generate_events(count, seed, broken_share=0.0):
+        record = {k: v for k, v in event.record.items() if v is not None}
+        record["created_at"] = record["created_at"].isoformat()
+        bodies.append(json.dumps(record).encode())
+    return bodies
 
 
 def ingest_bodies(count: int, seed: int) -> list[bytes]:
@@ -190,9 +220,11 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
         if kind == "healthz":
             make = lambda state: ("GET", "/healthz", b"")
         elif kind == "list":
-            make = list_requests(phase.get("start_cursors") or [None])
+            make = list_requests(phase.get("start_cursors") or [None], phase.get("order", "asc"))
         elif kind == "by_id":
             make = by_id_requests(spec["ids"], seed=1)
+        elif kind == "single":
+            make = single_requests(single_bodies(20_000, seed=phase["seed"]))
         else:
             bodies = ingest_bodies(phase["bodies"], seed=99)
             make = ingest_requests(bodies)
@@ -204,8 +236,11 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
 # --- the server (this process) ------------------------------------------------------------
 
 
-def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
-    """Insert ``count`` traces as the materializer would write them; their ids and the seconds it took."""
+def fill(settings: Settings, count: int, seed: int, next_offset: list[int]) -> tuple[list[str], float]:
+    """Insert ``count`` traces as the materializer would write them; their ids and the seconds it took.
+
+    ``next_offset`` (one per partition) continues where the previous fill ended.
+    """
     from datetime import datetime
 
     from schemas.codec import AvroCodec
@@ -218,7 +253,6 @@ def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
 
     codec = AvroCodec(default_registry())
     warehouse = Warehouse.connect(settings)
-    next_offset = [0] * PARTITIONS
     ids: list[str] = []
     started = time.perf_counter()
     chunk: list[InboundEvent] = []
@@ -235,6 +269,36 @@ def fill(settings: Settings, count: int, seed: int) -> tuple[list[str], float]:
     if chunk:
         warehouse.insert("traces", trace_rows(chunk, codec, datetime.now(UTC)).columns)
     return ids, time.perf_counter() - started
+
+
+def index(settings: Settings) -> tuple[int, float]:
+    """Bring the trace index up to the warehouse (the materializer's call); rows copied and seconds."""
+    from warehouse.client import Warehouse
+
+    started = time.perf_counter()
+    copied = Warehouse.connect(settings).index_traces(settings.topics.valid, {})
+    return copied, time.perf_counter() - started
+
+
+def lookup_options(settings: Settings, ids: list[str], n: int = 300) -> dict[str, Any]:
+    """One trace by id, timed in this process: the warehouse point query against the trace index."""
+    from api.queries.traces import by_id
+    from warehouse.client import Warehouse
+
+    warehouse = Warehouse.connect(settings)
+    rng = random.Random(11)
+    out = {}
+    for name, lookup in (("warehouse_point_query", lambda i: by_id(warehouse, i)),
+                         ("trace_index", warehouse.trace_index.get)):
+        times = []
+        for trace_id in rng.sample(ids, min(n, len(ids))):
+            started = time.perf_counter()
+            assert lookup(trace_id)
+            times.append(time.perf_counter() - started)
+        times.sort()
+        out[name] = {"p50_ms": round(percentile(times, 50) * 1000, 3), "p99_ms": round(percentile(times, 99) * 1000, 3),
+                     "per_s_one_thread": round(len(times) / sum(times), 0)}
+    return out
 
 
 def parts(settings: Settings) -> int:
@@ -270,13 +334,20 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
     scattered = [encode_cursor(Position(rng.randrange(PARTITIONS), rng.randrange(per_partition)))
                  for _ in range(args.connections)]
     seconds, conns = args.seconds, args.connections
+    def list_phase(name: str, port: int, order: str, **extra) -> dict[str, Any]:
+        return {"name": name, "kind": "list", "port": port, "order": order, "connections": conns,
+                "seconds": seconds, **extra}
+
     spec = {"host": "127.0.0.1", "ids": rng.sample(ids, min(len(ids), 20000)), "phases": [
         {"name": "healthz", "kind": "healthz", "port": cached_port, "connections": conns, "seconds": seconds},
-        {"name": "list_cached", "kind": "list", "port": cached_port, "connections": conns, "seconds": seconds},
-        {"name": "list_scattered", "kind": "list", "port": cached_port, "connections": conns, "seconds": seconds,
-         "start_cursors": scattered},
-        {"name": "list_uncached", "kind": "list", "port": uncached_port, "connections": conns, "seconds": seconds},
+        list_phase("list_asc", cached_port, "asc"),
+        list_phase("list_desc", cached_port, "desc"),
+        list_phase("list_scattered", cached_port, "asc", start_cursors=scattered),
+        list_phase("uncached_asc", uncached_port, "asc"),
+        list_phase("uncached_desc", uncached_port, "desc"),
         {"name": "by_id", "kind": "by_id", "port": cached_port, "connections": conns, "seconds": seconds},
+        {"name": "single_post", "kind": "single", "port": cached_port, "connections": conns, "seconds": seconds,
+         "seed": 7000 + len(ids)},
         {"name": "ingest_batch_1000", "kind": "ingest", "port": cached_port, "connections": args.ingest_connections,
          "seconds": args.ingest_seconds, "bodies": 8},
     ]}
@@ -297,10 +368,47 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
     return figures
 
 
+READ_PHASES = ("healthz", "list_asc", "list_desc", "list_scattered", "uncached_asc", "uncached_desc", "by_id",
+               "single_post")
+
+
+def report(size: int, figures: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\n{size:,} traces; {args.connections} connections, {args.seconds:g} s per phase; latency from the "
+          "client's side")
+    floor = figures["healthz"]["requests_per_s"]
+    for name in READ_PHASES:
+        f = figures[name]
+        print(f"  {name:<15} {f['requests_per_s']:>8,.0f} req/s  p50 {f['p50_ms']:>6.2f} ms  p99 {f['p99_ms']:>7.2f} ms"
+              f"  ({f['requests_per_s'] / floor:.2f}x healthz)  statuses {f['statuses']}")
+    ingest = figures["ingest_batch_1000"]
+    print(f"  ingest (POST /api/traces/batch, 1000 traces, {args.ingest_connections} connections): "
+          f"{ingest['items'] / ingest['wall_s']:,.0f} traces/s accepted, p50 {ingest['p50_ms']:.0f} ms, "
+          f"p99 {ingest['p99_ms']:.0f} ms per batch, statuses {ingest['statuses']}")
+    options = figures["lookup_options"]
+    print("  by-id options, in this process on one thread: " + "; ".join(
+        f"{name} p50 {o['p50_ms']:.3f} ms, p99 {o['p99_ms']:.3f} ms ({o['per_s_one_thread']:,.0f}/s)"
+        for name, o in options.items()))
+    print(f"  list pages served {figures['cache']['list_pages']:,} with {figures['cache']['list_queries']:,} "
+          f"warehouse queries; by-id warehouse fallbacks {figures['cache']['misses']:,}")
+
+
+def report_scaling(runs: dict[int, dict[str, Any]]) -> None:
+    sizes = sorted(runs)
+    if len(sizes) < 2:
+        return
+    print("\nhow each figure changes with size (req/s, p99 ms; ratio = last size / first size):")
+    print("  " + " " * 16 + "".join(f"{size:>24,}" for size in sizes) + "      ratio")
+    for name in READ_PHASES:
+        cells = "".join(f"{runs[n][name]['requests_per_s']:>13,.0f} /{runs[n][name]['p99_ms']:>8.1f}" for n in sizes)
+        ratio = runs[sizes[-1]][name]["requests_per_s"] / max(runs[sizes[0]][name]["requests_per_s"], 1e-9)
+        print(f"  {name:<16}{cells}   {ratio:>6.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each read phase.")
+    parser.add_argument("--traces", default="100000",
+                        help="Stored traces, or several sizes comma-separated (filled up to each in turn).")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each phase.")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--ingest-seconds", type=float, default=8.0)
     parser.add_argument("--ingest-connections", type=int, default=2)
@@ -316,6 +424,7 @@ def main() -> None:
             pass
         print(json.dumps(asyncio.run(client_main(json.loads(Path(args.client).read_text())))))
         return
+    sizes = sorted({int(size.replace("_", "")) for size in args.traces.split(",")})
 
     quiet_logging()
     base = Settings()
@@ -323,6 +432,7 @@ def main() -> None:
     print(f"machine: {info['cpus']} cores ({info['cpu_model']}), Python {info['python']}; "
           f"load average at start {load_average()}")
     print("note: " + SHARED_MACHINE_NOTE.format(cpus=info["cpus"]) + "; the load client is one more process on them")
+    runs: dict[int, dict[str, Any]] = {}
     with temp_workdir() as workdir, kafka(base, workdir) as target:
         settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="api")
         args.workdir = str(workdir)
@@ -330,37 +440,35 @@ def main() -> None:
 
         asyncio.run(ensure_pipeline_topics(settings, target.kafka))
         print(f"kafka: {target.description}")
-        ids, fill_s = fill(settings, args.traces, seed=2026)
-        print(f"filled the embedded warehouse with {len(ids):,} traces in {fill_s:.1f} s "
-              f"(materializer row builder, direct insert of {FILL_CHUNK:,}-row batches): {parts(settings)} parts")
-        if not args.no_merge:
-            took = merge(settings)
-            print(f"merged to {parts(settings)} part(s) in {took:.1f} s (OPTIMIZE FINAL: the state background "
-                  "merges reach; --no-merge measures the unmerged parts)")
         try:
             import uvloop
             uvloop.install()
         except ImportError:
             pass
-        figures = asyncio.run(serve_and_load(settings, args, ids))
-
-    print(f"\n{args.connections} connections, {args.seconds:g} s per read phase; latency from the client's side")
-    floor = figures["healthz"]["requests_per_s"]
-    for name in ("healthz", "list_cached", "list_scattered", "list_uncached", "by_id"):
-        f = figures[name]
-        print(f"  {name:<14} {f['requests_per_s']:>8,.0f} req/s  p50 {f['p50_ms']:>6.2f} ms  p99 {f['p99_ms']:>7.2f} ms"
-              f"  ({f['requests_per_s'] / floor:.2f}x healthz)  statuses {f['statuses']}")
-    ingest = figures["ingest_batch_1000"]
-    print(f"  ingest (POST /api/traces/batch, 1000 traces, {args.ingest_connections} connections): "
-          f"{ingest['items'] / ingest['wall_s']:,.0f} traces/s accepted, p50 {ingest['p50_ms']:.0f} ms, "
-          f"p99 {ingest['p99_ms']:.0f} ms per batch, statuses {ingest['statuses']}")
-    print(f"  list cached/uncached: {figures['list_cached']['requests_per_s'] / max(figures['list_uncached']['requests_per_s'], 1e-9):.1f}x; "
-          f"list pages served {figures['cache']['list_pages']:,} with {figures['cache']['list_queries']:,} warehouse "
-          f"queries; by-id cache hits {figures['cache']['hits']:,}, misses {figures['cache']['misses']:,}")
+        ids: list[str] = []
+        next_offset = [0] * PARTITIONS
+        for size in sizes:
+            added, fill_s = fill(settings, size - len(ids), seed=2026 + len(ids), next_offset=next_offset)
+            ids += added
+            print(f"\nfilled the embedded warehouse up to {len(ids):,} traces ({len(added):,} in {fill_s:.1f} s: "
+                  f"materializer row builder, direct insert of {FILL_CHUNK:,}-row batches): {parts(settings)} parts")
+            if not args.no_merge:
+                took = merge(settings)
+                print(f"merged to {parts(settings)} part(s) in {took:.1f} s (OPTIMIZE FINAL: the state background "
+                      "merges reach; --no-merge measures the unmerged parts)")
+            copied, index_s = index(settings)
+            print(f"trace index brought up to the warehouse: {copied:,} traces copied in {index_s:.1f} s "
+                  f"({copied / max(index_s, 1e-9):,.0f}/s)")
+            figures = asyncio.run(serve_and_load(settings, args, ids))
+            figures["lookup_options"] = lookup_options(settings, ids)
+            figures["fill_s"], figures["index_s"] = round(fill_s, 1), round(index_s, 1)
+            runs[len(ids)] = figures
+            report(len(ids), figures, args)
+    report_scaling(runs)
     print(f"load average at end {load_average()}")
-    emit_json("api_load", {"traces": len(ids), "connections": args.connections, "seconds": args.seconds,
-                            "merged": not args.no_merge,
-                            "fill_s": round(fill_s, 1), **figures, "machine": info})
+    emit_json("api_load", {"sizes": sorted(runs), "connections": args.connections, "seconds": args.seconds,
+                            "merged": not args.no_merge, "runs": {str(n): f for n, f in runs.items()},
+                            "machine": info})
 
 
 if __name__ == "__main__":
