@@ -104,7 +104,16 @@ def screenshot(driver: Any, name: str) -> Path:
     return path
 
 
-def get_json(base: str, path: str) -> Any:
-    response = httpx.get(base + path, timeout=30)
+def get_json(base: str, path: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(base + path, headers=headers, timeout=30)
     response.raise_for_status()
     return response.json()
+
+
+def requested(driver: Any, prefix: str = "/api/") -> list[str]:
+    """Paths (with their query) the page has fetched under ``prefix``, EventSource streams included, in order."""
+    return driver.execute_script("""
+        return performance.getEntriesByType('resource').map(e => new URL(e.name))
+          .filter(u => u.pathname.startsWith(arguments[0])).map(u => u.pathname + u.search);
+    """, prefix)

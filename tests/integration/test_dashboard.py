@@ -8,6 +8,7 @@ the browser is the only other party, and it sees what a user would.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from api.app import create_app
+from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
@@ -25,8 +27,23 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, serving, wait_until
-from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
+from tests.integration.browser import (
+    chromium,
+    console_errors,
+    get_json,
+    requested,
+    require_chromium,
+    screenshot,
+    serving,
+    wait_until,
+)
+from tests.integration.support import (
+    expected_outcome,
+    kafka_of,
+    publish,
+    running_processors,
+)
+from tests.integration.test_api_datasets_runs import metrics, run_event, send
 from trainer.config import ConfigError
 from trainer.run import run_training
 from warehouse.client import Warehouse
@@ -232,6 +249,98 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
                 "return [document.querySelector('#runs-table tr.selected')?.dataset.run,"
                 " document.getElementById('follow-latest').checked]") == ["run-done", False]
             assert console_errors(browser) == []
+
+
+TOKEN = "dashboard-reads-token"
+SIGN_IN_SHOWN = """return !document.getElementById('sign-in').hidden && document.getElementById('panels').hidden
+  && document.getElementById('sign-out').hidden"""
+TRACE_ROWS = "return Array.from(document.querySelectorAll('#traces-table tbody tr')).map(r => r.dataset.trace)"
+
+
+@pytest.mark.asyncio
+async def test_with_reads_behind_the_token_the_dashboard_signs_in_and_reads_with_an_httponly_cookie(
+    settings: Settings, browser
+):
+    settings = settings.model_copy(update={"api_token": TOKEN, "api_protect_reads": True})
+    events = list(generate_events(120, seed=29, broken_share=0.1))
+    valid, reasons = expected_outcome(events)
+    await publish(settings, events)
+    producer = kafka_of(settings).producer(acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await send(producer, settings, run_event("live", "queued", 0), run_event("live", "started", 1),
+                   *(metrics("live", step, 3.0 - step / 10) for step in (1, 2, 3)))
+        async with running_processors(settings):
+            await asyncio.wait_for(wait_until_caught_up(settings, kafka_of(settings)), 120)
+            app = create_app(settings, warehouse=Warehouse.connect(settings))
+            with serving(app) as base:
+                page = Page(browser)
+                await page.call(browser.get, base + "/dashboard")
+
+                # Signed out: the sign-in form, and not one read of the API beyond asking whether to sign in.
+                await page.wait("the sign-in form", lambda: page.script(SIGN_IN_SHOWN))
+                assert await page.call(requested, browser) == ["/api/session"]
+                shot = await page.call(screenshot, browser, "dashboard-sign-in.png")
+                assert shot.stat().st_size > 5_000
+
+                # A wrong token: the form says so, and nothing is set.
+                await page.call(_sign_in, browser, "not-the-token")
+                refused = await page.wait("the wrong token's error", lambda: page.script(
+                    "const p = document.getElementById('sign-in-error'); return !p.hidden && p.textContent"))
+                assert "401" in refused and "token is wrong" in refused
+                assert await page.script(SIGN_IN_SHOWN)
+                assert await page.call(browser.get_cookies) == []
+                assert all("/api/session" in line and "401" in line for line in console_errors(browser))
+
+                # The right token: the panels load real data, the trace list newest first, through the cookie.
+                await page.call(_sign_in, browser, TOKEN)
+                rows = await page.wait("the trace list", lambda: page.script(TRACE_ROWS))
+                newest = (await page.call(get_json, base, "/api/traces?order=desc&limit=50", TOKEN))["items"]
+                assert rows == [t["trace_id"] for t in newest]
+                await page.wait("the traces tile", lambda: page.script(
+                    "return document.getElementById('tile-traces').textContent === arguments[0]", f"{valid:,}"))
+                dlq = await page.wait("the DLQ chart", lambda: page.chart("chart-dlq"))
+                assert Counter(dict(zip(dlq[0]["y"], dlq[0]["x"]))) == reasons
+                assert [p for p in await page.call(requested, browser) if p.startswith("/api/traces?")]
+                assert all("order=desc" in p for p in await page.call(requested, browser)
+                           if p.startswith("/api/traces?"))
+
+                # The run's loss curve grows live: the EventSource sends the cookie (it cannot send a header).
+                await page.wait("the live run's stored curve", lambda: _points_if(page, "chart-loss", 3))
+                await send(producer, settings, metrics("live", 4, 2.6), metrics("live", 5, 2.5))
+                live = await page.wait("the curve extended from the event stream",
+                                       lambda: _points_if(page, "chart-loss", 5), timeout_s=60)
+                assert live["y"] == pytest.approx([2.9, 2.8, 2.7, 2.6, 2.5])
+                await send(producer, settings, run_event("live", "completed", 30))
+                await page.wait("the run's end, from the stream", lambda: page.script(
+                    "return document.getElementById('run-live').textContent.startsWith('completed')"), timeout_s=60)
+
+                # The cookie: HttpOnly (no script sees it), SameSite=Strict, 12 hours, and not the token.
+                assert await page.script("return document.cookie") == ""
+                (cookie,) = await page.call(browser.get_cookies)
+                assert cookie["name"] == SESSION_COOKIE and cookie["httpOnly"] is True
+                assert cookie["sameSite"] == "Strict" and cookie["path"] == "/" and cookie["secure"] is False
+                assert TOKEN not in cookie["value"]
+                assert abs(cookie["expiry"] - (time.time() + SESSION_MAX_AGE_S)) < 120
+                assert not await page.script("return document.getElementById('sign-out').hidden")
+                assert console_errors(browser) == []  # not one 401 (nor anything else) since signing in
+
+                # Signing out clears the cookie and shows the sign-in again, on a page that read nothing.
+                await page.script("document.getElementById('sign-out').click()")
+                await page.wait("the sign-in after signing out", lambda: page.script(
+                    SIGN_IN_SHOWN + " && document.querySelectorAll('#traces-table tbody tr').length === 0"))
+                assert await page.call(browser.get_cookies) == []
+                assert await page.call(requested, browser) == ["/api/session"]
+                assert console_errors(browser) == []
+    finally:
+        await producer.stop()
+
+
+def _sign_in(driver: Any, token: str) -> None:
+    box = driver.find_element(By.ID, "sign-in-token")
+    box.clear()
+    box.send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
 
 
 async def _points_if(page: Page, div_id: str, count: int) -> dict | None:
