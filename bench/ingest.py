@@ -1,6 +1,6 @@
 """End-to-end ingest throughput: traces published to traces.raw → queryable in ClickHouse.
 
-    python -m bench.ingest [--count 20000] [--seed 7] [--validate-processes 0,1,2] [--timeout 600]
+    python -m bench.ingest [--count 20000] [--seed 7] [--validate-processes 0,1,2] [--http-seconds 10] [--timeout 600]
 
 One run, one broker:
 
@@ -20,7 +20,13 @@ One run, one broker:
    traces FINAL`` (polled every 0.1 s) says every trace is queryable. N=0 runs
    validate and materialize in this process; N>0 runs materialize here and
    validate in N ``tracestream worker --stages validate`` processes, as
-   ``tracestream serve`` does on a machine with more than one core.
+   ``tracestream serve`` does on a machine with more than one core;
+6. the HTTP ingest door as ``tracestream serve`` runs it (API and materialize
+   in this process, validate in its default number of processes of its own):
+   ``--http-connections`` clients in a second process POST batches of 1,000
+   traces for ``--http-seconds``, and the figure is from the first accepted
+   trace until every accepted one is queryable ("batch ingest until
+   queryable").
 
 The baseline runs before the pipeline so that chDB's background merges of
 the pipeline's inserts cannot slow it down. Speeds are printed, never asserted.
@@ -63,7 +69,7 @@ from deploy.kafka import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.app import MAX_MESSAGE_BYTES
-from streams.processes import ValidateProcesses
+from streams.processes import ValidateProcesses, default_validate_processes
 from streams.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
 from streams.topics import STAGES, TOPIC_CONFIG, ensure_pipeline_topics, validate_group
 from streams.transactions import RETRY_BACKOFF_MS
@@ -245,11 +251,84 @@ async def pipeline_ingest(
     }
 
 
+async def http_door_ingest(
+    settings: Settings, kafka: KafkaClients, seconds: float, connections: int, timeout_s: float, *,
+    validate_processes: int,
+) -> dict[str, Any]:
+    """``connections`` clients POST batches of 1,000 to the ingest door for ``seconds``, processors running.
+
+    Arranged as ``tracestream serve`` is (API and materialize in this process,
+    validate in ``validate_processes`` of its own); the clients are a second
+    process (``bench.api_load``'s). Timed from the first accepted trace until
+    every accepted trace is queryable.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from api.app import create_app
+    from api.server import serving
+    from bench.common import free_port
+
+    port = free_port()
+    stages = ("materialize",) if validate_processes else STAGES
+    children = ValidateProcesses(settings, validate_processes, log_dir=settings.home / "logs")
+    app = create_app(settings, kafka=kafka)
+    spec = settings.home / "http-door.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({"host": "127.0.0.1", "ids": [], "phases": [
+        {"name": "ingest", "kind": "ingest", "port": port, "connections": connections, "seconds": seconds,
+         "bodies": max(8, int(seconds * 6))}]}))
+    async with running_processors(settings, kafka, stages=stages) as processors, \
+            serving(app, "127.0.0.1", port):
+        await open_warehouse(processors.writer)
+        if validate_processes:
+            await children.start()
+        await processors.app.start()
+        publisher = app.state.api.publisher
+        try:
+            client = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.api_load", "--client", str(spec), stdout=subprocess.PIPE,
+                env=settings.child_environment(), cwd=Path(__file__).resolve().parents[1])
+            waiting = asyncio.ensure_future(client.communicate())
+            first_accepted = None
+            while publisher.accepted == 0 and not waiting.done():
+                await asyncio.sleep(0.01)
+            first_accepted = time.perf_counter()
+            stdout, _ = await waiting
+            if client.returncode != 0:
+                raise SystemExit(f"the ingest clients failed ({client.returncode})")
+            posted_s = time.perf_counter() - first_accepted
+            accepted = publisher.accepted
+            deadline = time.perf_counter() + timeout_s
+            rows = 0
+            while time.perf_counter() < deadline:
+                rows = await count_traces(processors.writer)
+                if rows >= accepted:
+                    break
+                await asyncio.sleep(POLL_S)
+            queryable_s = time.perf_counter() - first_accepted
+        finally:
+            if validate_processes:
+                await children.stop()
+        await drop_run_database(settings, processors.writer)
+    phase = json.loads(stdout.decode().strip().splitlines()[-1])["ingest"]
+    return {
+        "connections": connections, "validate_processes": validate_processes, "accepted": accepted,
+        "posting_s": round(posted_s, 2), "accepted_per_s": round(per_s(accepted, posted_s)),
+        "all_queryable_s": round(queryable_s, 2), "queryable_per_s": round(per_s(accepted, queryable_s)),
+        "complete": rows >= accepted, "batch_p50_ms": phase["p50_ms"], "batch_p99_ms": phase["p99_ms"],
+        "statuses": phase["statuses"],
+    }
+
+
 def per_s(count: float, seconds: float | None) -> float:
     return count / seconds if seconds else float("nan")
 
 
-async def run(base: Settings, count: int, seed: int, validate_processes: list[int], timeout_s: float) -> dict[str, Any]:
+async def run(base: Settings, count: int, seed: int, validate_processes: list[int], timeout_s: float,
+              http_seconds: float = 0, http_connections: int = 4) -> dict[str, Any]:
     info = machine()
     load_start = load_average()
     with temp_workdir() as workdir, kafka_target(base, workdir) as target:
@@ -290,10 +369,24 @@ async def run(base: Settings, count: int, seed: int, validate_processes: list[in
             pipe.update(publish_s=publish_s, publish_cpu=publish_cpu)
             pipelines.append(pipe)
             await drop_run_topics(run_set, target)
+        http = None
+        if http_seconds > 0:
+            run_set = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="ingest-http")
+            door_processes = default_validate_processes()
+            print(f"HTTP door: {http_connections} clients POST batches of 1,000 for {http_seconds:g} s while the "
+                  f"processors run (validate in {door_processes or 'the API'} process"
+                  f"{'es' if door_processes > 1 else ''}) ...", flush=True)
+            await ensure_pipeline_topics(run_set, kafka)
+            await asyncio.sleep(TOPIC_SETTLE_S)
+            http = await http_door_ingest(run_set, kafka, http_seconds, http_connections, timeout_s,
+                                          validate_processes=door_processes)
+            await drop_run_topics(run_set, target)
         await drop_run_topics(settings, target)
     load_end = load_average()
-    return figures_of(count, seed, settings, events, bare, transaction, pipelines, info, kafka_description,
-                      load_start, load_end)
+    figures = figures_of(count, seed, settings, events, bare, transaction, pipelines, info, kafka_description,
+                         load_start, load_end)
+    figures["http_door"] = http
+    return figures
 
 
 def figures_of(count, seed, settings, events, bare, transaction, pipelines, info, kafka_description,
@@ -403,6 +496,21 @@ def print_report(f: dict[str, Any]) -> None:
         print("  progress (s since start: validated / queryable): "
               + ", ".join(f"{t:g}s {v}/{q}" for t, v, q in run["timeline_s_validated_queryable"]))
         print("  CPU: publish " + cpu_line(run["cpu"]["publish"]) + "; processors " + cpu_line(run["cpu"]["pipeline"]))
+    http = f.get("http_door")
+    if http:
+        print_table(
+            f"HTTP ingest door: {http['connections']} clients, batches of 1,000 (POST /api/traces/batch), processors "
+            f"running (validate in {http['validate_processes'] or 'the API'} process"
+            f"{'es' if http['validate_processes'] > 1 else ''})",
+            [
+                ("accepted (202 once Kafka acknowledged)", f"{rate(http['accepted_per_s'])}  ({http['accepted']:,} "
+                                                            f"in {secs(http['posting_s'])})"),
+                ("first accepted → all queryable", f"{rate(http['queryable_per_s'])}  "
+                                                    f"({secs(http['all_queryable_s'])})"),
+                ("per batch", f"p50 {http['batch_p50_ms']:.0f} ms, p99 {http['batch_p99_ms']:.0f} ms, "
+                              f"statuses {http['statuses']}"),
+            ],
+        )
     print(f"\nload average start → end: {f['load_average_start']} → {f['load_average_end']}")
     if not (f["bare_complete"] and all(run["complete"] for run in f["pipelines"])):
         print("\nWARNING: a phase hit --timeout before it saw every trace; its rate is not a throughput figure")
@@ -417,6 +525,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated: run the pipeline with validate in this many processes of its own "
                              "(0: in the materializer's process); default 0,1,2")
     parser.add_argument("--timeout", type=float, default=600.0, help="upper bound on each phase, seconds")
+    parser.add_argument("--http-seconds", type=float, default=10.0,
+                        help="POST batches to the HTTP ingest door for this long, processors running, and time "
+                             "until all are queryable (0 skips it; default 10)")
+    parser.add_argument("--http-connections", type=int, default=4, help="clients of the HTTP phase (default 4)")
     args = parser.parse_args(argv)
     if not 1 <= args.count <= 1_000_000:
         parser.error("--count must be between 1 and 1,000,000 (every trace is held in memory)")
@@ -428,7 +540,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--validate-processes: each value between 0 and 8")
     quiet_logging()
     settings = Settings()
-    figures = asyncio.run(run(settings, args.count, args.seed, processes, args.timeout))
+    figures = asyncio.run(run(settings, args.count, args.seed, processes, args.timeout,
+                              http_seconds=args.http_seconds, http_connections=args.http_connections))
     print_report(figures)
     emit_json("ingest", figures)
 
