@@ -1,15 +1,26 @@
 """The producer SDK: publish traces to ``traces.raw`` as Avro single-object events.
 
-``publish`` only enqueues (aiokafka batches in the background); ``flush``
-waits for every pending delivery and returns a ``DeliveryReport``. A failed
-delivery is never dropped silently: it is counted, kept with its error in
-the next report, and leaving ``async with TraceProducer(...)`` normally
-raises ``DeliveryFailed`` if any delivery failed that no ``flush`` reported.
+``publish`` only enqueues (batches go out in the background) and returns the
+event's delivery future, as aiokafka's ``send`` does: it resolves to the
+event's ``EventMetadata`` (topic, partition, offset) once the broker
+acknowledged it, or raises the event's delivery error
+(``MessageSizeTooLargeError``, ``KafkaTimeoutError`` past the delivery
+timeout, the broker's error). Callers that publish in bulk ignore the futures
+and ``flush``: it waits for every pending delivery and returns a
+``DeliveryReport``. A failed delivery is never dropped silently: it is
+counted, kept with its error in the next report (unless the producer was made
+with ``keep_failures=False`` because every caller awaits its futures), and
+leaving ``async with TraceProducer(...)`` normally raises ``DeliveryFailed`` if
+any delivery failed that no ``flush`` reported. Many callers may publish at
+once (the API's requests do): their events share batches, and each awaits
+only its own futures.
 
 Throughput: events go straight into per-partition record batches (see
 ``TraceProducer``); one delivery future per batch is kept in a bounded queue
-(``max_in_flight`` events) and settled in bulk, so memory stays bounded and
-nothing awaits one event's round trip.
+(``max_in_flight`` events). When a batch's future settles, its events'
+futures are settled in one pass: event ``i`` of the batch is at the batch's
+base offset + ``i``. Memory stays bounded and nothing awaits one event's
+round trip.
 
 Oversized events: the limit is the smaller of ``max_request_size`` (2 MiB,
 above the validator's 1 MiB, so a too-large trace reaches ``traces.raw`` and
@@ -27,13 +38,16 @@ while no broker answers, so the producer keeps its own deadline per batch
 event's ``publish``). A batch not acknowledged by then gives up the whole
 client: every event it still holds is reported failed with
 ``KafkaTimeoutError`` (not acknowledged: it may or may not be in the log), and
-the next publish starts a fresh client. Starting the client, reading the
+the next publish starts a fresh client. A watchdog task keeps that deadline
+while batches are pending, so a caller awaiting an event's future gets its
+answer within the delivery timeout without calling ``flush``. Starting the client, reading the
 topic's metadata and handing a batch over are bounded by the same timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import struct
@@ -41,7 +55,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -63,6 +77,17 @@ refused by the client. The topic's ``max.message.bytes`` must allow it too."""
 _RECORD_OVERHEAD = 128  # batch header + record framing, generously
 _STALL_WARNING_S = 5.0
 """How long deliveries may wait before the producer says (once) that Kafka is not answering."""
+
+
+class EventMetadata(NamedTuple):
+    """Where the broker put an event: what its delivery future resolves to (cf. aiokafka's ``RecordMetadata``)."""
+
+    topic: str
+    "The topic the event was written to."
+    partition: int
+    "Its partition (Kafka's murmur2 of the key, round robin without one)."
+    offset: int
+    "Its offset in that partition: the batch's base offset + its index in the batch."
 
 
 @dataclass(frozen=True)
@@ -147,15 +172,29 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+_Event = tuple[bytes | None, object, asyncio.Future]
+"""An event in a batch: its key, the caller's ``ref``, and its delivery future (index = offset in the batch)."""
+
+
+def _fail_futures(events: list[_Event], error: BaseException) -> None:
+    """Fail the delivery futures not settled yet; marked as seen, since the report has the failure too."""
+    if isinstance(error, asyncio.CancelledError):  # would read as the awaiting task's own cancellation
+        error = KafkaError(f"the delivery was cancelled before the broker answered ({error})")
+    for _, _, future in events:
+        if not future.done():
+            future.set_exception(copy.copy(error))  # a copy each: raising one shares its traceback
+            future.exception()  # no "exception was never retrieved" for callers that only flush
+
+
 class _OpenBatch:
-    """A record batch being filled for one partition: its events' (key, ref), and its deadline."""
+    """A record batch being filled for one partition: its events' (key, ref, future), and its deadline."""
 
     __slots__ = ("builder", "deadline", "events", "timer")
 
     def __init__(self, builder: Any, deadline: float) -> None:
         self.builder = builder
         self.deadline = deadline  # time.monotonic() by which the broker must have acknowledged it
-        self.events: list[tuple[bytes | None, object]] = []
+        self.events: list[_Event] = []
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -163,8 +202,10 @@ class TraceProducer:
     """Async producer of Trace events to ``settings.topics.raw``.
 
     >>> async with TraceProducer(settings, kafka) as producer:
-    ...     await producer.publish(record)
-    ...     report = await producer.flush()
+    ...     delivery = await producer.publish(record)
+    ...     metadata = await delivery  # EventMetadata(topic, partition, offset), or its error
+    ...     await producer.publish(other)
+    ...     report = await producer.flush()  # everything since the last report
 
     Events are appended straight into per-partition record batches (aiokafka's
     ``create_batch``/``send_batch``), partitioned by key with Kafka's murmur2
@@ -173,6 +214,7 @@ class TraceProducer:
     to the client in order, and the idempotent producer keeps them in order
     and free of duplicates on retries. This costs ~2 µs per event instead of
     ~25 µs through ``send()``, which matters because encoding is ~25 µs too.
+    Publishing from many tasks at once is safe; their events share batches.
 
     At most about ``max_in_flight`` events are unacknowledged at a time;
     ``publish`` waits for the oldest batch beyond that. No event waits longer
@@ -191,7 +233,17 @@ class TraceProducer:
         max_in_flight: int = 10_000,
         client_id: str = "tracestream-producer",
         delivery_timeout_s: float | None = None,
+        keep_failures: bool = True,
     ) -> None:
+        """
+        Args:
+            linger_ms: how long a batch waits for more events before it goes out.
+            max_in_flight: about how many unacknowledged events ``publish`` allows before it waits.
+            delivery_timeout_s: how long an event may wait for its acknowledgement (default: the settings').
+            keep_failures: keep each failed delivery for the next ``DeliveryReport`` (for callers that
+                ``flush``). With False only their number is: for callers that await every event's
+                future and never ``flush`` (the API), so failures do not pile up.
+        """
         if codec is None:
             from schemas.registry import default_registry
 
@@ -226,13 +278,18 @@ class TraceProducer:
         self._ready: dict[int, deque[_OpenBatch]] = defaultdict(deque)
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._linger_tasks: set[asyncio.Task] = set()
-        # Batches handed to the client: (delivery future, (key, ref) of its events, deadline).
-        self._pending: deque[tuple[asyncio.Future, list[tuple[bytes | None, object]], float]] = deque()
+        # Batches handed to the client: (delivery future, its events, deadline).
+        self._pending: deque[tuple[asyncio.Future, list[_Event], float]] = deque()
+        self._watchdog: asyncio.Task | None = None  # keeps the pending batches' deadlines
+        self._restarting = asyncio.Lock()
+        self._giving_up = asyncio.Lock()
         self._stall_warned = False
         self._gave_up: KafkaTimeoutError | None = None  # why the current client was given up
         self._unsettled = 0
         self._delivered = 0
+        self._keep_failures = keep_failures
         self._failed: list[DeliveryFailure] = []
+        self._failed_count = 0
         self._started = False
 
     # --- lifecycle ------------------------------------------------------------
@@ -249,6 +306,10 @@ class TraceProducer:
         try:
             report = await self.flush()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()  # nothing is pending after flush: it is ending anyway
+                await asyncio.gather(self._watchdog, return_exceptions=True)
+                self._watchdog = None
             await self._close_client()
             self._started = False
         return report
@@ -286,8 +347,15 @@ class TraceProducer:
         """A batch passed its deadline: report every event the client still holds, and drop it.
 
         Its partitions' sequence numbers can no longer be trusted, so the next
-        publish starts a fresh client (``_poisoned``).
+        publish starts a fresh client (``_poisoned``). The watchdog and a
+        ``flush`` may both find the deadline passed: the second finds it done.
         """
+        async with self._giving_up:
+            now = time.monotonic()
+            if any(d <= now and not f.done() for f, _, d in self._pending):
+                await self._give_up_client_now()
+
+    async def _give_up_client_now(self) -> None:
         log.error(
             "Kafka at %s did not acknowledge within the delivery timeout (%g s); "
             "giving up on every event not acknowledged yet", self.kafka.bootstrap, self.delivery_timeout_s,
@@ -320,32 +388,41 @@ class TraceProducer:
         """The Avro single-object bytes of ``record`` (raises ``schemas.errors.EncodeError``)."""
         return self.codec.encode(record, TRACE, schema_version)
 
-    async def publish(self, record: dict, *, schema_version: int | None = None) -> None:
+    async def publish(self, record: dict, *, schema_version: int | None = None) -> asyncio.Future:
         """Encode ``record`` (latest Trace version when None) and enqueue it, keyed by trace_id.
 
-        Returns once the event is in a batch; ``flush`` reports its delivery.
+        Returns once the event is in a batch, with its delivery future (see
+        ``publish_bytes``); ``flush`` reports its delivery too.
         Raises ``schemas.errors.EncodeError`` if the record does not fit the schema.
         """
         payload = self.codec.encode(record, TRACE, schema_version)
-        await self.publish_bytes(payload, record["trace_id"].encode())
+        return await self.publish_bytes(payload, record["trace_id"].encode())
 
-    async def publish_bytes(self, payload: bytes, key: bytes | None, *, ref: object = None) -> None:
+    async def publish_bytes(self, payload: bytes, key: bytes | None, *, ref: object = None) -> asyncio.Future:
         """Enqueue raw message bytes as they are (dead-letter tests, replays, other encoders).
+
+        Returns the event's delivery future: it resolves to the event's
+        ``EventMetadata`` once the broker acknowledged it, or raises its
+        delivery error, at the latest after the delivery timeout. Awaiting it
+        is optional (``flush`` reports the same outcome); cancelling it
+        changes nothing about the delivery.
 
         ``ref`` comes back in this event's ``DeliveryFailure`` if it fails
         (``tracestream publish`` passes the line number).
 
         An event bigger than the topic accepts (the smaller of
         ``max_request_size`` and the topic's ``max.message.bytes``, read on
-        first use) is counted as a failed delivery (``MessageSizeTooLargeError``)
-        and never sent. If the client cannot take a
+        first use) is counted as a failed delivery and never sent: its future
+        raises ``MessageSizeTooLargeError``. If the client cannot take a
         batch (broker unreachable past its request timeout, producer closed),
         the batch's events are counted as failed and the error is raised; so
         is the error when a fresh client cannot start (no broker). When this
         raises, this event was not enqueued (nor counted).
         """
         if self._poisoned:
-            await self._restart_client()
+            async with self._restarting:  # concurrent publishers restart it once
+                if self._poisoned:
+                    await self._restart_client()
         partitions = self._partitions or await self._load_topic()
         if key is None:
             partition = partitions[self._round_robin % len(partitions)]
@@ -355,12 +432,15 @@ class TraceProducer:
         if len(payload) + len(key or b"") + _RECORD_OVERHEAD > self._message_limit:
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, payload, [])
             if size > self._message_limit:
-                self._failed.append(DeliveryFailure(key, MessageSizeTooLargeError(
+                refused = asyncio.get_running_loop().create_future()
+                self._unsettled += 1
+                self._fail([(key, ref, refused)], MessageSizeTooLargeError(
                     f"the event is {size:,} bytes as a record batch; {self.topic} takes at "
                     f"most {self._message_limit:,} (the smaller of the producer's "
                     f"max_request_size and the topic's max.message.bytes)"
-                ), ref))
-                return
+                ))
+                return refused
+        delivery = asyncio.get_running_loop().create_future()
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open_batch(partition)
@@ -374,10 +454,11 @@ class TraceProducer:
                 raise error
             batch = self._open.get(partition) or self._open_batch(partition)
             batch.builder.append(timestamp=None, key=key, value=payload)
-        batch.events.append((key, ref))
+        batch.events.append((key, ref, delivery))
         self._unsettled += 1
         if self._unsettled > self.max_in_flight and self._pending:
             await self._wait_for([self._pending[0][0]])
+        return delivery
 
     async def _load_topic(self) -> list[int]:
         """The topic's partitions, and the largest event it accepts (within the delivery timeout)."""
@@ -415,6 +496,7 @@ class TraceProducer:
         await self._start_client()
         self._poisoned = False
         self._gave_up = None
+        self._partitions = None  # read the topic again: its max.message.bytes may be why a batch was refused
 
     def _open_batch(self, partition: int) -> _OpenBatch:
         batch = _OpenBatch(self._producer.create_batch(), time.monotonic() + self.delivery_timeout_s)
@@ -480,12 +562,37 @@ class TraceProducer:
                     continue
                 ready.popleft()
                 self._pending.append((future, batch.events, batch.deadline))
+                future.add_done_callback(functools.partial(self._batch_settled, partition, batch.events))
+                if self._watchdog is None or self._watchdog.done():
+                    self._watchdog = asyncio.get_running_loop().create_task(self._keep_deadlines())
         self._settle_done()
         return error
 
-    def _fail(self, events: list[tuple[bytes | None, object]], error: BaseException) -> None:
+    def _batch_settled(self, partition: int, events: list[_Event], future: asyncio.Future) -> None:
+        """Settle a batch's events' futures at once (event ``i`` is at the base offset + ``i``), then count."""
+        if not future.cancelled():  # cancelled: abandoned, and _settle_done failed its events
+            error = future.exception()
+            if error is None:
+                base = future.result().offset
+                topic = self.topic
+                for i, (_, _, delivery) in enumerate(events):
+                    if not delivery.done():  # a caller may have cancelled its wait
+                        delivery.set_result(EventMetadata(topic, partition, base + i))
+            else:
+                _fail_futures(events, error)
+        self._settle_done()
+
+    async def _keep_deadlines(self) -> None:
+        """While batches are pending, give up the client when one passes its deadline (``_wait_for``)."""
+        while self._pending:
+            await self._wait_for([f for f, _, _ in self._pending])
+
+    def _fail(self, events: list[_Event], error: BaseException) -> None:
         self._unsettled -= len(events)
-        self._failed.extend(DeliveryFailure(key, error, ref) for key, ref in events)
+        self._failed_count += len(events)
+        if self._keep_failures:
+            self._failed.extend(DeliveryFailure(key, error, ref) for key, ref, _ in events)
+        _fail_futures(events, error)
 
     def _settle_done(self, abandon: BaseException | None = None) -> None:
         """Count the delivered/failed batches at the head of the queue (all of them with ``abandon``).
@@ -544,9 +651,10 @@ class TraceProducer:
     async def flush(self) -> DeliveryReport:
         """Send everything buffered, wait for every delivery (at most the delivery timeout); report and reset the counts."""
         await self._deliver_all()
-        report = DeliveryReport(self._delivered, len(self._failed), tuple(self._failed))
+        report = DeliveryReport(self._delivered, self._failed_count, tuple(self._failed))
         self._delivered = 0
         self._failed = []
+        self._failed_count = 0
         return report
 
     async def _deliver_all(self) -> None:
@@ -610,6 +718,7 @@ __all__ = [
     "DeliveryFailed",
     "DeliveryFailure",
     "DeliveryReport",
+    "EventMetadata",
     "TraceProducer",
     "murmur2",
 ]

@@ -4,7 +4,9 @@ A batch is checked whole before anything is published: shape (pydantic),
 the trace rules (``schemas.validation``), the Avro encoding and the event
 size. One bad item refuses the batch, and the answer names its index and
 field, so nothing is half-published. 202 means Kafka acknowledged every
-event (acks=all); the validate stage then treats them like any producer's.
+event of this request (acks=all); concurrent requests share the producer's
+batches, and each waits for its own events only (``api.publisher``). The
+validate stage then treats them like any producer's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from aiokafka.errors import MessageSizeTooLargeError
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -105,16 +108,28 @@ def _encode(publisher, settings: Settings, traces: list[TraceIn], *, batch: bool
 
 
 async def _publish(state, publisher, events: list[tuple[bytes, bytes]]) -> Response:
+    """202 once Kafka acknowledged every one of ``events``; else the error naming the traces it did not take."""
     report = await publisher.publish(events)
     state.metrics.accepted.inc(report.delivered)
     ids = [key.decode() for key, _ in events]
     if report.failed:
-        failed = {f.key.decode() for f in report.errors if f.key is not None}
+        topic = publisher.producer.topic
+        others = f" (the other {report.delivered} are in {topic})" if report.delivered else ""
+        details = [{"trace_id": f.key.decode(), "message": f"not acknowledged: {type(f.error).__name__}: {f.error}"}
+                   for f in report.errors if f.key is not None]
+        if all(isinstance(f.error, MessageSizeTooLargeError) for f in report.errors):
+            # Retrying cannot help: the topic's max.message.bytes is below the door's own event limit.
+            state.metrics.refused.labels("413").inc(report.failed)
+            raise PayloadTooLarge(
+                f"{topic} does not take {report.failed} of {len(events)} traces: {report.errors[0].error}; "
+                f"send smaller traces, or raise the topic's max.message.bytes to the API's max_event_bytes{others}",
+                details,
+            )
         state.metrics.refused.labels("503").inc(report.failed)
         raise Unavailable(
-            f"Kafka did not acknowledge {report.failed} of {len(events)} traces; publish those again "
-            f"(the others are in {publisher.producer.topic})",
-            [{"trace_id": i, "message": "not acknowledged"} for i in ids if i in failed],
+            f"Kafka did not acknowledge {report.failed} of {len(events)} traces "
+            f"({type(report.errors[0].error).__name__}: {report.errors[0].error}); publish those again{others}",
+            details,
         )
     body = Accepted(accepted=len(ids), trace_ids=ids, topic=publisher.producer.topic)
     return json_response(body.model_dump_json().encode(), status=202)
