@@ -82,7 +82,7 @@ async def _token_in(request: Request) -> str:
             token = data.get("token") if isinstance(data, dict) else None
         else:
             raise InvalidRequest(f"the body is {kind}; send JSON {{\"token\": \"...\"}} or a form with token=...")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidRequest(f"the body is not valid {kind}: send {{\"token\": \"<TRACESTREAM_API_TOKEN>\"}}") from exc
     if not isinstance(token, str) or not token:
         raise InvalidRequest("send the token as {\"token\": \"<TRACESTREAM_API_TOKEN>\"} or as a form field token",

@@ -68,7 +68,9 @@ async def test_sign_in_sets_an_httponly_samesite_strict_cookie_that_is_not_the_t
         assert "wrong" in refused_for_sign_in(wrong) and "TRACESTREAM_API_TOKEN" in wrong.json()["error"]["message"]
         assert "set-cookie" not in wrong.headers
         for bad in ({"content": b"{", "headers": {"Content-Type": "application/json"}}, {"json": {}},
-                    {"json": ["t"]}, {"json": {"token": 7}}, {"content": b"t", "headers": {"Content-Type": "text/plain"}}):
+                    {"json": ["t"]}, {"json": {"token": 7}}, {"content": b"t", "headers": {"Content-Type": "text/plain"}},
+                    {"content": b"[" * 100_000, "headers": {"Content-Type": "application/json"}},
+                    {"content": b"\xff", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}):
             refused = await client.post("/api/session", **bad)
             assert refused.status_code == 422 and "token" in refused.json()["error"]["message"], bad
         lone_surrogate = await client.post("/api/session", content=b'{"token": "\\ud800"}',
