@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError
 
 from api.app import create_app
 from api.server import serving
 from consumers.lag import end_offsets
+from deploy.kafka import LocalKafkaBroker
+from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
@@ -134,3 +145,119 @@ async def test_ingest_needs_the_token(door: Settings):
         assert wrong.status_code == 401
         assert (await client.get("/api/traces")).status_code == 200  # reads stay open
     assert await raw_events(door) == 0
+
+
+async def _limit_topic(kafka: KafkaClients, topic: str, max_message_bytes: int) -> None:
+    admin = kafka.admin()
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                  {"max.message.bytes": str(max_message_bytes)})])
+    finally:
+        await admin.close()
+
+
+async def _records_at(kafka: KafkaClients, topic: str, where: set[tuple[int, int]]) -> dict[tuple[int, int], object]:
+    """The records of ``topic`` at these (partition, offset) places."""
+    consumer = kafka.consumer(enable_auto_commit=False, auto_offset_reset="earliest",
+                              max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = sorted({p for p, _ in where})
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        found = {}
+        async with asyncio.timeout(30):
+            while not where <= set(found):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found.update({(r.partition, r.offset): r for r in records})
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_concurrent_single_posts_are_each_answered_202_only_after_their_own_record_was_acknowledged(
+    door: Settings,
+):
+    """50 requests at once share batches; the one trace the topic refuses fails only its own request."""
+    door = door.model_copy(update={"max_event_bytes": 1024 * 1024})
+    kafka = kafka_of(door)
+    await ensure_pipeline_topics(door, kafka)
+    await _limit_topic(kafka, door.topics.raw, 200_000)  # below the big trace, above the others
+    batch = traces(50, seed=71)
+    big = batch[17]
+    big["steps"] = [{"i": k, "type": "pad", "content": "z" * 19_000} for k in range(15)]  # ~285 KB
+
+    app = create_app(door)
+    async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=64),
+    ) as client:
+        producer = app.state.api.publisher.producer
+        deliveries: dict[str, tuple[asyncio.Future, bytes]] = {}  # what the producer reported, by trace id
+        publish_bytes = producer.publish_bytes
+
+        async def spy(payload: bytes, key: bytes, **kwargs) -> asyncio.Future:
+            delivery = await publish_bytes(payload, key, **kwargs)
+            deliveries[key.decode()] = (delivery, payload)
+            return delivery
+
+        producer.publish_bytes = spy
+
+        async def post(trace: dict) -> tuple[int, dict, bool]:
+            response = await client.post("/api/traces", json=trace, headers=AUTH)
+            # The server runs in this event loop: had it answered before its delivery settled, this shows it.
+            return response.status_code, response.json(), deliveries[trace["trace_id"]][0].done()
+
+        answers = await asyncio.gather(*(post(t) for t in batch))
+
+    assert [status for status, _, _ in answers] == [413 if t is big else 202 for t in batch], answers
+    assert all(settled for _, _, settled in answers)
+    error = answers[17][1]["error"]
+    assert error["code"] == "payload_too_large" and "max.message.bytes" in error["message"]
+    assert error["details"] == [{"trace_id": big["trace_id"], "message": error["details"][0]["message"]}]
+    with pytest.raises(MessageSizeTooLargeError):
+        deliveries[big["trace_id"]][0].result()
+
+    accepted = {t["trace_id"]: deliveries[t["trace_id"]] for t in batch if t is not big}
+    placed = {trace_id: delivery.result() for trace_id, (delivery, _) in accepted.items()}
+    assert {m.topic for m in placed.values()} == {door.topics.raw}
+    records = await _records_at(kafka, door.topics.raw, {(m.partition, m.offset) for m in placed.values()})
+    for trace_id, m in placed.items():
+        record = records[(m.partition, m.offset)]
+        assert (record.key, record.value) == (trace_id.encode(), accepted[trace_id][1])
+    assert await raw_events(door) == 49
+
+
+@pytest.mark.timeout(150)
+async def test_with_the_broker_gone_each_post_is_a_503_within_the_delivery_timeout_and_the_door_recovers(
+    tmp_path: Path, session_home: Path,
+):
+    broker = LocalKafkaBroker(Settings(home=tmp_path, kafka_bootstrap=None, kafka_heap_mb=512),
+                              data_dir=tmp_path / "kafka")
+    bootstrap = broker.start()
+    try:
+        run = uuid.uuid4().hex[:10]
+        door = Settings(home=session_home, kafka_bootstrap=bootstrap, topic_prefix=f"t{run}.", app_id=f"test-{run}",
+                        clickhouse_database=f"test_{run}", partitions=3, api_port=free_port(), api_token=TOKEN,
+                        kafka_delivery_timeout_s=5)
+        await ensure_pipeline_topics(door, kafka_of(door))
+        sent = traces(12, seed=72)
+        app = create_app(door)
+        async with serving(app, door.api_host, door.api_port) as base_url, httpx.AsyncClient(
+            base_url=base_url, timeout=60) as client:
+            assert (await client.post("/api/traces", json=sent[0], headers=AUTH)).status_code == 202
+            os.killpg(broker.pid, signal.SIGKILL)
+            async with asyncio.timeout(30):
+                while broker.is_running():
+                    await asyncio.sleep(0.1)
+
+            started = time.monotonic()
+            gone = await asyncio.gather(*(client.post("/api/traces", json=t, headers=AUTH) for t in sent[1:6]))
+            assert time.monotonic() - started < 5 + 10
+            assert [r.status_code for r in gone] == [503] * 5, [r.text for r in gone]
+            assert all("publish those again" in r.json()["error"]["message"] for r in gone)
+            # The same keep-alive client, once the broker is back: a fresh Kafka client takes the traces.
+            assert broker.start() == bootstrap
+            back = await asyncio.gather(*(client.post("/api/traces", json=t, headers=AUTH) for t in sent[6:]))
+            assert [r.status_code for r in back] == [202] * 6, [r.text for r in back]
+    finally:
+        broker.stop()

@@ -21,7 +21,7 @@ from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.generator import Breakage, generate_events, write_jsonl
 from streams.jsonl import publish_jsonl
-from streams.producer import DeliveryFailed, TraceProducer
+from streams.producer import DeliveryFailed, EventMetadata, TraceProducer
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +176,70 @@ async def test_after_a_broker_refusal_failures_are_reported_and_the_producer_rec
     records = await _read_all(kafka, settings.topics.raw, 30 + second.delivered + 30)
     assert len(records) == 60 + second.delivered
     assert big.trace_id.encode() not in {r.key for r in records}
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_each_events_future_says_where_the_broker_put_it_without_a_flush(kafka):
+    """Concurrent publishers share batches; each event's future names its own partition and offset."""
+    settings = _settings()
+    await _create_raw_topic(kafka, settings, {"max.message.bytes": "1048588"})
+    events = list(generate_events(900, seed=31, broken_share=0.0))
+    big = _big_event()
+    codec = AvroCodec(default_registry())
+
+    async with TraceProducer(settings, kafka, codec=codec, linger_ms=5) as producer:
+        async def publish_share(share):
+            return [(e, await producer.publish(e.record, schema_version=e.schema_version)) for e in share]
+
+        shares = await asyncio.gather(*(publish_share(events[k::3]) for k in range(3)))
+        refused = await producer.publish(big.record, schema_version=big.schema_version)
+        async with asyncio.timeout(20):  # settled by the acknowledgements, not by a flush
+            placed = {e.trace_id.encode(): await delivery for share in shares for e, delivery in share}
+        with pytest.raises(MessageSizeTooLargeError, match="max.message.bytes"):
+            await refused
+        report = await producer.flush()
+    assert (report.delivered, report.failed) == (len(events), 1)
+    assert report.errors[0].key == big.trace_id.encode()
+
+    assert all(isinstance(m, EventMetadata) and m.topic == settings.topics.raw for m in placed.values())
+    assert len({(m.partition, m.offset) for m in placed.values()}) == len(events)
+    records = await _read_all(kafka, settings.topics.raw, len(events))
+    at = {(r.partition, r.offset): r for r in records}
+    for e in events:
+        record = at[placed[e.trace_id.encode()][1:]]
+        assert record.key == e.trace_id.encode()
+        assert record.value == codec.encode(e.record, "Trace", e.schema_version)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_batch_the_broker_refuses_fails_its_events_futures_and_the_new_limit_is_learnt(kafka):
+    settings = _settings()
+    await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
+    big = _big_event()
+    small = list(generate_events(60, seed=9, broken_share=0.0))
+    async with TraceProducer(settings, kafka) as producer:
+        await _publish(producer, small[:20])
+        assert (await producer.flush()).delivered == 20  # it now believes the topic takes 4 MiB
+        await _set_max_message_bytes(kafka, settings.topics.raw, 1024 * 1024)
+        refused = await producer.publish(big.record, schema_version=big.schema_version)
+        with pytest.raises(MessageSizeTooLargeError):
+            async with asyncio.timeout(20):
+                await refused
+        report = await producer.flush()
+        assert (report.delivered, report.failed) == (0, 1)
+        # The client restarts and reads the topic again: the next big event is refused before it is sent.
+        after = [await producer.publish(e.record, schema_version=e.schema_version) for e in small[20:40]]
+        again = await producer.publish(big.record, schema_version=big.schema_version)
+        after += [await producer.publish(e.record, schema_version=e.schema_version) for e in small[40:]]
+        with pytest.raises(MessageSizeTooLargeError, match="max.message.bytes"):
+            await again
+        placed = [await delivery for delivery in after]
+        assert (await producer.flush()).failed == 1
+    records = await _read_all(kafka, settings.topics.raw, 60)
+    at = {(r.partition, r.offset): r.key for r in records}
+    assert [at[(m.partition, m.offset)] for m in placed] == [e.trace_id.encode() for e in small[20:]]
 
 
 async def _set_max_message_bytes(kafka: KafkaClients, topic: str, value: int) -> None:
