@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,20 +16,21 @@ from typing import Any, BinaryIO, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from consumers.ranges import read_ranges
-from consumers.warehouse_reader import read_ranges_from_warehouse
+from consumers.ranges import read_range_batches
+from consumers.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, Manifest, select
+from schemas.dataset import Canonical, ContentHasher, Manifest, selector
 from schemas.errors import InvalidDatasetRequest
-from schemas.exports import FORMATS, export_line
-from schemas.parquet_export import PARQUET, ROW_GROUP_ROWS, parquet_row, record_batch
+from schemas.exports import FORMATS, line_writer
+from schemas.parquet_export import PARQUET, ROW_GROUP_ROWS, ParquetColumns
 from schemas.parquet_export import SCHEMA as PARQUET_SCHEMA
 from warehouse.client import Warehouse
 
 Source = Literal["kafka", "warehouse"]
 EXPORT_FORMATS = (*FORMATS, PARQUET)
-_PAGE = 5000
+_PAGE = 10_000
+_LINES_PER_WRITE = 128  # ~250 KB a write: few calls, and chunks the HTTP stream can pass on
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,33 @@ def own_thread(warehouse: Warehouse) -> WarehouseRunner:
     return lambda fn: asyncio.get_running_loop().run_in_executor(executor, fn, warehouse)
 
 
+async def dataset_batches(
+    manifest: Manifest, *, source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
+    warehouse: WarehouseRunner | None = None,
+) -> AsyncIterator[list[dict]]:
+    """The manifest's records, unfiltered, in (partition, offset) order, a batch (list) at a time."""
+    if source == "kafka":
+        async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
+            yield batch
+        return
+    pages: Iterator[list[dict]] | None = None
+
+    def next_page(w: Warehouse) -> list[dict]:
+        nonlocal pages
+        pages = pages or read_range_pages_from_warehouse(w, manifest.ranges, batch_rows=_PAGE)
+        return next(pages, [])
+
+    while page := await warehouse(next_page):
+        yield page
+
+
 async def dataset_records(
     manifest: Manifest, *, source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
     warehouse: WarehouseRunner | None = None,
 ) -> AsyncIterator[dict]:
     """The manifest's records, unfiltered, in (partition, offset) order, from the chosen source."""
-    if source == "kafka":
-        async for record in read_ranges(kafka, manifest.ranges, codec=codec):
-            yield record
-        return
-    rows: Iterator[dict] | None = None
-
-    def next_page(w: Warehouse) -> list[dict]:
-        nonlocal rows
-        rows = rows or read_ranges_from_warehouse(w, manifest.ranges)
-        return list(itertools.islice(rows, _PAGE))
-
-    while page := await warehouse(next_page):
-        for record in page:
+    async for batch in dataset_batches(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
+        for record in batch:
             yield record
 
 
@@ -109,19 +118,30 @@ async def export_dataset(
     if fmt not in EXPORT_FORMATS:
         raise InvalidDatasetRequest(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     hasher, sink = ContentHasher(), _CountingSink(out)
+    which = selector(manifest.filter, manifest.split)
     parquet = _ParquetRows(sink) if fmt == PARQUET else None
+    line = None if parquet is not None else line_writer(fmt)
     records = 0
     try:
-        async for record in dataset_records(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
-            for record_split, selected in select((record,), manifest.filter, manifest.split, "all"):
-                hasher.add(selected)
+        async for batch in dataset_batches(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
+            lines = []
+            for record in batch:
+                record_split = which(record)
+                if record_split is None:
+                    continue
+                c = hasher.add(record)  # serialized once: hashed, then cut into the line or the columns
                 if split != "all" and record_split != split:
                     continue
                 if parquet is not None:
-                    parquet.add(parquet_row(selected, record_split))
+                    parquet.add(c, record_split)
                 else:
-                    sink.write(export_line(fmt, record_split, selected))
+                    lines.append(line(record_split, c))
+                    if len(lines) >= _LINES_PER_WRITE:
+                        sink.write(b"".join(lines))
+                        lines = []
                 records += 1
+            if lines:
+                sink.write(b"".join(lines))
     finally:
         if parquet is not None:
             parquet.close()
@@ -132,18 +152,17 @@ class _ParquetRows:
     """Rows into a Parquet file, one row group per ``ROW_GROUP_ROWS`` rows (a fixed layout: same input, same bytes)."""
 
     def __init__(self, sink: _CountingSink) -> None:
-        self.rows: list[dict] = []
+        self.columns = ParquetColumns()
         self.writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PARQUET_SCHEMA, compression="zstd")
 
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= ROW_GROUP_ROWS:
+    def add(self, c: Canonical, split: str) -> None:
+        self.columns.add(c, split)
+        if self.columns.rows >= ROW_GROUP_ROWS:
             self._write()
 
     def _write(self) -> None:
-        if self.rows:
-            self.writer.write_batch(record_batch(self.rows), row_group_size=ROW_GROUP_ROWS)
-            self.rows = []
+        if self.columns.rows:
+            self.writer.write_batch(self.columns.batch(), row_group_size=ROW_GROUP_ROWS)
 
     def close(self) -> None:
         self._write()

@@ -24,11 +24,13 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any, Literal, NamedTuple
+
+import orjson
 
 from schemas.errors import DatasetIntegrityError, InvalidDatasetRequest
 
@@ -96,12 +98,15 @@ def _utc_millis(what: str, value: Any) -> datetime:
 
 def iso_millis(value: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC: how dataset records and filters render instants."""
-    if value.tzinfo is None or value.utcoffset() is None:
+    if value.tzinfo is timezone.utc:  # what both readers return: no conversion needed
+        v = value
+    elif value.tzinfo is None or value.utcoffset() is None:
         raise DatasetIntegrityError(
             f"created_at {value.isoformat()} has no timezone; dataset readers must return "
             "timezone-aware UTC datetimes (attach timezone.utc to warehouse values)"
         )
-    v = value.astimezone(timezone.utc)
+    else:
+        v = value.astimezone(timezone.utc)
     return (
         f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
         f".{v.microsecond // 1000:03d}Z"
@@ -842,6 +847,9 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
     numbers are coerced to int/float, so both read paths give the same bytes."""
     try:
         score = record["score"]
+        steps = [{"i": int(s["i"]), "type": s["type"], "content": s["content"]} for s in record["steps"]]
+        if any(a["i"] > b["i"] for a, b in zip(steps, steps[1:])):
+            steps.sort(key=itemgetter("i"))  # stable, as sorted() was: equal indexes keep their order
         return {
             "topic": record["topic"],
             "partition": int(record["partition"]),
@@ -849,13 +857,7 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
             "trace_id": record["trace_id"],
             "trace_version": int(record["trace_version"]),
             "prompt": record["prompt"],
-            "steps": sorted(
-                (
-                    {"i": int(s["i"]), "type": s["type"], "content": s["content"]}
-                    for s in record["steps"]
-                ),
-                key=itemgetter("i"),
-            ),
+            "steps": steps,
             "final_answer": record["final_answer"],
             "meta": dict(record["meta"]),
             "source": record["source"],
@@ -870,12 +872,71 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
         ) from None
 
 
+def _reference_json(value: Any) -> bytes:
+    """The definition of the canonical JSON text: what the content hashes of stored manifests were made with."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_ORJSON_SORTED = orjson.OPT_SORT_KEYS
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` (strings, ints, None, and lists and dicts of them; floats only if ``_plain_float``) as canonical JSON.
+
+    Byte for byte ``json.dumps(value, sort_keys=True, ensure_ascii=False,
+    separators=(",", ":"))`` in UTF-8, written by orjson: for these types the two
+    agree (every code point and escape, key order by code point; checked in
+    ``tests/unit/test_dataset_hashing.py``). What orjson refuses (ints past 64
+    bits, lone surrogates, non-string keys) goes to ``json``, which decides.
+    """
+    try:
+        return orjson.dumps(value, option=_ORJSON_SORTED)
+    except orjson.JSONEncodeError:
+        return _reference_json(value)
+
+
+def _plain_float(value: float | None) -> bool:
+    """Whether orjson writes ``value`` as ``json.dumps`` does (Python's ``repr``).
+
+    They agree exactly where ``repr`` uses no exponent (0 and 1e-4 <= |x| < 1e16);
+    outside that orjson writes ``1e-5`` where ``json`` writes ``1e-05``, and
+    ``null`` for ``NaN``.
+    """
+    return value is None or value == 0.0 or 1e-4 <= abs(value) < 1e16
+
+
+def float_json(value: float | None) -> bytes:
+    """A float (or None) as ``json.dumps`` writes it (``repr``; ``NaN``, ``Infinity``)."""
+    return orjson.dumps(value) if _plain_float(value) else _reference_json(value)
+
+
+class Canonical(NamedTuple):
+    """A dataset record in canonical form, serialized once.
+
+    ``data`` is the canonical JSON (``{"created_at":…,"trace_version":…}``),
+    the bytes hashed; export lines are cut and spliced from it
+    (``schemas.exports``), so no record is serialized twice.
+    """
+
+    record: dict
+    """``canonical_record(record)``: plain values."""
+    data: bytes
+    """The canonical JSON of the record (no newline)."""
+
+
+def canonical(record: Mapping[str, Any]) -> Canonical:
+    """``record`` in canonical form: ``canonical_record`` and its JSON, serialized once."""
+    c = canonical_record(record)
+    if _plain_float(c["score"]):  # the one float of a record
+        data = json_bytes(c)
+    else:
+        data = _reference_json(c)
+    return Canonical(c, data)
+
+
 def canonical_json(record: Mapping[str, Any]) -> bytes:
     """The exact bytes hashed for a dataset record: sorted keys, no spaces, UTF-8 text."""
-    text = json.dumps(
-        canonical_record(record), sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
-    return text.encode("utf-8")
+    return canonical(record).data
 
 
 class ContentHasher:
@@ -891,9 +952,15 @@ class ContentHasher:
         self._last: tuple[int, int] | None = None
         self.count = 0
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        data = canonical_json(record)
-        position = (int(record["partition"]), int(record["offset"]))
+    def add(self, record: Mapping[str, Any]) -> Canonical:
+        """Hash ``record``; returns its canonical form, for writing it without serializing it again."""
+        c = canonical(record)
+        self.add_canonical(c)
+        return c
+
+    def add_canonical(self, c: Canonical) -> None:
+        """Hash a record already in canonical form."""
+        position = (c.record["partition"], c.record["offset"])
         if self._last is not None and position <= self._last:
             raise DatasetIntegrityError(
                 f"record at partition {position[0]} offset {position[1]} came after partition "
@@ -901,8 +968,7 @@ class ContentHasher:
                 "in (partition, offset) order"
             )
         self._last = position
-        self._sha.update(data)
-        self._sha.update(b"\n")
+        self._sha.update(c.data + b"\n")
         self.count += 1
 
     def hexdigest(self) -> str:
@@ -917,6 +983,15 @@ def content_sha256(records: Iterable[Mapping[str, Any]]) -> str:
     return hasher.hexdigest()
 
 
+def selector(filter: TraceFilter, split: Split) -> Callable[[Mapping[str, Any]], SplitName | None]:
+    """``select`` for one record: the split it is in, or None when ``filter`` drops it."""
+    assign = split.assign
+    if filter.is_empty:
+        return lambda record: assign(record["trace_id"])
+    matches = filter.matches
+    return lambda record: assign(record["trace_id"]) if matches(record) else None
+
+
 def select(
     records: Iterable[Mapping[str, Any]],
     filter: TraceFilter,
@@ -925,14 +1000,14 @@ def select(
 ) -> Iterator[tuple[SplitName, Mapping[str, Any]]]:
     """``(split name, record)`` for each record that passes ``filter`` and is in ``which``.
 
-    Both read paths call this on the records of the manifest's ranges, so the
-    dataset is defined once. Hash with ``which="all"``.
+    Both read paths call this (or ``selector``, the same decision for one
+    record) on the records of the manifest's ranges, so the dataset is defined
+    once. Hash with ``which="all"``.
     """
     if which not in WHICH:
         raise InvalidDatasetRequest(f"which split {which!r} is not one of {list(WHICH)}")
+    which_split = selector(filter, split)
     for record in records:
-        if not filter.matches(record):
-            continue
-        name = split.assign(record["trace_id"])
-        if which == "all" or which == name:
+        name = which_split(record)
+        if name is not None and (which == "all" or which == name):
             yield name, record

@@ -3,7 +3,11 @@
 Each format is a function ``(record, split) -> dict`` over a dataset record
 (see ``schemas.dataset``); lines are ``json.dumps`` with sorted keys, no
 spaces and UTF-8 text, plus ``\\n``. Nothing depends on time, randomness or
-dict order, so the same manifest gives byte-identical files. Every format
+dict order, so the same manifest gives byte-identical files. Lines are
+assembled from the record's canonical form (``schemas.dataset.Canonical``),
+whose values were serialized once for the content hash: no value is
+serialized twice, and the bytes are those of ``json.dumps`` of the format's
+dict (``as_trace`` and the others define each format). Every format
 keeps each step's index and type, and ids are ``topic/partition/offset``, so
 a line points back to the exact Kafka message it came from.
 
@@ -25,7 +29,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from schemas.dataset import canonical_record
+from schemas.dataset import Canonical, canonical, canonical_record, json_bytes
 from schemas.errors import InvalidDatasetRequest
 
 FORMATS = ("trace", "tunix_sft", "training_example")
@@ -109,6 +113,7 @@ def exporter(format: str) -> Exporter:
 
 
 def _line(obj: dict) -> bytes:
+    """The reference serialization of a format's dict (the assembled lines equal it byte for byte)."""
     text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return text.encode("utf-8") + b"\n"
 
@@ -118,11 +123,103 @@ def _check_split(split: str) -> None:
         raise InvalidDatasetRequest(f"split {split!r} is not one of {', '.join(SPLITS)}")
 
 
+# Cutting values out of the canonical JSON. It is compact with sorted keys:
+#   {"created_at":S,"final_answer":S,"meta":{S:S,...},"model":S|null,"offset":N,"partition":N,
+#    "prompt":S,"score":F|null,"source":S,"steps":[{"content":S,"i":N,"type":S},...],"topic":S,
+#    "trace_id":S,"trace_version":N}
+# Inside a JSON string every '"' is escaped, so ',"' there can only be a trailing comma before the
+# closing quote, which a ',' ']' '}' or ':' must follow, never a letter. Hence ',"meta":{' (the one
+# object-valued "meta"), '},"model":' (the only object followed by a key: meta's end), ',"steps":['
+# and '],"topic":' (the one array) occur once; and after meta's end no object has the scalar keys.
+_META, _META_END, _STEPS, _STEPS_END = b',"meta":{', b'},"model":', b',"steps":[', b'],"topic":'
+
+
+def _values(data: bytes) -> dict[str, bytes]:
+    """The JSON of the values the line formats reuse, cut out of the canonical JSON ``data``."""
+    fa = data.index(b',"final_answer":') + 16
+    meta = data.index(_META, fa)
+    meta_end = data.index(_META_END, meta) + 1
+    prompt = data.index(b',"prompt":', meta_end)
+    score = data.index(b',"score":', prompt)
+    source = data.index(b',"source":', score)
+    steps = data.index(_STEPS, source)
+    steps_end = data.index(_STEPS_END, steps) + 1
+    trace_id = data.index(b',"trace_id":', steps_end)
+    trace_version = data.index(b',"trace_version":', trace_id)
+    return {
+        "final_answer": data[fa:meta],
+        "meta": data[meta + 8:meta_end],
+        "prompt": data[prompt + 10:score],
+        "source": data[source + 10:steps],
+        "steps": data[steps + 9:steps_end],
+        "trace_id": data[trace_id + 12:trace_version],
+    }
+
+
+_SPLIT_JSON = {name: json_bytes(name) for name in SPLITS}
+
+
+def _id(c: Canonical) -> bytes:
+    return json_bytes(record_id(c.record))
+
+
+def _completion(c: Canonical) -> bytes:
+    return json_bytes(render_completion(c.record["steps"], c.record["final_answer"]))
+
+
+def _line_trace(split: bytes, c: Canonical) -> bytes:
+    # The canonical JSON with "id" (before "meta") and "split" (before "steps") put in, keys still sorted.
+    data = c.data
+    meta, steps = data.index(_META), data.rindex(_STEPS)
+    return b"".join((data[:meta], b',"id":', _id(c), data[meta:steps], b',"split":', split, data[steps:], b"\n"))
+
+
+def _line_tunix_sft(split: bytes, c: Canonical) -> bytes:
+    v = _values(c.data)
+    return b"".join((
+        b'{"completion":', _completion(c), b',"id":', _id(c), b',"meta":', v["meta"], b',"prompt":', v["prompt"],
+        b',"source":', v["source"], b',"split":', split, b',"steps":', v["steps"], b"}\n",
+    ))
+
+
+def _line_training_example(split: bytes, c: Canonical) -> bytes:
+    v = _values(c.data)
+    return b"".join((
+        b'{"final_answer":', v["final_answer"], b',"id":', _id(c),
+        b',"messages":[{"content":', v["prompt"], b',"role":"user"},{"content":', _completion(c),
+        b',"role":"assistant"}],"metadata":', v["meta"], b',"source":', v["source"], b',"split":', split,
+        b',"steps":', v["steps"], b',"trace_id":', v["trace_id"], b"}\n",
+    ))
+
+
+_LINES: dict[str, Callable[[bytes, Canonical], bytes]] = {
+    "trace": _line_trace,
+    "tunix_sft": _line_tunix_sft,
+    "training_example": _line_training_example,
+}
+
+
+def line_writer(format: str) -> Callable[[str, Canonical], bytes]:
+    """``(split, canonical record) -> line`` for ``format``: what ``export_line`` writes, from values serialized once.
+
+    Raises:
+        InvalidDatasetRequest: an unknown format (naming the formats there are) or, when called, split.
+    """
+    exporter(format)
+    build = _LINES[format]
+
+    def line(split: str, c: Canonical) -> bytes:
+        split_json = _SPLIT_JSON.get(split)
+        if split_json is None:
+            _check_split(split)
+        return build(split_json, c)
+
+    return line
+
+
 def export_line(format: str, split: str, record: Mapping[str, Any]) -> bytes:
     """One JSON Lines line (ending in ``\\n``) for ``record`` in ``format``."""
-    convert = exporter(format)
-    _check_split(split)
-    return _line(convert(record, split))
+    return line_writer(format)(split, canonical(record))
 
 
 def export_lines(
@@ -132,12 +229,11 @@ def export_lines(
 
     An unknown format is refused here, not at the first record.
     """
-    convert = exporter(format)
+    line = line_writer(format)
 
     def lines() -> Iterator[bytes]:
         for split, record in selected:
-            _check_split(split)
-            yield _line(convert(record, split))
+            yield line(split, canonical(record))
 
     return lines()
 
@@ -151,3 +247,4 @@ def write_export(
         out.write(line)
         count += 1
     return count
+
