@@ -1,6 +1,6 @@
 """The two hottest reads without FastAPI's per-request parameter machinery.
 
-``GET /api/traces`` with nothing but ``limit``/``cursor``, and
+``GET /api/traces`` with nothing but ``limit``/``cursor``/``order``, and
 ``GET /api/traces/{trace_id}``, are answered here, through the same functions
 as their routes (``read_page``, ``read_trace``) and so with the same bytes:
 FastAPI's dependency and parameter solving costs more CPU than a cached
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from api.cursor import decode_cursor
+from api.cursor import Order, decode_cursor
 from api.errors import InvalidRequest
 from api.queries.traces import TraceFilter
 from api.routers.traces import MAX_LIMIT, read_page, read_trace
@@ -54,20 +54,28 @@ class TraceReadFastLane:
         await self.app(scope, receive, send)
 
 
+_ORDERS = {order.value: order for order in Order}
+
+
 def _simple_page(query_string: bytes) -> tuple[int, Any] | None:
-    """(limit, position) when the query holds only a valid limit and/or cursor, each once; else None."""
+    """(limit, cursor) when the query holds only a valid limit, cursor and/or order, each once; else None."""
     try:
         pairs = parse_qsl(query_string.decode("ascii"), keep_blank_values=True, strict_parsing=bool(query_string))
     except (UnicodeDecodeError, ValueError):
         return None
     given = dict(pairs)
-    if len(given) != len(pairs) or not set(given) <= {"limit", "cursor"}:
+    if len(given) != len(pairs) or not set(given) <= {"limit", "cursor", "order"}:
         return None
     limit_text = given.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # Four characters at most before int(): thousands of digits would hit Python's int-digits limit.
+    if not (len(limit_text) <= 4 and limit_text.isascii() and limit_text.isdigit()) \
+            or not 1 <= int(limit_text) <= MAX_LIMIT:
+        return None
+    order = _ORDERS.get(given.get("order", "asc"))
+    if order is None:
         return None
     try:
-        return int(limit_text), decode_cursor(given.get("cursor"))
+        return int(limit_text), decode_cursor(given.get("cursor"), order)
     except InvalidRequest:
         return None
 

@@ -19,7 +19,8 @@ class TraceSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "trace_id": _ID, "trace_version": 1, "schema_version": 2, "source": "gsm8k",
         "created_at": "2026-11-22T05:00:00.000Z", "score": 0.9, "model": "tiny-lm", "meta": {"lang": "en"},
-        "steps": 3, "prompt_preview": "What is 17 * 23?", "topic": "traces.valid", "partition": 1, "offset": 4211}})
+        "steps": 3, "prompt_preview": "What is 17 * 23?", "topic": "traces.valid", "partition": 1, "offset": 4211,
+        "ingested_at": "2026-11-22T05:00:01.250Z"}})
 
     trace_id: str
     trace_version: int
@@ -34,12 +35,14 @@ class TraceSummary(BaseModel):
     topic: str
     partition: int
     offset: int
+    ingested_at: str = Field(description="When the warehouse stored it: the list's order (then partition, offset).")
 
 
 class TracePage(BaseModel):
     items: list[TraceSummary]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null when this page was not full (the end, for now).")
+        description="Pass as `cursor` (with the same `order`) for the next page; null when this page was not full: "
+                    "the walk has ended.")
     limit: int
 
 
@@ -111,6 +114,7 @@ class DeadLetter(BaseModel):
     topic: str
     partition: int
     offset: int
+    ingested_at: str
 
 
 class ReasonCount(BaseModel):
@@ -121,7 +125,8 @@ class ReasonCount(BaseModel):
 
 class DeadLetterPage(BaseModel):
     items: list[DeadLetter]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (with the same `order`) for the next page; null: the walk has ended.")
     limit: int
     counts: list[ReasonCount] = Field(description="Dead letters by stage and reason, over all of them (stage filter applied).")
 

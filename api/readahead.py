@@ -3,72 +3,30 @@
 A page query costs ClickHouse about the same for 100 rows as for 1000 (it
 reads whole granules either way), so a page that misses reads a run of rows
 ahead and keeps it; the next pages of the walk are sliced from it, by any
-client. A run is the first N rows after a key at one warehouse generation,
-so any page inside it is exactly what a query would return at that
-generation: every write drops every run (``Warehouse.generation``), and
-without a generation (a ClickHouse server, other writers) nothing is kept.
+client. A run is the first N merged rows after a cursor at one warehouse
+generation, indexed by the cursor after each row, so any page inside it is
+exactly what a query would return at that generation: every write drops
+every run (``Warehouse.generation``), and without a generation (a ClickHouse
+server, other writers) nothing is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 
-from api.cursor import Position
+from api.cursor import Cursor, encode_cursor
+from api.queries.keyset import Run
 from api.reader import WarehouseReader
 from warehouse.client import Warehouse
 
-_KEY = re.compile(rb'^\{"partition":(\d+),"offset":(\d+)')
-
-Fetch = Callable[[Warehouse, Position, int], bytes]
-"""``fetch(warehouse, after, n)``: JSONEachRow of the first ``n`` rows after ``after``, partition and offset first."""
+Fetch = Callable[[Warehouse, Cursor, int], Run]
+"""``fetch(warehouse, after, n)``: the first ``n`` rows after ``after``, merged (``api.queries.keyset.run``)."""
 
 
-@dataclass
-class Run:
-    """The first rows after ``start`` in key order, at one warehouse generation."""
-
-    start: Position
-    lines: list[bytes]
-    complete: bool
-    """Fewer rows came back than were asked for: nothing followed the last one."""
-    keys: list[Position] = field(default_factory=list)
-    index: dict[Position, int] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, start: Position, rows: bytes, asked: int) -> Run:
-        lines = rows.splitlines()
-        run = cls(start, lines, complete=len(lines) < asked)
-        for n, line in enumerate(lines):
-            match = _KEY.match(line)
-            if match is None:
-                raise ValueError(f"a list row does not start with partition and offset: {line[:80]!r}")
-            key = Position(int(match[1]), int(match[2]))
-            run.keys.append(key)
-            run.index[key] = n
-        return run
-
-    def page(self, after: Position, limit: int) -> tuple[list[bytes], Position | None] | None:
-        """The page after ``after`` and its next cursor position, or None when this run cannot tell."""
-        if after == self.start:
-            first = 0
-        elif (at := self.index.get(after)) is not None:
-            first = at + 1
-        else:
-            return None
-        available = len(self.lines) - first
-        if available >= limit:
-            return self.lines[first:first + limit], self.keys[first + limit - 1]
-        if self.complete:
-            return self.lines[first:], None
-        return None
-
-
-def page_json(lines: list[bytes], next_position: Position | None, limit: int, encode_cursor) -> bytes:
-    cursor = b'"' + encode_cursor(next_position).encode() + b'"' if next_position is not None else b"null"
+def page_json(lines: list[bytes], next_cursor: Cursor | None, limit: int) -> bytes:
+    cursor = b'"' + encode_cursor(next_cursor).encode() + b'"' if next_cursor is not None else b"null"
     return b'{"items":[' + b",".join(lines) + b'],"next_cursor":' + cursor + b',"limit":' + str(limit).encode() + b"}"
 
 
@@ -79,8 +37,8 @@ class ReadAhead:
         self.reader = reader
         self.rows = rows
         self.max_runs = runs
-        self._runs: OrderedDict[tuple[Hashable, Position], Run] = OrderedDict()
-        self._by_scope: dict[Hashable, set[tuple[Hashable, Position]]] = {}
+        self._runs: OrderedDict[tuple[Hashable, Cursor], Run] = OrderedDict()
+        self._by_scope: dict[Hashable, set[tuple[Hashable, Cursor]]] = {}
         self._generation: int | None = None
         self._in_flight: dict[tuple, asyncio.Future] = {}
         self.queries = 0
@@ -91,8 +49,8 @@ class ReadAhead:
         self._by_scope.clear()
         self._generation = generation
 
-    def _find(self, scope: Hashable, after: Position, limit: int
-              ) -> tuple[Run, tuple[list[bytes], Position | None]] | None:
+    def _find(self, scope: Hashable, after: Cursor, limit: int
+              ) -> tuple[Run, tuple[list[bytes], Cursor | None]] | None:
         for run_key in self._by_scope.get(scope, ()):
             run = self._runs[run_key]
             found = run.page(after, limit)
@@ -109,7 +67,7 @@ class ReadAhead:
             (old_scope, old_start), _ = self._runs.popitem(last=False)
             self._by_scope[old_scope].discard((old_scope, old_start))
 
-    def _fetch(self, scope: Hashable, start: Position, asked: int, fetch: Fetch, generation: int) -> asyncio.Future:
+    def _fetch(self, scope: Hashable, start: Cursor, asked: int, fetch: Fetch, generation: int) -> asyncio.Future:
         """The run of ``asked`` rows after ``start``, kept once read unless a write came in between.
 
         One query per (generation, scope, start), however many callers ask while it runs.
@@ -119,7 +77,7 @@ class ReadAhead:
         if pending is not None:
             return pending
         self.queries += 1
-        pending = asyncio.ensure_future(self.reader.run(lambda w: Run.parse(start, fetch(w, start, asked), asked)))
+        pending = asyncio.ensure_future(self.reader.run(lambda w: fetch(w, start, asked)))
         self._in_flight[flight] = pending
 
         def done(future: asyncio.Future) -> None:
@@ -132,8 +90,8 @@ class ReadAhead:
         pending.add_done_callback(done)
         return pending
 
-    async def page(self, scope: Hashable, after: Position, limit: int, fetch: Fetch
-                   ) -> tuple[list[bytes], Position | None]:
+    async def page(self, scope: Hashable, after: Cursor, limit: int, fetch: Fetch
+                   ) -> tuple[list[bytes], Cursor | None]:
         """The rows of the page after ``after`` and the position its next cursor names (None: not full).
 
         Runs are not read ahead of need in the background: measured, that queued speculative
@@ -144,7 +102,7 @@ class ReadAhead:
         generation = self.reader.generation
         if generation is None or self.max_runs == 0:
             self.queries += 1
-            run = Run.parse(after, await self.reader.run(lambda w: fetch(w, after, limit)), limit)
+            run = await self.reader.run(lambda w: fetch(w, after, limit))
             return run.page(after, limit)
         if generation != self._generation:
             self._drop_all(generation)

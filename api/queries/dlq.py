@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from api.cursor import Position
+from api.cursor import Cursor
 from api.queries import keyset
 from warehouse.client import Warehouse
 
 _COLUMNS = (
-    "trace_id, reason, message, stage, source_topic, source_partition, source_offset, "
-    "length(original) AS original_bytes, failed_at, topic, partition, offset"
+    f"{keyset.KEY_COLUMNS}, trace_id, reason, message, stage, source_topic, source_partition, source_offset, "
+    "length(original) AS original_bytes, failed_at, topic"
 )
 
 
@@ -23,14 +23,14 @@ def _where(reasons: tuple[str, ...], stages: tuple[str, ...]) -> tuple[list[str]
     return conditions, params
 
 
-def list_page(warehouse: Warehouse, topic: str, after: Position, limit: int, reasons: tuple[str, ...],
-              stages: tuple[str, ...]) -> bytes:
-    """JSONEachRow rows of up to ``limit`` dead letters after ``after`` (the original bytes left out).
+def list_page(warehouse: Warehouse, topic: str, after: Cursor, limit: int, reasons: tuple[str, ...],
+              stages: tuple[str, ...]) -> keyset.Run:
+    """The first ``limit`` dead letters after ``after`` in its order (the original bytes left out).
 
-    Like ``queries.traces.list_page``: the rest of the partition, then the ones above it.
+    Merged across partitions as ``queries.traces.list_page`` is.
     """
     conditions, params = _where(reasons, stages)
-    return keyset.page(warehouse, "dlq", _COLUMNS, topic, after, limit, list(conditions), params)
+    return keyset.run(warehouse, "dlq", _COLUMNS, topic, after, limit, conditions, params)
 
 
 def counts(warehouse: Warehouse, stages: tuple[str, ...] = ()) -> bytes:

@@ -1,7 +1,8 @@
 """Traces: a keyset-paged list, one trace whole, two traces side by side.
 
-Pages follow the table's sort key (topic, partition, offset), so ClickHouse
-reads a page in key order and stops at LIMIT; no OFFSET scan, ever.
+A list page reads each partition in the table's sort key order (topic,
+partition, offset) from the cursor's position and stops at LIMIT
+(``api.queries.keyset``); no OFFSET scan, ever.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from api.cursor import Position
+from api.cursor import Cursor
 from api.queries import keyset
 from warehouse.client import Warehouse
 from warehouse.trace_index import TRACE_ANSWER_COLUMNS
 
-# partition and offset first: ``api.readahead`` reads each row's key from the start of its JSON line.
+# The key first: ``keyset.Run.parse`` reads it from the start of each JSON line. No step bodies, no answer.
 _LIST_COLUMNS = (
-    "partition, offset, topic, trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
+    f"{keyset.KEY_COLUMNS}, topic, trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
     "length(step_index) AS steps, substringUTF8(prompt, 1, 200) AS prompt_preview"
 )
 
@@ -58,10 +59,10 @@ def _millis(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def list_page(warehouse: Warehouse, topic: str, after: Position, limit: int, where: TraceFilter) -> bytes:
-    """JSONEachRow rows of up to ``limit`` traces after ``after``, in key order, without step bodies."""
+def list_page(warehouse: Warehouse, topic: str, after: Cursor, limit: int, where: TraceFilter) -> keyset.Run:
+    """The first ``limit`` traces after ``after`` in its order that meet ``where``, without step bodies."""
     conditions, params = where.where()
-    return keyset.page(warehouse, "traces", _LIST_COLUMNS, topic, after, limit, list(conditions), params)
+    return keyset.run(warehouse, "traces", _LIST_COLUMNS, topic, after, limit, conditions, params)
 
 
 def by_id(warehouse: Warehouse, trace_id: str) -> bytes:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.cursor import Position, decode_cursor, encode_cursor
+from api.cursor import Order, decode_cursor
 from api.deps import Readable, ReaderDep, StateDep, json_response
 from api.errors import ERROR_SCHEMA
 from api.models import DeadLetterPage
 from api.queries import dlq as q
-from api.queries.jsonrows import last_row, row_count, rows_array
+from api.queries.jsonrows import rows_array
+from api.readahead import page_json
 
 router = APIRouter(prefix="/api/dlq", tags=["dead letters"], dependencies=[Readable])
 
@@ -24,20 +24,20 @@ async def list_dead_letters(
     reader: ReaderDep,
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page, at most 500.")] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page, with the same order.")] = None,
+    order: Annotated[Order, Query(description="asc: oldest first; desc: newest first.")] = Order.ASC,
     reason: Annotated[list[str], Query(description="Keep these reason codes, e.g. no_steps.")] = [],  # noqa: B006
     stage: Annotated[list[str], Query(description="Keep these stages: validate, materialize.")] = [],  # noqa: B006
 ) -> Response:
-    """Dead letters in log order (the original bytes left out), and how many there are by stage and reason."""
-    after = decode_cursor(cursor)
+    """Dead letters (the original bytes left out), and how many there are by stage and reason.
+
+    Pages walk as ``GET /api/traces`` does (the same cursors, the same rule for letters that arrive).
+    """
+    after = decode_cursor(cursor, order)
     reasons, stages, topic = tuple(reason), tuple(stage), state.topics.dlq
 
     def read(w) -> bytes:
-        rows = q.list_page(w, topic, after, limit, reasons, stages)
-        last = last_row(rows)
-        full = row_count(rows) >= limit and last is not None
-        next_cursor = json.dumps(encode_cursor(Position(last["partition"], last["offset"]))) if full else "null"
-        return (b'{"items":' + rows_array(rows) + b',"next_cursor":' + next_cursor.encode() + b',"limit":'
-                + str(limit).encode() + b',"counts":' + rows_array(q.counts(w, stages)) + b"}")
+        lines, next_cursor = q.list_page(w, topic, after, limit, reasons, stages).page(after, limit)
+        return page_json(lines, next_cursor, limit)[:-1] + b',"counts":' + rows_array(q.counts(w, stages)) + b"}"
 
     return json_response(await reader.cached(("dlq", topic, after, limit, reasons, stages), read))

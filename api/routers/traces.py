@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import Field
 
-from api.cursor import Position, decode_cursor, encode_cursor
+from api.cursor import Cursor, Order, decode_cursor
 from api.deps import Readable, ReaderDep, StateDep, json_response
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.models import Trace, TraceComparison, TracePage
@@ -53,12 +53,27 @@ def check_instant(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
-@router.get("", response_model=TracePage, responses=_ERRORS, summary="List traces, a page at a time")
+WALK_RULE = (
+    "Pages of one walk never repeat a trace, and every trace present when the walk began (its first page) "
+    "is served exactly once. The cursor holds a position per partition of the topic, and each partition "
+    "is read in offset order from its own position. Traces that arrive during a walk: with `order=asc`, "
+    "a trace that lands in any partition before the walk ends is served exactly once, at its place; "
+    "with `order=desc`, the first page pins each partition at its newest trace, so later arrivals are "
+    "never served in that walk (start a new walk, without a cursor, to see them). A walk ends when "
+    "`next_cursor` is null: the page came back with fewer than `limit` items."
+)
+
+
+@router.get("", response_model=TracePage, responses=_ERRORS, summary="List traces, a page at a time",
+            description=f"Traces without step bodies, newest first (`order=desc`) or oldest first (`order=asc`, "
+                        f"the default), by the time the warehouse stored them.\n\n{WALK_RULE}")
 async def list_traces(
     reader: ReaderDep,
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page, at most 500.")] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page; none for the first.")] = None,
+    cursor: Annotated[str | None, Query(
+        description="next_cursor of the previous page, with the same order; none for the first.")] = None,
+    order: Annotated[Order, Query(description="asc: oldest first; desc: newest first.")] = Order.ASC,
     source: Annotated[list[str], Query(description="Keep traces from any of these sources.")] = [],  # noqa: B006
     trace_version: Annotated[list[Int32], Query(description="Keep these versions.")] = [],  # noqa: B006
     meta: Annotated[list[str], Query(description="key=value that meta must hold; repeat for several.",
@@ -66,22 +81,18 @@ async def list_traces(
     created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
     created_until: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
 ) -> Response:
-    """Traces in log order (partition, offset), without step bodies.
-
-    Pages never overlap or skip: each starts strictly after the previous
-    page's last trace, so traces written while you page simply show up at
-    the end of their partition.
-    """
+    """A page of traces in the walk's order (``WALK_RULE`` says what a walk serves)."""
     where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta),
                           check_instant("created_from", created_from), check_instant("created_until", created_until))
-    return json_response(await read_page(state.pages, state.topics.valid, decode_cursor(cursor), limit, where))
+    after = decode_cursor(cursor, order)
+    return json_response(await read_page(state.pages, state.topics.valid, after, limit, where))
 
 
-async def read_page(pages: ReadAhead, topic: str, after: Position, limit: int, where: q.TraceFilter) -> bytes:
+async def read_page(pages: ReadAhead, topic: str, after: Cursor, limit: int, where: q.TraceFilter) -> bytes:
     """One page's JSON (``api.fastlane`` serves unfiltered pages through here too)."""
-    lines, next_position = await pages.page(
-        ("traces", topic, where), after, limit, lambda w, start, n: q.list_page(w, topic, start, n, where))
-    return page_json(lines, next_position, limit, encode_cursor)
+    lines, next_cursor = await pages.page(
+        ("traces", topic, where, after.order), after, limit, lambda w, start, n: q.list_page(w, topic, start, n, where))
+    return page_json(lines, next_cursor, limit)
 
 
 async def read_trace(reader: WarehouseReader, trace_id: str) -> bytes:
