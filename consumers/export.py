@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from consumers.log import paused_gc
 from consumers.ranges import read_range_batches
 from consumers.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
@@ -30,7 +31,7 @@ from warehouse.client import Warehouse
 Source = Literal["kafka", "warehouse"]
 EXPORT_FORMATS = (*FORMATS, PARQUET)
 _PAGE = 10_000
-_LINES_PER_WRITE = 128  # ~250 KB a write: few calls, and chunks the HTTP stream can pass on
+_LINES_PER_WRITE = 128  # ~250 KB a write: few calls, and chunks the HTTP stream can pass on at once
 
 
 @dataclass(frozen=True)
@@ -124,24 +125,24 @@ async def export_dataset(
     records = 0
     try:
         async for batch in dataset_batches(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
-            lines = []
-            for record in batch:
-                record_split = which(record)
-                if record_split is None:
-                    continue
-                c = hasher.add(record)  # serialized once: hashed, then cut into the line or the columns
-                if split != "all" and record_split != split:
-                    continue
-                if parquet is not None:
-                    parquet.add(c, record_split)
-                else:
-                    lines.append(line(record_split, c))
-                    if len(lines) >= _LINES_PER_WRITE:
-                        sink.write(b"".join(lines))
-                        lines = []
-                records += 1
-            if lines:
-                sink.write(b"".join(lines))
+            lines: list[bytes] = []
+            with paused_gc():  # builds acyclic values only; writing (which may block) comes after
+                for record in batch:
+                    record_split = which(record)
+                    if record_split is None:
+                        continue
+                    c = hasher.add(record)  # serialized once: hashed, then cut into the line or the columns
+                    if split != "all" and record_split != split:
+                        continue
+                    if parquet is not None:
+                        parquet.add(c, record_split)
+                    else:
+                        lines.append(line(record_split, c))
+                    records += 1
+            if parquet is not None:
+                parquet.flush()
+            for start in range(0, len(lines), _LINES_PER_WRITE):
+                sink.write(b"".join(lines[start:start + _LINES_PER_WRITE]))
     finally:
         if parquet is not None:
             parquet.close()
@@ -153,17 +154,22 @@ class _ParquetRows:
 
     def __init__(self, sink: _CountingSink) -> None:
         self.columns = ParquetColumns()
+        self.ready: list[pa.RecordBatch] = []
         self.writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PARQUET_SCHEMA, compression="zstd")
 
     def add(self, c: Canonical, split: str) -> None:
         self.columns.add(c, split)
         if self.columns.rows >= ROW_GROUP_ROWS:
-            self._write()
+            self.ready.append(self.columns.batch())
 
-    def _write(self) -> None:
-        if self.columns.rows:
-            self.writer.write_batch(self.columns.batch(), row_group_size=ROW_GROUP_ROWS)
+    def flush(self) -> None:
+        """Write the row groups that are full."""
+        for batch in self.ready:
+            self.writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+        self.ready = []
 
     def close(self) -> None:
-        self._write()
+        if self.columns.rows:
+            self.ready.append(self.columns.batch())
+        self.flush()
         self.writer.close()

@@ -107,10 +107,8 @@ def iso_millis(value: datetime) -> str:
         )
     else:
         v = value.astimezone(timezone.utc)
-    return (
-        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
-        f".{v.microsecond // 1000:03d}Z"
-    )
+    # isoformat truncates to milliseconds and pads the year to 4 digits; a UTC datetime ends in "+00:00".
+    return v.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def check_name(name: Any) -> str:

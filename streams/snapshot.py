@@ -22,7 +22,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumers.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.lag import ClusterOffsets
-from consumers.ranges import read_ranges
+from consumers.log import paused_gc
+from consumers.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
@@ -34,7 +35,7 @@ from schemas.dataset import (
     Split,
     TraceFilter,
     plan_ranges,
-    select,
+    selector,
 )
 from schemas.exports import FORMATS
 from streams.catalog import DATASET_EVENT, load_catalog
@@ -178,19 +179,18 @@ async def _wait_materialized(
 async def _count_and_hash(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec) -> Manifest:
     hasher = ContentHasher()
     counts = {"train": 0, "eval": 0}
-    async for split, record in _select(kafka, manifest, codec):
-        hasher.add(record)
-        counts[split] += 1
+    which = selector(manifest.filter, manifest.split)  # select(), one record at a time
+    async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
+        with paused_gc():  # acyclic values only, no await
+            for record in batch:
+                split = which(record)
+                if split is not None:
+                    hasher.add(record)
+                    counts[split] += 1
     return replace(
         manifest, record_count=hasher.count, train_count=counts["train"], eval_count=counts["eval"],
         content_sha256=hasher.hexdigest(),
     )
-
-
-async def _select(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec):
-    async for record in read_ranges(kafka, manifest.ranges, codec=codec):
-        for item in select((record,), manifest.filter, manifest.split, "all"):
-            yield item
 
 
 class _Announcer:

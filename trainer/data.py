@@ -7,13 +7,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from consumers.ranges import read_ranges
+from consumers.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, Manifest, select
+from schemas.dataset import ContentHasher, Manifest, selector
 from schemas.exports import record_id, render_completion
 from trainer.config import ConfigError
-from trainer.tokenizer import encode_example
+from trainer.tokenizer import ByteTokenizer
 
 
 class Example(NamedTuple):
@@ -43,16 +43,28 @@ def examples_from_records(records: Iterable[Mapping[str, Any]]) -> list[Example]
     return [example_from_record(r) for r in records]
 
 
-def tokenize(examples: Sequence[Example], max_len: int) -> dict[str, np.ndarray]:
-    """``{"tokens", "loss_mask"}``, int32 arrays of shape ``(len(examples), max_len)``."""
-    pairs = [encode_example(e.prompt, e.completion, max_len) for e in examples]
-    if not pairs:
+def tokenize(examples: Sequence[Example], max_len: int, tokenizer: Any = None) -> dict[str, np.ndarray]:
+    """``{"tokens", "loss_mask"}``, int32 arrays of shape ``(len(examples), max_len)``.
+
+    ``tokenizer``: anything with ``encode_example`` (``trainer.hf.HFTokenizer``); default the byte tokenizer.
+    """
+    return tokenize_counted(examples, max_len, tokenizer)[0]
+
+
+def tokenize_counted(examples: Sequence[Example], max_len: int,
+                     tokenizer: Any = None) -> tuple[dict[str, np.ndarray], int]:
+    """``(tokenize's arrays, how many examples the truncation rule cut)``."""
+    if tokenizer is None:
+        tokenizer = ByteTokenizer()
+    encoded = [tokenizer.encode_example(e.prompt, e.completion, max_len) for e in examples]
+    if not encoded:
         empty = np.zeros((0, max_len), np.int32)
-        return {"tokens": empty, "loss_mask": empty.copy()}
-    return {
-        "tokens": np.stack([t for t, _ in pairs]),
-        "loss_mask": np.stack([m for _, m in pairs]),
+        return {"tokens": empty, "loss_mask": empty.copy()}, 0
+    arrays = {
+        "tokens": np.stack([e.tokens for e in encoded]),
+        "loss_mask": np.stack([e.loss_mask for e in encoded]),
     }
+    return arrays, sum(e.truncated for e in encoded)
 
 
 async def read_examples(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec) -> tuple[list[Example], list[Example]]:
@@ -63,10 +75,13 @@ async def read_examples(kafka: KafkaClients, manifest: Manifest, codec: AvroCode
     """
     hasher = ContentHasher()
     split: dict[str, list[Mapping[str, Any]]] = {"train": [], "eval": []}
-    async for record in read_ranges(kafka, manifest.ranges, codec=codec):
-        for name, selected in select((record,), manifest.filter, manifest.split, "all"):
-            hasher.add(selected)
-            split[name].append(selected)
+    which = selector(manifest.filter, manifest.split)  # select(), one record at a time
+    async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
+        for record in batch:
+            name = which(record)
+            if name is not None:
+                hasher.add(record)
+                split[name].append(record)
     if manifest.content_sha256 and hasher.hexdigest() != manifest.content_sha256:
         raise ConfigError(
             f"dataset {manifest.name}@{manifest.version} replayed to content_sha256 {hasher.hexdigest()}, "

@@ -82,7 +82,7 @@ def awkward_record(rnd: random.Random, offset: int) -> dict:
 
 def test_canonical_json_and_every_format_are_the_reference_bytes():
     rnd = random.Random(20261130)
-    for offset in range(4000):
+    for offset in range(1500):
         r = awkward_record(rnd, offset)
         assert canonical_json(r) == reference(canonical_record(r)), r
         for fmt in FORMATS:
@@ -132,3 +132,16 @@ def test_line_writer_uses_the_canonical_form_once():
     assert c.data == canonical_json(r)
     for fmt in FORMATS:
         assert line_writer(fmt)("eval", c) == export_line(fmt, "eval", r)
+
+
+def test_iso_millis_is_the_field_by_field_rendering():
+    rnd = random.Random(11)
+    low = datetime(1, 1, 1, tzinfo=timezone.utc)
+    base = awkward_record(rnd, 0)
+    for _ in range(20000):
+        v = low + timedelta(microseconds=rnd.randrange(0, 315537897599999999))
+        expected = (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+                    f".{v.microsecond // 1000:03d}Z")
+        assert canonical_record({**base, "created_at": v})["created_at"] == expected
+        other = v.astimezone(timezone(timedelta(hours=rnd.randrange(-12, 13)))) if 1 < v.year < 9999 else v
+        assert canonical_record({**base, "created_at": other})["created_at"] == expected
