@@ -104,9 +104,12 @@ class TrainConfig:
     checkpoint_every: int = 10  # optimizer updates between checkpoints (the last is always saved)
     eval_max_new_tokens: int = 64  # greedy decoding budget per eval prompt
     dtype: str = "float32"  # compute dtype ("float32" | "bfloat16"); parameters stay float32
+    max_len: int | None = None  # tokens per training sequence; None: the byte model's max_len, 512 for a base model
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
+        if self.max_len is not None:
+            _int(c, "max_len", self.max_len, 8)
         for name in ("batch_size", "grad_accum_steps", "total_steps", "checkpoint_every",
                      "eval_max_new_tokens"):
             _int(c, name, getattr(self, name), 1)
@@ -129,11 +132,68 @@ class TrainConfig:
         return _from_mapping(cls, mapping, base)
 
 
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """A pretrained causal LM in a local Hugging Face-format directory (nothing is downloaded)."""
+
+    path: str  # folder with config.json, *.safetensors, tokenizer.json, tokenizer_config.json
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigError(f"base_model.path must be a non-empty string (a directory), got {self.path!r}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> BaseModelConfig:
+        return _from_mapping(cls, mapping)
+
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (qwix) on a base model's projections; only the adapters train."""
+
+    rank: int = 8  # inner dimension of each adapter
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # module names that get an adapter (all layers)
+
+    def __post_init__(self) -> None:
+        c = "LoraConfig"
+        _int(c, "rank", self.rank, 1)
+        _float(c, "alpha", self.alpha, 0.0, math.inf, low_open=True)
+        if isinstance(self.targets, (list, tuple)):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        if (not isinstance(self.targets, tuple) or not self.targets
+                or not all(isinstance(t, str) and t.isidentifier() for t in self.targets)):
+            raise ConfigError(
+                f"{c}.targets must be a non-empty list of module names like {list(DEFAULT_LORA_TARGETS)}, "
+                f"got {self.targets!r}"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> LoraConfig:
+        return _from_mapping(cls, mapping, LoraConfig())
+
+
+DEFAULT_BASE_MAX_LEN = 512
+"""Tokens per training sequence of a base model when ``train.max_len`` is not given."""
+
+
 class Preset(NamedTuple):
-    """A model config and a train config that belong together."""
+    """A model config and a train config that belong together; a base model and LoRA when fine-tuning one."""
 
     model: ModelConfig
     train: TrainConfig
+    base: BaseModelConfig | None = None  # a pretrained model to fine-tune instead of the byte model
+    lora: LoraConfig | None = None  # adapters (base models only); None with a base model: every weight trains
+
+    @property
+    def max_len(self) -> int:
+        """Tokens per training sequence."""
+        if self.base is None:
+            return self.model.max_len
+        return self.train.max_len or DEFAULT_BASE_MAX_LEN
 
 
 TINY = Preset(ModelConfig(), TrainConfig())
@@ -161,18 +221,33 @@ def from_mapping(mapping: Mapping[str, Any]) -> Preset:
     """``{"preset": "tiny", "model": {...}, "train": {...}}`` → Preset; raises ConfigError.
 
     ``preset`` (default ``"tiny"``) gives the starting values; ``model`` and
-    ``train`` override single fields of it. Any other key is refused.
+    ``train`` override single fields of it. ``base_model: {"path": DIR}``
+    fine-tunes a pretrained model instead (its architecture comes from
+    ``DIR/config.json``, so ``model`` is refused); ``lora`` then sets the
+    adapters (default ``LoraConfig()``), and ``"lora": null`` trains every
+    weight. ``train.max_len`` sets the sequence length in tokens (for the
+    byte model it replaces ``model.max_len``). Any other key is refused.
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"trainer config must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(mapping) - {"preset", "model", "train"})
+    unknown = sorted(set(mapping) - {"preset", "model", "train", "base_model", "lora"})
     if unknown:
-        raise ConfigError(f"unknown trainer config key(s) {unknown}; use preset, model, train")
+        raise ConfigError(f"unknown trainer config key(s) {unknown}; use preset, model, train, base_model, lora")
     name = mapping.get("preset", "tiny")
     if name not in PRESETS:
         raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    base = PRESETS[name]
-    return Preset(
-        ModelConfig.from_mapping(mapping.get("model", {}), base.model),
-        TrainConfig.from_mapping(mapping.get("train", {}), base.train),
-    )
+    preset = PRESETS[name]
+    train = TrainConfig.from_mapping(mapping.get("train", {}), preset.train)
+    if "base_model" not in mapping:
+        if "lora" in mapping:
+            raise ConfigError("lora needs a base_model: adapters train on a pretrained model's projections")
+        model = ModelConfig.from_mapping(mapping.get("model", {}), preset.model)
+        if train.max_len is not None and train.max_len != model.max_len:
+            model = dataclasses.replace(model, max_len=train.max_len)
+        return Preset(model, train)
+    if "model" in mapping:
+        raise ConfigError("model cannot be given with base_model: the architecture comes from its config.json")
+    base = BaseModelConfig.from_mapping(mapping["base_model"])
+    lora_map = mapping.get("lora", {})
+    lora = None if lora_map is None else LoraConfig.from_mapping(lora_map)
+    return Preset(preset.model, train, base, lora)

@@ -135,9 +135,9 @@ class Worker:
         from schemas.codec import AvroCodec
         from schemas.registry import default_registry
         from trainer.checkpoint import sha256_dir
-        from trainer.data import read_examples, tokenize
+        from trainer.data import read_examples, tokenize_counted
+        from trainer.lm import build_lm
         from trainer.loop import checkpointer, data_identity, restore
-        from trainer.model import build
         from trainer.train import make_train_fns
 
         if self.compilation_cache:
@@ -146,32 +146,33 @@ class Worker:
             jax.config.update("jax_compilation_cache_dir", self.compilation_cache)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        model_cfg, train_cfg = self.preset
+        train_cfg = self.preset.train
         train, evals = asyncio.run(read_examples(self.kafka, self.manifest, AvroCodec(default_registry())))
         info: dict[str, Any] = {"train": len(train), "eval": len(evals), "resumed_from": None,
                                 "checkpoint": None, "sha256": None, "platform": jax.default_backend()}
         if not train:
             return {**info, "next_batch": 0}
         self.n = len(train)
-        self.arrays = tokenize(train, model_cfg.max_len)
+        self.lm = lm = build_lm(self.preset)
+        self.arrays, self.truncated = tokenize_counted(train, lm.max_len, lm.tokenizer)
+        info.update(truncated=self.truncated, max_len=lm.max_len, model=lm.info)
         self.evals = evals if self.rank == 0 else []
         self.train_answers = train if self.rank == 0 else []  # the scorecard's baseline: train's commonest answer
-        self.apply, params = build(model_cfg, train_cfg.seed, train_cfg.dtype)
-        self.fns = make_train_fns(self.apply, train_cfg)
-        self.state = self.fns.init(params)
-        _, unravel = ravel_pytree(params)
+        self.fns = make_train_fns(lm.apply, train_cfg)
+        self.state = self.fns.init(lm.params)
+        _, unravel = ravel_pytree(lm.params)  # what trains: under LoRA, the adapters only
         fns = self.fns
 
-        def grad_sums(params, batch):
-            grads, m = fns.compute_grad_sums(params, batch)
+        def grad_sums(params, batch, frozen):
+            grads, m = fns.compute_grad_sums(params, batch, frozen)
             return ravel_pytree(grads)[0], m["loss_sum"], m["tokens"]
 
         def apply(state, flat):
             return fns.apply_grads(state, unravel(flat))[0]
 
-        def apply_then_grad_sums(state, flat, batch):
+        def apply_then_grad_sums(state, flat, batch, frozen):
             state = apply(state, flat)
-            return state, grad_sums(state.params, batch)
+            return state, grad_sums(state.params, batch, frozen)
 
         self._grad_sums = jax.jit(grad_sums)
         self._apply = jax.jit(apply)
@@ -205,16 +206,17 @@ class Worker:
         from trainer.train import batch_indices, get_batch
 
         started = time.perf_counter()
-        _, train_cfg = self.preset
+        train_cfg = self.preset.train
         shard = np.array_split(batch_indices(self.n, train_cfg.batch_size, train_cfg.seed, micro),
                                self.workers)[self.rank]
         batch = get_batch(self.arrays, shard)
         if avg is not None and not save:
             saved = None
-            self.state, (flat, loss_sum, tokens) = self._apply_then_grad_sums(self.state, avg, batch)
+            self.state, (flat, loss_sum, tokens) = self._apply_then_grad_sums(self.state, avg, batch,
+                                                                              self.lm.frozen)
         else:
             saved = self._apply_and_save(avg, save)
-            flat, loss_sum, tokens = self._grad_sums(self.state.params, batch)
+            flat, loss_sum, tokens = self._grad_sums(self.state.params, batch, self.lm.frozen)
         flat = np.asarray(flat)  # waits for the device
         return flat, float(loss_sum), float(tokens), time.perf_counter() - started, saved
 
@@ -236,9 +238,12 @@ class Worker:
 
     def evaluate(self) -> dict[str, Any]:
         from trainer.evaluate import evaluate
+        from trainer.loop import truncation_card
 
-        model_cfg, train_cfg = self.preset
-        return evaluate(self.apply, self.state.params, self.evals, model_cfg, train_cfg, self.train_answers)
+        card = evaluate(self.lm.apply, self.state.params, self.evals, self.preset.model, self.preset.train,
+                        self.train_answers, lm=self.lm)
+        card["truncated"] = truncation_card(self.truncated, card["truncated"], self.lm.max_len)
+        return card
 
     def close(self) -> None:
         if self.ckpt is not None:
@@ -252,6 +257,9 @@ class DataCounts:
     train: int
     eval: int
     platform: str  # JAX backend the actors compute on ("cpu", "gpu", ...)
+    truncated: int = 0  # train examples longer than max_len, cut by the truncation rule
+    max_len: int = 0  # tokens per training sequence
+    model: dict[str, Any] | None = None  # trainer.lm.LM.info: kind, family, path, parameter counts
 
 
 def _unwrap(exc: RayTaskError) -> BaseException:
@@ -333,7 +341,9 @@ class RayTrainer:
             if self.workers > 1:  # the others start from the seed's init; give them rank 0's restored state
                 state = ray.put(self._get(self.actors[0].get_state.remote()))
                 self._get([a.set_state.remote(state) for a in self.actors[1:]])
-        return DataCounts(train=first["train"], eval=first["eval"], platform=first["platform"])
+        return DataCounts(train=first["train"], eval=first["eval"], platform=first["platform"],
+                          truncated=first.get("truncated", 0), max_len=first.get("max_len", 0),
+                          model=first.get("model"))
 
     def shutdown(self) -> None:
         """Kill this run's actors and start none again (idempotent; safe while ``train`` runs in another thread)."""

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
-from trainer.data import Example, tokenize
+from trainer.data import Example, tokenize_counted
+from trainer.lm import LM
 from trainer.model import Apply, Decoder, Params, decoder
-from trainer.tokenizer import EOS, PAD, decode, encode_prompt
+from trainer.tokenizer import EOS, ByteTokenizer
 from trainer.train import make_train_fns
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -88,8 +89,9 @@ def majority_baseline(
             "from": "eval" if train_examples is None else "train"}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _greedy(dec: Decoder, params: Params, buf: jax.Array, start: jax.Array, max_new: int):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _greedy(dec: Decoder, params: Params, buf: jax.Array, start: jax.Array, max_new: int,
+            stops: tuple[int, ...] = (EOS,)):
     """``(buf, end)``: rows of ``buf`` extended greedily from ``start`` until EOS, ``max_new`` or the end.
 
     One prefill of the whole buffer, then one cached position per step in a
@@ -109,7 +111,7 @@ def _greedy(dec: Decoder, params: Params, buf: jax.Array, start: jax.Array, max_
         write = ~done & (pos < t)
         at = jnp.minimum(pos, t - 1)
         buf = buf.at[rows, at].set(jnp.where(write, tok, buf[rows, at]))
-        done = done | (write & (tok == EOS))
+        done = done | (write & jnp.isin(tok, jnp.asarray(stops, jnp.int32)))
         logits, cache = dec.extend(params, tok, at, cache)
         nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return i + 1, buf, pos + write, nxt, done, cache
@@ -127,6 +129,7 @@ def generate(
     *,
     dtype: str = "float32",
     batch_size: int = 64,
+    lm: LM | None = None,
 ) -> list[str]:
     """Greedy completions (text up to EOS) for ``prompts``, decoded with a KV cache in fixed-size batches.
 
@@ -135,25 +138,30 @@ def generate(
     shorter prompt leaves more, and decoding goes on to ``max_new_tokens``
     or the end of the ``max_len`` buffer. Every batch has ``batch_size``
     rows (the last is padded), so one compilation serves a whole eval.
+    With ``lm`` (``trainer.lm``) its decoder, tokenizer and ``max_len``
+    replace ``model_cfg``'s byte model.
     """
     if not prompts:
         return []
-    max_len = model_cfg.max_len
-    dec = decoder(model_cfg, dtype)
+    if lm is None:
+        max_len, dec, tok, dparams = model_cfg.max_len, decoder(model_cfg, dtype), ByteTokenizer(), params
+    else:
+        max_len, dec, tok, dparams = lm.max_len, lm.decoder, lm.tokenizer, lm.decoding_params(params)
     reserve = min(max_new_tokens, max_len // 2)
-    rows = [encode_prompt(p, max_len - reserve) for p in prompts]
+    rows = [tok.encode_prompt(p, max_len - reserve) for p in prompts]
     size = min(batch_size, len(rows))
     texts: list[str] = []
     for lo in range(0, len(rows), size):
         chunk = rows[lo: lo + size]
         chunk = chunk + [chunk[0]] * (size - len(chunk))  # pad rows: decoded, then dropped
-        buf = np.full((size, max_len), PAD, np.int32)
+        buf = np.full((size, max_len), tok.pad_id, np.int32)
         for i, r in enumerate(chunk):
             buf[i, : len(r)] = r
         start = np.array([len(r) for r in chunk], np.int32)
-        out, end = _greedy(dec, params, jnp.asarray(buf), jnp.asarray(start), max_new_tokens)
+        out, end = _greedy(dec, dparams, jnp.asarray(buf), jnp.asarray(start), max_new_tokens,
+                           tuple(tok.stop_ids))
         out, end = np.asarray(out), np.asarray(end)
-        texts += [decode(out[i, start[i]: end[i]]) for i in range(min(size, len(rows) - lo))]
+        texts += [tok.decode(out[i, start[i]: end[i]]) for i in range(min(size, len(rows) - lo))]
     return texts
 
 
@@ -164,27 +172,35 @@ def evaluate(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     train_examples: Sequence[Example] | None = None,
+    *,
+    lm: LM | None = None,
 ) -> dict[str, Any]:
-    """Scorecard ``{items, scored, exact_match, baseline, loss, perplexity, by_source}``.
+    """Scorecard ``{items, scored, exact_match, baseline, loss, perplexity, by_source, truncated}``.
 
     Loss is the mean over every masked (completion) token of all examples.
     ``baseline`` is ``majority_baseline(examples, train_examples)``: the
     exact match to beat before a score means the model read the prompt.
+    ``truncated`` counts the eval examples longer than ``max_len`` (cut for
+    the loss). ``lm`` (``trainer.lm``): a base model's tokenizer, frozen
+    weights and decoder instead of the byte model's.
     """
     baseline = majority_baseline(examples, train_examples)
     if not examples:
-        return {**score([], []), "baseline": baseline, "loss": None, "perplexity": None}
-    arrays = tokenize(examples, model_cfg.max_len)
+        return {**score([], []), "baseline": baseline, "loss": None, "perplexity": None, "truncated": 0}
+    max_len = model_cfg.max_len if lm is None else lm.max_len
+    arrays, truncated = tokenize_counted(examples, max_len, None if lm is None else lm.tokenizer)
+    frozen = None if lm is None else lm.frozen
     eval_loss = make_train_fns(apply, train_cfg).eval_loss
     total = count = 0.0
     bs = train_cfg.batch_size
     for i in range(0, len(examples), bs):
         batch = {k: jnp.asarray(v[i: i + bs]) for k, v in arrays.items()}
-        loss, n = eval_loss(params, batch)
+        loss, n = eval_loss(params, batch, frozen)
         total += float(loss) * float(n)
         count += float(n)
     loss = total / count if count else float("nan")
     texts = generate(params, [e.prompt for e in examples], model_cfg, train_cfg.eval_max_new_tokens,
-                     dtype=train_cfg.dtype)
+                     dtype=train_cfg.dtype, lm=lm)
     card = score(texts, examples)
-    return {**card, "baseline": baseline, "loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+    return {**card, "baseline": baseline, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "truncated": truncated}

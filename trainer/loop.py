@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpoint import Checkpointer, sha256_dir
-from trainer.config import ConfigError, ModelConfig, TrainConfig
-from trainer.data import Example, tokenize
+from trainer.config import BaseModelConfig, ConfigError, LoraConfig, ModelConfig, Preset, TrainConfig
+from trainer.data import Example, tokenize_counted
 from trainer.evaluate import evaluate
-from trainer.model import build
+from trainer.lm import build_lm
 from trainer.train import TrainState, batch_indices, get_batch, make_train_fns
 
 MetricsHook = Callable[[dict[str, Any]], None]
 CheckpointHook = Callable[[int, Path, str], None]
+StartedHook = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,15 @@ class Result:
     resumed_from: int | None  # checkpoint step the run continued from, if any
     checkpoint: Path | None  # the last checkpoint's folder
     checkpoint_sha256: str | None
+
+
+TRUNCATION_RULE = ("prompt cut from the left first; a completion longer than max_len alone: "
+                   "prompt dropped, completion cut from the right")
+
+
+def truncation_card(train: int, eval_: int, max_len: int) -> dict[str, Any]:
+    """The scorecard's ``truncated``: examples longer than ``max_len`` tokens, per split, and the rule."""
+    return {"train": int(train), "eval": int(eval_), "max_len": int(max_len), "rule": TRUNCATION_RULE}
 
 
 def checkpointer(workdir: Path | str | None) -> Checkpointer:
@@ -80,23 +90,36 @@ def train_and_evaluate(
     *,
     on_metrics: MetricsHook | None = None,
     on_checkpoint: CheckpointHook | None = None,
+    on_started: StartedHook | None = None,
+    base: BaseModelConfig | None = None,
+    lora: LoraConfig | None = None,
 ) -> Result:
     """Train to ``train_cfg.total_steps`` optimizer updates, checkpointing, then evaluate.
 
-    ``on_metrics(m)`` gets, after every micro-step, ``{step, micro_step, loss,
-    grad_norm, learning_rate, tokens}`` as Python numbers. ``on_checkpoint(step,
-    path, sha256)`` runs after each checkpoint is complete on disk (only with a
-    ``workdir``; checkpoints go to ``workdir / "checkpoints"``).
+    ``base`` fine-tunes a pretrained model (``trainer.lm``; with ``lora``,
+    adapters only) instead of the byte model of ``model_cfg``.
+    ``on_started(info)`` runs once the model is built and the data
+    tokenized, before the first step: ``info`` holds ``examples``,
+    ``truncated`` (train examples cut to ``max_len``), ``max_len`` and the
+    model's description. ``on_metrics(m)`` gets, after every micro-step,
+    ``{step, micro_step, loss, grad_norm, learning_rate, tokens, truncated}``
+    as Python numbers. ``on_checkpoint(step, path, sha256)`` runs after each
+    checkpoint is complete on disk (only with a ``workdir``; checkpoints go
+    to ``workdir / "checkpoints"`` and hold only what trains).
 
     Raises:
         ConfigError: no training examples, or the checkpoint was written for a
             different data set size or seed (its data position would be wrong).
+        CheckpointError: the base model directory is unusable (before any step).
     """
     if not train_examples:
         raise ConfigError("train_and_evaluate needs at least one training example")
-    apply, params = build(model_cfg, train_cfg.seed, train_cfg.dtype)
-    fns = make_train_fns(apply, train_cfg)
-    state = fns.init(params)
+    lm = build_lm(Preset(model_cfg, train_cfg, base, lora))
+    fns = make_train_fns(lm.apply, train_cfg)
+    state = fns.init(lm.params)
+    arrays, truncated = tokenize_counted(train_examples, lm.max_len, lm.tokenizer)
+    if on_started is not None:
+        on_started({"examples": len(train_examples), "truncated": truncated, "max_len": lm.max_len, **lm.info})
     ckpt = checkpointer(workdir)
     data_id = data_identity(len(train_examples), train_cfg)
     last_path: Path | None = None
@@ -108,16 +131,16 @@ def train_and_evaluate(
             last_sha = sha256_dir(last_path)
             if on_checkpoint is not None:  # a run killed between saving it and announcing it announces it now
                 on_checkpoint(resumed_from, last_path, last_sha)
-        arrays = tokenize(train_examples, model_cfg.max_len)
         k = train_cfg.grad_accum_steps
         history: list[dict[str, Any]] = []
         micro = int(state.step)
         while micro < train_cfg.total_steps * k:
             batch = get_batch(arrays, batch_indices(len(train_examples), train_cfg.batch_size,
                                                     train_cfg.seed, micro))
-            state, m = fns.train_step(state, batch)
+            state, m = fns.train_step(state, batch, lm.frozen)
             micro += 1
-            metrics = {"step": micro // k, "micro_step": micro, **{n: float(v) for n, v in m.items()}}
+            metrics = {"step": micro // k, "micro_step": micro, **{n: float(v) for n, v in m.items()},
+                       "truncated": truncated}
             history.append(metrics)
             if on_metrics is not None:
                 on_metrics(metrics)
@@ -132,7 +155,8 @@ def train_and_evaluate(
         ckpt.close()
     if last_path is not None and last_sha is None:
         last_sha = sha256_dir(last_path)
-    scorecard = evaluate(apply, state.params, eval_examples, model_cfg, train_cfg, train_examples)
+    scorecard = evaluate(lm.apply, state.params, eval_examples, model_cfg, train_cfg, train_examples, lm=lm)
+    scorecard["truncated"] = truncation_card(truncated, scorecard["truncated"], lm.max_len)
     return Result(
         step=int(state.step) // train_cfg.grad_accum_steps,
         state=state,

@@ -27,7 +27,8 @@ from flax import nnx
 from trainer.config import ModelConfig
 
 Params = dict[str, Any]
-Apply = Callable[[Params, jax.Array], jax.Array]
+Apply = Callable[..., jax.Array]
+"""``apply(params, tokens[B, T], frozen=None) -> logits[B, T, vocab]``; ``frozen``: weights that do not train."""
 
 
 class Cache(NamedTuple):
@@ -153,7 +154,8 @@ def _split_for(cfg: ModelConfig, dtype: str) -> tuple[Any, Any]:
 def _apply_for(cfg: ModelConfig, dtype: str) -> Apply:
     graphdef, template = _split_for(cfg, dtype)
 
-    def apply(params: Params, tokens: jax.Array) -> jax.Array:
+    def apply(params: Params, tokens: jax.Array, frozen: Params | None = None) -> jax.Array:
+        del frozen  # every weight of the byte model trains
         st = jax.tree.map(lambda a: a, template)
         nnx.replace_by_pure_dict(st, params)
         return nnx.merge(graphdef, st)(tokens)

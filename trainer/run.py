@@ -93,7 +93,12 @@ def _finite(value: Any) -> Any:
 
 
 def config_json(preset: Preset) -> str:
-    return canonical_json({"model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(preset.train)})
+    """The run's config as canonical JSON: ``model`` and ``train``, or ``base_model``, ``lora`` and ``train``."""
+    if preset.base is None:
+        return canonical_json({"model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(preset.train)})
+    return canonical_json({"base_model": dataclasses.asdict(preset.base), "train": dataclasses.asdict(preset.train),
+                           "lora": None if preset.lora is None else dataclasses.asdict(preset.lora),
+                           "max_len": preset.max_len})
 
 
 def _now() -> datetime:
@@ -189,7 +194,7 @@ async def run_training(
 
     def event(event_type: str, **fields: Any) -> dict[str, Any]:
         return {**base, "event_type": event_type, "at": _now(), "metrics": None, "checkpoint": None,
-                "scorecard": None, "error": None, **fields}
+                "scorecard": None, "error": None, "truncated_examples": None, **fields}
 
     publisher = _Publisher(kafka, settings.topics.runs, codec, run_id)
     await publisher.start()
@@ -215,10 +220,10 @@ async def run_training(
                 if not train:
                     raise no_train_split(manifest)
                 workdir.mkdir(parents=True, exist_ok=True)
-                publisher.put(event("started"))
                 result = await asyncio.to_thread(
                     train_and_evaluate, preset.model, preset.train, train, evals, workdir,
-                    on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint,
+                    on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint, on_started=hooks.on_started,
+                    base=preset.base, lora=preset.lora,
                 )
                 eval_count = len(evals)
             else:
@@ -231,7 +236,8 @@ async def run_training(
                 counts = await asyncio.to_thread(trainer.start)
                 if not counts.train:
                     raise no_train_split(manifest)
-                publisher.put(event("started"))
+                hooks.truncated = counts.truncated
+                publisher.put(event("started", truncated_examples=counts.truncated))
                 result = await asyncio.to_thread(
                     trainer.train, on_metrics=hooks.on_metrics, on_checkpoint=hooks.on_checkpoint,
                     should_stop=hooks.check_stop,
@@ -301,6 +307,13 @@ class _Hooks:
         self.tokens = 0.0
         self.since = time.perf_counter()
         self.final_loss: float | None = None
+        self.truncated: int | None = None  # train examples cut to max_len, once known
+
+    def on_started(self, info: dict[str, Any]) -> None:
+        """The model is built and the data tokenized (in-process runs): publish ``started``."""
+        self.truncated = int(info["truncated"])
+        self.put(self.event("started", truncated_examples=self.truncated))
+        self.since = time.perf_counter()
 
     def check_stop(self) -> None:
         if self.stop.is_set():
@@ -324,7 +337,7 @@ class _Hooks:
             self.put(self.event("metrics", metrics={
                 "step": step, "loss": loss, "learning_rate": float(m["learning_rate"]),
                 "grad_norm": float(m["grad_norm"]), "tokens_per_s": tokens_per_s,
-            }))
+            }, truncated_examples=self.truncated))
 
     def on_checkpoint(self, step: int, path: Path, sha256: str) -> None:
         if step <= self.published.checkpoint_step:

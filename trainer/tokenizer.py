@@ -16,6 +16,8 @@ dropped entirely and the completion is cut from the right, EOS included.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 PAD, BOS, EOS, SEP = 256, 257, 258, 259
@@ -73,3 +75,34 @@ def encode_example(prompt: str, completion: str, max_len: int) -> tuple[np.ndarr
     tokens[: len(seq)] = seq
     mask[len(seq) - len(c): len(seq)] = 1
     return tokens, mask
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized SFT example (any tokenizer)."""
+
+    tokens: np.ndarray  # int32[max_len], padded with the tokenizer's pad id
+    loss_mask: np.ndarray  # int32[max_len], 1 on completion tokens
+    truncated: bool  # whether the truncation rule cut anything
+
+
+class ByteTokenizer:
+    """The byte-level tokenizer behind the interface ``trainer.hf.HFTokenizer`` also has."""
+
+    pad_id = PAD
+    eos_id = EOS
+    stop_ids = (EOS,)
+    vocab_size = 256 + len(SPECIALS)
+
+    def encode_example(self, prompt: str, completion: str, max_len: int) -> Encoded:
+        tokens, mask = encode_example(prompt, completion, max_len)
+        cut = len(encode_text(prompt)) + len(encode_text(completion)) + 3 > max_len
+        return Encoded(tokens, mask, cut)
+
+    @staticmethod
+    def encode_prompt(prompt: str, max_prompt_len: int) -> list[int]:
+        return encode_prompt(prompt, max_prompt_len)
+
+    @staticmethod
+    def decode(tokens) -> str:
+        return decode(tokens)

@@ -68,22 +68,25 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.MultiSteps(inner, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
 
 
-def masked_loss_sum(apply: Apply, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def masked_loss_sum(apply: Apply, params: Params, batch: Batch,
+                    frozen: Params | None = None) -> tuple[jax.Array, jax.Array]:
     """``(summed cross-entropy over masked target tokens, number of masked tokens)``.
 
     Position t predicts token t+1; a target counts when its loss_mask is 1.
+    ``frozen``: the weights that do not train (a base model's under LoRA).
     """
     tokens = batch["tokens"]
-    logits = apply(params, tokens[:, :-1])
+    logits = apply(params, tokens[:, :-1], frozen)
     targets = tokens[:, 1:]
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return (ce * weights).sum(), weights.sum()
 
 
-def masked_loss(apply: Apply, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def masked_loss(apply: Apply, params: Params, batch: Batch,
+                frozen: Params | None = None) -> tuple[jax.Array, jax.Array]:
     """``(mean cross-entropy over masked target tokens, number of masked tokens)``."""
-    total, count = masked_loss_sum(apply, params, batch)
+    total, count = masked_loss_sum(apply, params, batch, frozen)
     return total / jnp.maximum(count, 1.0), count
 
 
@@ -92,11 +95,14 @@ class TrainFns:
     """The jitted functions of one (model, train config) pair; build with ``make_train_fns``.
 
     - ``init(params) -> TrainState``
-    - ``compute_grads(params, batch) -> (grads, {"loss", "tokens"})``
-    - ``compute_grad_sums(params, batch) -> (grads of the summed loss, {"loss_sum", "tokens"})``
+    - ``compute_grads(params, batch, frozen=None) -> (grads, {"loss", "tokens"})``
+    - ``compute_grad_sums(params, batch, frozen=None) -> (grads of the summed loss, {"loss_sum", "tokens"})``
     - ``apply_grads(state, grads) -> (state, {"grad_norm", "learning_rate"})``
-    - ``train_step(state, batch) -> (state, {"loss", "grad_norm", "learning_rate", "tokens"})``
-    - ``eval_loss(params, batch) -> (mean loss, tokens)``
+    - ``train_step(state, batch, frozen=None) -> (state, {"loss", "grad_norm", "learning_rate", "tokens"})``
+    - ``eval_loss(params, batch, frozen=None) -> (mean loss, tokens)``
+
+    ``frozen`` (the weights that do not train) is an argument, not a
+    constant of the compiled step, and gets no gradient.
     """
 
     init: Any
@@ -117,15 +123,15 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
     def init(params: Params) -> TrainState:
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
-    def compute_grads(params: Params, batch: Batch):
+    def compute_grads(params: Params, batch: Batch, frozen: Params | None = None):
         (loss, count), grads = jax.value_and_grad(
-            lambda p: masked_loss(apply, p, batch), has_aux=True
+            lambda p: masked_loss(apply, p, batch, frozen), has_aux=True
         )(params)
         return grads, {"loss": loss, "tokens": count}
 
-    def compute_grad_sums(params: Params, batch: Batch):
+    def compute_grad_sums(params: Params, batch: Batch, frozen: Params | None = None):
         (total, count), grads = jax.value_and_grad(
-            lambda p: masked_loss_sum(apply, p, batch), has_aux=True
+            lambda p: masked_loss_sum(apply, p, batch, frozen), has_aux=True
         )(params)
         return grads, {"loss_sum": total, "tokens": count}
 
@@ -138,8 +144,8 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
         }
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    def train_step(state: TrainState, batch: Batch):
-        grads, m = compute_grads(state.params, batch)
+    def train_step(state: TrainState, batch: Batch, frozen: Params | None = None):
+        grads, m = compute_grads(state.params, batch, frozen)
         state, m2 = apply_grads(state, grads)
         return state, {**m, **m2}
 
@@ -149,7 +155,7 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
         compute_grad_sums=jax.jit(compute_grad_sums),
         apply_grads=jax.jit(apply_grads),
         train_step=jax.jit(train_step),
-        eval_loss=jax.jit(lambda p, b: masked_loss(apply, p, b)),
+        eval_loss=jax.jit(lambda p, b, frozen=None: masked_loss(apply, p, b, frozen)),
     )
 
 
