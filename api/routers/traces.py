@@ -57,9 +57,9 @@ WALK_RULE = (
     "Pages of one walk never repeat a trace, and every trace present when the walk began (its first page) "
     "is served exactly once. The cursor holds a position per partition of the topic, and each partition "
     "is read in offset order from its own position. Traces that arrive during a walk: with `order=asc`, "
-    "a trace that lands in any partition before the walk ends is served exactly once, at its place; "
-    "with `order=desc`, the first page pins each partition at its newest trace, so later arrivals are "
-    "never served in that walk (start a new walk, without a cursor, to see them). A walk ends when "
+    "a trace that lands in any partition before the walk ends is served exactly once, in its partition's "
+    "offset order; with `order=desc`, the first page pins each partition at its newest trace, so later "
+    "arrivals are never served in that walk (start a new walk, without a cursor, to see them). A walk ends when "
     "`next_cursor` is null: the page came back with fewer than `limit` items."
 )
 
