@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from aiokafka.errors import MessageSizeTooLargeError
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import Field, TypeAdapter, ValidationError
 
 from api.deps import Ingestible, PublisherDep, SettingsDep, StateDep, json_response
@@ -35,8 +33,8 @@ from schemas.validation import check_trace
 def _json_int(digits: str) -> int | float:
     """A JSON integer; one too long for ``int()`` (over 4,300 digits) is ±inf, like ``1e400``.
 
-    The standard library refuses such a number and FastAPI would answer a bare
-    400; as an infinity, the field's own validation refuses it with a 422 naming it.
+    Such a number would otherwise refuse the whole body without naming its
+    field; as an infinity, the field's own validation refuses it with a 422 naming it.
     """
     try:
         return int(digits)
@@ -44,26 +42,45 @@ def _json_int(digits: str) -> int | float:
         return -math.inf if digits.startswith("-") else math.inf
 
 
-class _IngestRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), parse_int=_json_int)
-        return self._json
+def _parse(adapter: TypeAdapter, body: bytes) -> Any:
+    """The body, parsed and checked straight from the bytes (pydantic's JSON parser, one pass).
+
+    Raises:
+        RequestValidationError: with ``body.field`` (``body.N.field`` in a batch) locations,
+            answered like FastAPI's own.
+    """
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+    if any(err["type"] == "json_invalid" for err in errors):
+        # pydantic's parser refuses a number beyond ~4,300 digits without naming its field;
+        # the standard library's, with huge integers as ±inf, lets the field's check name it.
+        try:
+            return adapter.validate_python(json.loads(body, parse_int=_json_int))
+        except ValueError as exc:  # json.JSONDecodeError, or pydantic's ValidationError
+            if isinstance(exc, ValidationError):
+                errors = exc.errors(include_url=False, include_context=False)
+    raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
 
 
-class _IngestRoute(APIRoute):
-    """Parses the body with ``_json_int``, so every number a body can carry gets a field-named 422."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def parse_then_handle(request: Request) -> Response:
-            return await handler(_IngestRequest(request.scope, request.receive))
-
-        return parse_then_handle
+def _inline_refs(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline_refs(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return {key: _inline_refs(value, defs) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inline_refs(value, defs) for value in schema]
+    return schema
 
 
-router = APIRouter(prefix="/api/traces", tags=["ingest"], dependencies=[Ingestible], route_class=_IngestRoute)
+def _trace_schema() -> dict[str, Any]:
+    """TraceIn's JSON schema with its definitions inlined: the doors read their bodies themselves."""
+    schema = TraceIn.model_json_schema()
+    return _inline_refs(schema, schema.pop("$defs", {}))
+
+
+router = APIRouter(prefix="/api/traces", tags=["ingest"], dependencies=[Ingestible])
 
 MAX_BATCH = 1000
 _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 413, 422, 503)}
@@ -131,47 +148,40 @@ async def _publish(state, publisher, events: list[tuple[bytes, bytes]]) -> Respo
             f"({type(report.errors[0].error).__name__}: {report.errors[0].error}); publish those again{others}",
             details,
         )
-    body = Accepted(accepted=len(ids), trace_ids=ids, topic=publisher.producer.topic)
+    body = Accepted.model_construct(accepted=len(ids), trace_ids=ids, topic=publisher.producer.topic)
     return json_response(body.model_dump_json().encode(), status=202)
 
 
-@router.post("", status_code=202, response_model=Accepted, responses=_ERRORS, summary="Publish one trace")
-async def publish_trace(
-    state: StateDep, settings: SettingsDep, publisher: PublisherDep,
-    trace: Annotated[TraceIn, Body(examples=[_EXAMPLE])],
-) -> Response:
+_TRACE = TypeAdapter(TraceIn)
+_TRACE_SCHEMA = _trace_schema()
+
+
+@router.post(
+    "", status_code=202, response_model=Accepted, responses=_ERRORS, summary="Publish one trace",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _TRACE_SCHEMA, "examples": {"two steps": {"value": _EXAMPLE}}}}}},
+)
+async def publish_trace(publisher: PublisherDep, request: Request) -> Response:
     """Validate one trace and publish it to traces.raw; 202 once Kafka has it."""
-    return await _publish(state, publisher, _encode(publisher, settings, [trace], batch=False))
+    # The body is parsed here, not by a FastAPI body parameter: one pass of pydantic's JSON parser
+    # and fewer dependencies to solve, on the door that takes one request per trace.
+    trace = _parse(_TRACE, await request.body())
+    state = request.app.state.api
+    return await _publish(state, publisher, _encode(publisher, state.settings, [trace], batch=False))
 
 
 _BATCH = TypeAdapter(Annotated[list[TraceIn], Field(min_length=1, max_length=MAX_BATCH)])
 
 
 def parse_batch(body: bytes) -> list[TraceIn]:
-    """The batch, parsed and checked straight from the bytes (pydantic's JSON parser, one pass).
-
-    Raises:
-        RequestValidationError: with ``body.N.field`` locations, answered like FastAPI's own.
-    """
-    try:
-        return _BATCH.validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
-    if any(err["type"] == "json_invalid" for err in errors):
-        # pydantic's parser refuses a number beyond ~4,300 digits without naming its field;
-        # the standard library's, with huge integers as ±inf, lets the field's check name it.
-        try:
-            return _BATCH.validate_python(json.loads(body, parse_int=_json_int))
-        except ValueError as exc:  # json.JSONDecodeError, or pydantic's ValidationError
-            if isinstance(exc, ValidationError):
-                errors = exc.errors(include_url=False, include_context=False)
-    raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
+    """The batch, parsed and checked straight from the bytes; errors are located ``body.N.field``."""
+    return _parse(_BATCH, body)
 
 
 @router.post(
     "/batch", status_code=202, response_model=Accepted, responses=_ERRORS, summary="Publish up to 1000 traces, all or none",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/TraceIn"}, "minItems": 1,
+        "schema": {"type": "array", "items": _TRACE_SCHEMA, "minItems": 1,
                    "maxItems": MAX_BATCH},
         "examples": {"two steps": {"value": [_EXAMPLE]}}}}}},
 )
