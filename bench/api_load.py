@@ -327,11 +327,11 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
     cached_port, uncached_port = free_port(), free_port()
     cached = create_app(settings)
     uncached = create_app(settings.model_copy(update={"api_cache_entries": 0}), ingest=False)
-    from api.cursor import Position, encode_cursor
+    from api.cursor import Cursor, Order, encode_cursor
 
     rng = random.Random(5)
     per_partition = len(ids) // PARTITIONS
-    scattered = [encode_cursor(Position(rng.randrange(PARTITIONS), rng.randrange(per_partition)))
+    scattered = [encode_cursor(Cursor.of(Order.ASC, {p: rng.randrange(per_partition) for p in range(PARTITIONS)}))
                  for _ in range(args.connections)]
     seconds, conns = args.seconds, args.connections
     def list_phase(name: str, port: int, order: str, **extra) -> dict[str, Any]:
