@@ -1,6 +1,6 @@
 """Dataset replay and export throughput, against a bare aiokafka consume of the same bytes.
 
-    python -m bench.datasets [--count 100000] [--seed 9] [--timeout 900]
+    python -m bench.datasets [--count 50000] [--seed 9] [--timeout 900]
 
 One run, one process: publish ``--count`` valid traces, materialize them with
 the processors (in this process, which owns the embedded warehouse), snapshot
@@ -11,9 +11,12 @@ them as one dataset, then time, each over the whole dataset:
 2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
    checked) and decoded (``read_ranges``: dataset records, Avro decoded);
 3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
-4. export of every format (JSON Lines and Parquet) from Kafka, and ``trace`` from ClickHouse, to /dev/null.
+4. export of every format (JSON Lines and Parquet) from Kafka, and ``trace`` and ``parquet`` from ClickHouse, to
+   /dev/null.
 
-Speeds are printed, never asserted.
+Each figure is records per second of wall time and per CPU second of this process (``time.process_time``:
+steadier than wall time when other jobs share the machine; the broker's JVM is not in it). Speeds are
+printed, never asserted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bench.common import (
     emit_json,
     encode_events,
     kafka,
+    load_average,
     machine,
     print_machine,
     print_table,
@@ -52,6 +56,9 @@ from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
+
+
+WAREHOUSE_FORMATS = ("trace", "parquet")
 
 
 async def bare_consume(kafka: KafkaClients, ranges) -> tuple[int, int, float]:
@@ -77,9 +84,14 @@ async def bare_consume(kafka: KafkaClients, ranges) -> tuple[int, int, float]:
         await consumer.stop()
 
 
+CPU_SECONDS: dict[str, float] = {}
+"""CPU seconds this process spent in each timed pass (``time.process_time``; the broker's JVM is not in it)."""
+
+
 async def timed(label: str, coro) -> tuple[str, Any, float]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = await coro
+    CPU_SECONDS[label] = time.process_time() - cpu
     return label, result, time.perf_counter() - started
 
 
@@ -113,7 +125,10 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                 figures["records"] = manifest.record_count
                 print(f"snapshot of {manifest.record_count:,} records (hashed by replay) in {took:.1f} s", flush=True)
 
+                cpu = time.process_time()
                 n, size, took = await bare_consume(target.kafka, manifest.ranges)
+                CPU_SECONDS["bare_consume"] = time.process_time() - cpu
+                figures["bare_consume_per_cpu_s"] = round(n / CPU_SECONDS["bare_consume"])
                 figures["bare_consume_per_s"] = round(n / took)
                 figures["bare_consume_mb_per_s"] = round(size / took / 1e6, 1)
                 runs = [
@@ -126,39 +141,48 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                     for fmt in EXPORT_FORMATS:
                         runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
                             manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
-                    runs.append(await timed("export_trace_warehouse", export_dataset(
-                        manifest, "trace", "all", sink, source="warehouse", warehouse=processors.writer.run)))
+                    for fmt in WAREHOUSE_FORMATS:
+                        runs.append(await timed(f"export_{fmt}_warehouse", export_dataset(
+                            manifest, fmt, "all", sink, source="warehouse", warehouse=processors.writer.run)))
                 for label, result, took in runs:
                     n = result if isinstance(result, int) else result.records
                     assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
                     figures[f"{label}_per_s"] = round(n / took)
+                    figures[f"{label}_per_cpu_s"] = round(n / CPU_SECONDS[label])
                 for kind in ("replay_kafka_raw", "replay_kafka"):
                     figures[f"ratio_{kind}_over_bare"] = round(figures[f"{kind}_per_s"] / figures["bare_consume_per_s"], 3)
+                figures["load_average_after"] = load_average()
                 await drop_run_database(settings, processors.writer)
             await drop_run_topics(settings, target)
     return figures
+
+
+def _rate(f: dict[str, Any], label: str) -> str:
+    """Records per second of wall time, and per CPU second of this process (steadier on a shared machine)."""
+    return f"{f[f'{label}_per_s']:,}/s ({f[f'{label}_per_cpu_s']:,} per CPU-s)"
 
 
 def print_report(f: dict[str, Any]) -> None:
     rows = [
         ("records in the dataset", f"{f['records']:,} ({f['mean_event_bytes']} B mean)"),
         ("snapshot (wait + replay + hash)", f"{f['snapshot_s']} s"),
-        ("bare aiokafka consume (no decode)", f"{f['bare_consume_per_s']:,}/s ({f['bare_consume_mb_per_s']} MB/s)"),
-        ("replay from Kafka, raw (ordered, range-checked)", f"{f['replay_kafka_raw_per_s']:,}/s"),
+        ("bare aiokafka consume (no decode)", f"{_rate(f, 'bare_consume')}, {f['bare_consume_mb_per_s']} MB/s"),
+        ("replay from Kafka, raw (ordered, range-checked)", _rate(f, "replay_kafka_raw")),
         ("  ratio raw replay / bare", f"{f['ratio_replay_kafka_raw_over_bare']}"),
-        ("replay from Kafka, decoded records", f"{f['replay_kafka_per_s']:,}/s"),
+        ("replay from Kafka, decoded records", _rate(f, "replay_kafka")),
         ("  ratio decoded replay / bare", f"{f['ratio_replay_kafka_over_bare']}"),
-        ("replay from ClickHouse", f"{f['replay_warehouse_per_s']:,}/s"),
+        ("replay from ClickHouse", _rate(f, "replay_warehouse")),
     ]
-    rows += [(f"export {fmt} from Kafka", f"{f[f'export_{fmt}_kafka_per_s']:,}/s") for fmt in EXPORT_FORMATS]
-    rows.append(("export trace from ClickHouse", f"{f['export_trace_warehouse_per_s']:,}/s"))
+    rows += [(f"export {fmt} from Kafka", _rate(f, f"export_{fmt}_kafka")) for fmt in EXPORT_FORMATS]
+    rows += [(f"export {fmt} from ClickHouse", _rate(f, f"export_{fmt}_warehouse")) for fmt in WAREHOUSE_FORMATS]
+    rows.append(("load average at the end", ", ".join(f"{x:.2f}" for x in f["load_average_after"])))
     print_table(f"datasets: {f['records']:,} traces", rows)
     print(SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.datasets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=100_000, help="traces in the dataset (default 100000)")
+    parser.add_argument("--count", type=int, default=50_000, help="traces in the dataset (default 50000)")
     parser.add_argument("--seed", type=int, default=9, help="generator seed (default 9)")
     parser.add_argument("--timeout", type=float, default=900.0, help="upper bound on each phase, seconds")
     args = parser.parse_args(argv)
