@@ -1,0 +1,86 @@
+"""A run that fine-tunes a pretrained (tiny, test-written) Qwen3 checkpoint with LoRA on a dataset read from Kafka.
+
+The dataset comes through the real pipeline; the run is the one `tracestream
+train` starts. Its events count the examples cut to ``max_len``; a broken
+checkpoint fails the run before training with an event naming the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.kafka import ensure_topics_async
+from deploy.settings import Settings
+from schemas.dataset import Split
+from streams.catalog import load_catalog
+from streams.catchup import wait_until_caught_up
+from streams.generator import generate_events
+from streams.snapshot import DatasetRequest, create_dataset
+from tests.hf_checkpoints import read_tensors, write_checkpoint
+from tests.integration.support import kafka_of, publish, running_processors
+from tests.integration.test_train_run import CODEC, run_events
+from trainer.data import read_examples, tokenize_counted
+from trainer.hf import CheckpointError, inspect_checkpoint
+from trainer.run import run_training
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
+
+MAX_LEN = 40
+
+
+async def test_lora_run_on_a_base_model_publishes_truncation_and_a_failed_event_for_a_broken_one(
+        settings: Settings, tmp_path: Path):
+    events = list(generate_events(60, seed=17, broken_share=0.0, kind="arith"))
+    async with running_processors(settings):
+        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
+        await publish(settings, events)
+        await wait_until_caught_up(settings, kafka_of(settings))
+        manifest = await create_dataset(
+            settings, kafka_of(settings), DatasetRequest("arith", split=Split(eval_share=0.1)), CODEC
+        )
+    texts = [e.record["prompt"] for e in events] + [s["content"] for e in events for s in e.record["steps"]]
+    model = write_checkpoint(tmp_path / "qwen3", "qwen3", texts=texts)
+    config = {"base_model": {"path": str(model)}, "lora": {"rank": 4, "alpha": 8.0},
+              "train": {"max_len": MAX_LEN, "batch_size": 4, "total_steps": 6, "warmup_steps": 1,
+                        "learning_rate": 1e-2, "checkpoint_every": 3, "eval_max_new_tokens": 8}}
+
+    outcome = await run_training(settings, kafka_of(settings), "arith", None, config, run_id="run-base",
+                                 workdir=tmp_path / "run")
+    assert outcome.status == "completed" and outcome.steps == 6
+
+    # what the run should have counted, computed here from the same replay and tokenizer
+    manifest = (await load_catalog(kafka_of(settings), settings.topics.datasets, CODEC)).get("arith", None).manifest
+    train, evals = await read_examples(kafka_of(settings), manifest, CODEC)
+    _, cut = tokenize_counted(train, MAX_LEN, inspect_checkpoint(model).tokenizer)
+    assert 0 < cut <= len(train)
+
+    run = await run_events(settings, "run-base")
+    types = [e["event_type"] for e in run]
+    assert types[:2] == ["queued", "started"] and types[-2:] == ["evaluated", "completed"], types
+    assert run[1]["truncated_examples"] == cut
+    metrics = [e for e in run if e["event_type"] == "metrics"]
+    assert [e["metrics"]["step"] for e in metrics] == list(range(1, 7))
+    assert all(e["truncated_examples"] == cut for e in metrics)
+    assert metrics[-1]["metrics"]["loss"] < metrics[0]["metrics"]["loss"]
+    assert [e["checkpoint"]["step"] for e in run if e["event_type"] == "checkpoint"] == [3, 6]
+    cfg = json.loads(run[0]["config"])
+    assert cfg["base_model"] == {"path": str(model)} and cfg["lora"]["rank"] == 4 and cfg["max_len"] == MAX_LEN
+    card = json.loads(run[-2]["scorecard"])
+    assert card["truncated"]["train"] == cut and card["truncated"]["max_len"] == MAX_LEN
+    assert card["items"] == len(evals) and card["loss"] > 0 and "baseline" in card
+
+    # a checkpoint with a misshapen tensor: failed, naming file and tensor, before any step
+    from safetensors.numpy import save_file
+
+    tensors = read_tensors(model)
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"][:8]
+    save_file(tensors, str(model / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="model.layers.0.mlp.up_proj.weight"):
+        await run_training(settings, kafka_of(settings), "arith", None, config, run_id="run-broken",
+                           workdir=tmp_path / "broken")
+    broken = await run_events(settings, "run-broken")
+    assert [e["event_type"] for e in broken] == ["queued", "failed"]
+    assert "model.safetensors: tensor model.layers.0.mlp.up_proj.weight has shape [8, 32]" in broken[-1]["error"]
