@@ -116,7 +116,9 @@ def run(warehouse: Warehouse, table: str, columns: str, topic: str, start: Curso
     partition it did not know of; then once more with that partition in.
     """
     known = (warehouse.database, table, topic)
-    partitions = max(_partitions.get(known, 1), len(start.positions or ()))
+    # Partitions seen, not the cursor's length: a cursor may name more (it is the client's text), and the
+    # subquery for partitions past those seen finds any that exist.
+    partitions = _partitions.get(known, 1)
     while True:
         sql, values = _union(table, columns, start, partitions, asked, conditions)
         found = Run.parse(start, warehouse.query_json(sql, {**params, **values, "db": warehouse.database,
