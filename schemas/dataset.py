@@ -846,8 +846,12 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
     try:
         score = record["score"]
         steps = [{"i": int(s["i"]), "type": s["type"], "content": s["content"]} for s in record["steps"]]
-        if any(a["i"] > b["i"] for a, b in zip(steps, steps[1:])):
-            steps.sort(key=itemgetter("i"))  # stable, as sorted() was: equal indexes keep their order
+        last = None
+        for step in steps:  # readers give them in order; sort only when they are not
+            if last is not None and step["i"] < last:
+                steps.sort(key=itemgetter("i"))  # stable, as sorted() was: equal indexes keep their order
+                break
+            last = step["i"]
         return {
             "topic": record["topic"],
             "partition": int(record["partition"]),
