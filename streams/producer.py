@@ -584,8 +584,11 @@ class TraceProducer:
 
     async def _keep_deadlines(self) -> None:
         """While batches are pending, give up the client when one passes its deadline (``_wait_for``)."""
-        while self._pending:
-            await self._wait_for([f for f, _, _ in self._pending])
+        try:
+            while self._pending:
+                await self._wait_for([f for f, _, _ in self._pending])
+        except KafkaError as exc:  # closing the given-up client failed; its events were failed all the same
+            log.error("giving up the Kafka client of %s: %s", self.topic, exc)
 
     def _fail(self, events: list[_Event], error: BaseException) -> None:
         self._unsettled -= len(events)
