@@ -1,6 +1,6 @@
 """Dataset replay and export throughput, against a bare aiokafka consume of the same bytes.
 
-    python -m bench.datasets [--count 50000] [--seed 9] [--timeout 900]
+    python -m bench.datasets [--count 50000] [--seed 9] [--timeout 900] [--workers N]
 
 One run, one process: publish ``--count`` valid traces, materialize them with
 the processors (in this process, which owns the embedded warehouse), snapshot
@@ -11,8 +11,9 @@ them as one dataset, then time, each over the whole dataset:
 2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
    checked) and decoded (``read_ranges``: dataset records, Avro decoded);
 3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
-4. export of every format (JSON Lines and Parquet) from Kafka, and ``trace`` and ``parquet`` from ClickHouse, to
-   /dev/null.
+4. export of every format (JSON Lines and Parquet) from Kafka, in this process and (``--workers``, the CPU
+   count by default) decoding and formatting in worker processes, and ``trace`` and ``parquet`` from
+   ClickHouse, to /dev/null.
 
 Each figure is records per second of wall time and per CPU second of this process (``time.process_time``:
 steadier than wall time when other jobs share the machine; the broker's JVM is not in it). Speeds are
@@ -47,7 +48,7 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.ingest import publish
-from consumers.export import EXPORT_FORMATS, dataset_records, export_dataset
+from consumers.export import EXPORT_FORMATS, dataset_records, export_dataset, start_workers
 from consumers.ranges import read_ranges, read_ranges_raw
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
@@ -102,8 +103,8 @@ async def count_async(iterator) -> int:
     return n
 
 
-async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[str, Any]:
-    figures: dict[str, Any] = {"count": count, "seed": seed, "machine": machine()}
+async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: int) -> dict[str, Any]:
+    figures: dict[str, Any] = {"count": count, "seed": seed, "workers": workers, "machine": machine()}
     codec = AvroCodec(default_registry())
     with temp_workdir() as workdir:
         base = base.model_copy(update={"home": workdir / "home"})
@@ -141,6 +142,12 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float) -> dict[s
                     for fmt in EXPORT_FORMATS:
                         runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
                             manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
+                    if workers:
+                        await start_workers(codec, workers)
+                        for fmt in EXPORT_FORMATS:
+                            runs.append(await timed(f"export_{fmt}_kafka_workers", export_dataset(
+                                manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec,
+                                workers=workers)))
                     for fmt in WAREHOUSE_FORMATS:
                         runs.append(await timed(f"export_{fmt}_warehouse", export_dataset(
                             manifest, fmt, "all", sink, source="warehouse", warehouse=processors.writer.run)))
@@ -174,6 +181,9 @@ def print_report(f: dict[str, Any]) -> None:
         ("replay from ClickHouse", _rate(f, "replay_warehouse")),
     ]
     rows += [(f"export {fmt} from Kafka", _rate(f, f"export_{fmt}_kafka")) for fmt in EXPORT_FORMATS]
+    if f["workers"]:
+        rows += [(f"export {fmt} from Kafka, {f['workers']} workers (CPU-s: this process only)",
+                  _rate(f, f"export_{fmt}_kafka_workers")) for fmt in EXPORT_FORMATS]
     rows += [(f"export {fmt} from ClickHouse", _rate(f, f"export_{fmt}_warehouse")) for fmt in WAREHOUSE_FORMATS]
     rows.append(("load average at the end", ", ".join(f"{x:.2f}" for x in f["load_average_after"])))
     print_table(f"datasets: {f['records']:,} traces", rows)
@@ -185,9 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=50_000, help="traces in the dataset (default 50000)")
     parser.add_argument("--seed", type=int, default=9, help="generator seed (default 9)")
     parser.add_argument("--timeout", type=float, default=900.0, help="upper bound on each phase, seconds")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="also export from Kafka decoding in this many processes (0: not; default: the CPU count)")
     args = parser.parse_args(argv)
     quiet_logging()
-    figures = asyncio.run(run(Settings(), args.count, args.seed, args.timeout))
+    figures = asyncio.run(run(Settings(), args.count, args.seed, args.timeout, args.workers))
     print_report(figures)
     emit_json("datasets", figures)
 

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from consumers.log import paused_gc
-from consumers.ranges import read_range_batches
+from consumers.ranges import decode_batch, read_range_batches, read_range_batches_raw
 from consumers.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from schemas.dataset import Canonical, ContentHasher, Manifest, selector
-from schemas.errors import InvalidDatasetRequest
+from schemas.dataset import Canonical, CanonicalLines, ContentHasher, LineCollector, Manifest, selector
+from schemas.errors import DecodeError, InvalidDatasetRequest
 from schemas.exports import FORMATS, line_writer
 from schemas.parquet_export import PARQUET, ROW_GROUP_ROWS, ParquetColumns
 from schemas.parquet_export import SCHEMA as PARQUET_SCHEMA
+from schemas.registry import SchemaRegistry, default_registry
 from warehouse.client import Warehouse
 
 Source = Literal["kafka", "warehouse"]
@@ -113,40 +116,75 @@ class _CountingSink:
 async def export_dataset(
     manifest: Manifest, fmt: str, split: Literal["all", "train", "eval"], out: BinaryIO, *,
     source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
-    warehouse: WarehouseRunner | None = None,
+    warehouse: WarehouseRunner | None = None, workers: int = 0,
 ) -> ExportSummary:
-    """Write the manifest's records that pass its filter (and ``split``) as ``fmt``: JSON Lines, or Parquet."""
+    """Write the manifest's records that pass its filter (and ``split``) as ``fmt``: JSON Lines, or Parquet.
+
+    Args:
+        workers: from Kafka, decode and format in this many processes (0: in this one). The bytes are
+            the same either way; the processes pay off only on a machine with cores to spare.
+    """
     if fmt not in EXPORT_FORMATS:
         raise InvalidDatasetRequest(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     hasher, sink = ContentHasher(), _CountingSink(out)
-    which = selector(manifest.filter, manifest.split)
     parquet = _ParquetRows(sink) if fmt == PARQUET else None
-    line = None if parquet is not None else line_writer(fmt)
     records = 0
     try:
-        async for batch in dataset_batches(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
-            lines: list[bytes] = []
-            with paused_gc():  # builds acyclic values only; writing (which may block) comes after
-                for record in batch:
-                    record_split = which(record)
-                    if record_split is None:
-                        continue
-                    c = hasher.add(record)  # serialized once: hashed, then cut into the line or the columns
-                    if split != "all" and record_split != split:
-                        continue
-                    if parquet is not None:
-                        parquet.add(c, record_split)
-                    else:
-                        lines.append(line(record_split, c))
-                    records += 1
-            if parquet is not None:
-                parquet.flush()
-            for start in range(0, len(lines), _LINES_PER_WRITE):
-                sink.write(b"".join(lines[start:start + _LINES_PER_WRITE]))
+        if workers > 0 and source == "kafka":
+            async for chunk in _pooled_chunks(manifest, fmt, split, kafka, codec, workers):
+                hasher.add_lines(chunk.hashed)
+                if parquet is not None:
+                    if chunk.written:
+                        parquet.add_batch(pa.ipc.open_stream(chunk.out).read_next_batch())
+                    parquet.flush()
+                else:
+                    sink.write(chunk.out)
+                records += chunk.written
+        else:
+            formatter = _Formatter(fmt, split, manifest)
+            add_row = parquet.add if parquet is not None else None
+            async for batch in dataset_batches(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
+                lines, written = formatter.run(batch, hasher, add_row)
+                records += written
+                if parquet is not None:
+                    parquet.flush()
+                for start in range(0, len(lines), _LINES_PER_WRITE):
+                    sink.write(b"".join(lines[start:start + _LINES_PER_WRITE]))
     finally:
         if parquet is not None:
             parquet.close()
     return ExportSummary(records, sink.position, sink.sha256.hexdigest(), hasher.hexdigest())
+
+
+class _Formatter:
+    """One batch of dataset records: selected, hashed (serialized once), then cut into lines or columns."""
+
+    def __init__(self, fmt: str, split: str, manifest: Manifest) -> None:
+        self.which = selector(manifest.filter, manifest.split)
+        self.split = split
+        self.line = None if fmt == PARQUET else line_writer(fmt)
+
+    def run(
+        self, batch: list[dict], hasher: ContentHasher, add_row: Callable[[Canonical, str], None] | None,
+    ) -> tuple[list[bytes], int]:
+        """The lines (none for Parquet: rows go to ``add_row``) and how many records were written."""
+        which, split, line = self.which, self.split, self.line
+        lines: list[bytes] = []
+        written = 0
+        with paused_gc():  # builds acyclic values only; writing (which may block) is the caller's
+            for record in batch:
+                record_split = which(record)
+                if record_split is None:
+                    continue
+                c = hasher.add(record)  # serialized once: hashed, then cut into the line or the columns
+                if split != "all" and record_split != split:
+                    continue
+                if add_row is not None:
+                    add_row(c, record_split)
+                else:
+                    lines.append(line(record_split, c))
+                written += 1
+        return lines, written
 
 
 class _ParquetRows:
@@ -155,12 +193,28 @@ class _ParquetRows:
     def __init__(self, sink: _CountingSink) -> None:
         self.columns = ParquetColumns()
         self.ready: list[pa.RecordBatch] = []
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
         self.writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PARQUET_SCHEMA, compression="zstd")
 
     def add(self, c: Canonical, split: str) -> None:
         self.columns.add(c, split)
         if self.columns.rows >= ROW_GROUP_ROWS:
             self.ready.append(self.columns.batch())
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Rows built elsewhere (a worker), regrouped into whole row groups of one contiguous batch each.
+
+        A row group written from a chunked table differs in bytes from one written from a single
+        batch of the same rows; ``combine_chunks`` makes them the same.
+        """
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        while self.pending_rows >= ROW_GROUP_ROWS:
+            table = pa.Table.from_batches(self.pending, schema=PARQUET_SCHEMA)
+            self.ready.extend(table.slice(0, ROW_GROUP_ROWS).combine_chunks().to_batches())
+            rest = table.slice(ROW_GROUP_ROWS)
+            self.pending, self.pending_rows = rest.to_batches(), rest.num_rows
 
     def flush(self) -> None:
         """Write the row groups that are full."""
@@ -171,5 +225,138 @@ class _ParquetRows:
     def close(self) -> None:
         if self.columns.rows:
             self.ready.append(self.columns.batch())
+        if self.pending_rows:
+            self.ready.extend(pa.Table.from_batches(self.pending, schema=PARQUET_SCHEMA).combine_chunks().to_batches())
+            self.pending, self.pending_rows = [], 0
         self.flush()
         self.writer.close()
+
+
+# --- decoding and formatting in worker processes -----------------------------------------------
+
+
+class _Message(NamedTuple):
+    """The parts of a ``ConsumerRecord`` that decoding reads, sent to a worker."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    topic: str
+    partition: int
+    offsets: list[int]
+    values: list[bytes | None]
+    fmt: str
+    split: str
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A worker's result for one batch: bytes only, cheap to send back."""
+
+    hashed: CanonicalLines
+    out: bytes
+    """JSON Lines, or an Arrow IPC stream of the Parquet rows."""
+    written: int
+
+
+_WORKER_CODEC: AvroCodec | None = None
+_POOLS: dict[tuple, ProcessPoolExecutor] = {}
+
+
+def _start_worker(schemas: list[tuple[str, list[dict]]]) -> None:
+    global _WORKER_CODEC
+    registry = SchemaRegistry()
+    for name, definitions in schemas:
+        for definition in definitions:
+            registry.register(name, definition)
+    _WORKER_CODEC = AvroCodec(registry)
+
+
+def _work(job: _Job) -> _Chunk | None:
+    """Decode, select, serialize and format one batch; None when a record does not decode.
+
+    The reader then decodes the batch itself, so the error it raises is the one an
+    in-process export raises, coordinates and all.
+    """
+    messages = [_Message(job.topic, job.partition, o, v) for o, v in zip(job.offsets, job.values)]
+    try:
+        records = decode_batch(messages, _WORKER_CODEC)  # type: ignore[arg-type]
+    except DecodeError:
+        return None
+    collector = LineCollector()
+    columns = ParquetColumns() if job.fmt == PARQUET else None
+    lines, written = _Formatter(job.fmt, job.split, job.manifest).run(
+        records, collector, columns.add if columns is not None else None)
+    if columns is None:
+        return _Chunk(collector.lines(), b"".join(lines), written)
+    if not written:
+        return _Chunk(collector.lines(), b"", 0)
+    stream = pa.BufferOutputStream()
+    with pa.ipc.new_stream(stream, PARQUET_SCHEMA) as writer:
+        writer.write_batch(columns.batch())
+    return _Chunk(collector.lines(), stream.getvalue().to_pybytes(), written)
+
+
+def _pool(codec: AvroCodec, workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes that decode with ``codec``'s schemas; kept for the next export."""
+    registry = codec.registry
+    schemas = [(name, [s.definition for s in registry.versions(name)]) for name in registry.names()]
+    key = (workers, tuple((name, tuple(s.fingerprint for s in registry.versions(name))) for name, _ in schemas))
+    pool = _POOLS.get(key)
+    if pool is None:
+        # spawn, not fork: the reading process has threads (the event loop's, the warehouse's).
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(schemas,))
+        _POOLS[key] = pool
+    return pool
+
+
+def _ready() -> bool:
+    return _WORKER_CODEC is not None
+
+
+async def start_workers(codec: AvroCodec, workers: int) -> None:
+    """Start (or find) the pool ``export_dataset(..., workers=workers)`` uses, and wait until each process is up.
+
+    Spawning imports the decoding stack in every worker (about a second each here); a caller that
+    times exports starts them first.
+    """
+    pool, loop = _pool(codec, workers), asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(workers)))
+
+
+async def _pooled_chunks(
+    manifest: Manifest, fmt: str, split: str, kafka: KafkaClients, codec: AvroCodec | None, workers: int,
+) -> AsyncIterator[_Chunk]:
+    """Each raw batch's ``_Chunk``, in order; up to ``workers + 1`` batches in the pool while the next is read."""
+    if codec is None:
+        codec = AvroCodec(default_registry())
+    pool, loop = _pool(codec, workers), asyncio.get_running_loop()
+    pending: deque = deque()
+
+    async def finished() -> _Chunk:
+        future, raw = pending.popleft()
+        chunk = await future
+        if chunk is None:
+            decode_batch(raw, codec)  # raises the DecodeError, naming topic[partition]@offset
+            raise RuntimeError("a worker could not decode a batch that decodes here")
+        return chunk
+
+    try:
+        async for raw in read_range_batches_raw(kafka, manifest.ranges):
+            job = _Job(raw[0].topic, raw[0].partition, [m.offset for m in raw], [m.value for m in raw],
+                       fmt, split, manifest)
+            pending.append((loop.run_in_executor(pool, _work, job), raw))
+            if len(pending) > workers:
+                yield await finished()
+        while pending:
+            yield await finished()
+    finally:
+        for future, _ in pending:
+            future.cancel()

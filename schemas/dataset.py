@@ -963,18 +963,62 @@ class ContentHasher:
     def add_canonical(self, c: Canonical) -> None:
         """Hash a record already in canonical form."""
         position = (c.record["partition"], c.record["offset"])
+        self._check(position)
+        self._last = position
+        self._sha.update(c.data + b"\n")
+        self.count += 1
+
+    def add_lines(self, lines: CanonicalLines) -> None:
+        """Hash records serialized elsewhere (another process), in order after those hashed so far."""
+        if not lines.count:
+            return
+        self._check(lines.first)
+        self._last = lines.last
+        self._sha.update(lines.data)
+        self.count += lines.count
+
+    def _check(self, position: tuple[int, int]) -> None:
         if self._last is not None and position <= self._last:
             raise DatasetIntegrityError(
                 f"record at partition {position[0]} offset {position[1]} came after partition "
                 f"{self._last[0]} offset {self._last[1]}; read dataset records once each, "
                 "in (partition, offset) order"
             )
-        self._last = position
-        self._sha.update(c.data + b"\n")
-        self.count += 1
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
+
+
+class CanonicalLines(NamedTuple):
+    """What ``ContentHasher.add_lines`` hashes: consecutive records' ``canonical_json + b"\\n"``, and where they are."""
+
+    data: bytes
+    count: int
+    first: tuple[int, int] | None
+    """(partition, offset) of the first record; None when there is none."""
+    last: tuple[int, int] | None
+
+
+class LineCollector(ContentHasher):
+    """A ``ContentHasher`` that keeps the bytes instead of hashing them, for a hasher in another process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._first: tuple[int, int] | None = None
+
+    def add_canonical(self, c: Canonical) -> None:
+        position = (c.record["partition"], c.record["offset"])
+        self._check(position)
+        if self._first is None:
+            self._first = position
+        self._last = position
+        self._parts.append(c.data)
+        self.count += 1
+
+    def lines(self) -> CanonicalLines:
+        data = b"\n".join(self._parts) + b"\n" if self._parts else b""
+        return CanonicalLines(data, self.count, self._first, self._last)
 
 
 def content_sha256(records: Iterable[Mapping[str, Any]]) -> str:
