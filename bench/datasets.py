@@ -9,7 +9,8 @@ them as one dataset, then time, each over the whole dataset:
 1. bare aiokafka: assign every partition of traces.valid, ``getmany`` from the
    log start to the snapshot's ends, doing nothing with the records;
 2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
-   checked) and decoded (``read_ranges``: dataset records, Avro decoded);
+   checked) and decoded (``read_ranges``: dataset records, Avro decoded; and with ``--workers``,
+   ``dataset_batches(..., workers=N)``: decoded in N processes, sent back pickled);
 3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
 4. export of every format (JSON Lines and Parquet) from Kafka, in this process and (``--workers``, the CPU
    count by default) decoding and formatting in worker processes, and ``trace`` and ``parquet`` from
@@ -48,7 +49,7 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.ingest import publish
-from consumers.export import EXPORT_FORMATS, dataset_records, export_dataset, start_workers
+from consumers.export import EXPORT_FORMATS, dataset_batches, dataset_records, export_dataset, start_workers
 from consumers.ranges import read_ranges, read_ranges_raw
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
@@ -103,6 +104,13 @@ async def count_async(iterator) -> int:
     return n
 
 
+async def count_batches(iterator) -> int:
+    n = 0
+    async for batch in iterator:
+        n += len(batch)
+    return n
+
+
 async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: int) -> dict[str, Any]:
     figures: dict[str, Any] = {"count": count, "seed": seed, "workers": workers, "machine": machine()}
     codec = AvroCodec(default_registry())
@@ -144,6 +152,8 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: 
                             manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
                     if workers:
                         await start_workers(codec, workers)
+                        runs.append(await timed("replay_kafka_workers", count_batches(dataset_batches(
+                            manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
                         for fmt in EXPORT_FORMATS:
                             runs.append(await timed(f"export_{fmt}_kafka_workers", export_dataset(
                                 manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec,
@@ -156,7 +166,7 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: 
                     assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
                     figures[f"{label}_per_s"] = round(n / took)
                     figures[f"{label}_per_cpu_s"] = round(n / CPU_SECONDS[label])
-                for kind in ("replay_kafka_raw", "replay_kafka"):
+                for kind in ("replay_kafka_raw", "replay_kafka", "replay_kafka_workers")[:3 if workers else 2]:
                     figures[f"ratio_{kind}_over_bare"] = round(figures[f"{kind}_per_s"] / figures["bare_consume_per_s"], 3)
                 figures["load_average_after"] = load_average()
                 await drop_run_database(settings, processors.writer)
@@ -182,6 +192,11 @@ def print_report(f: dict[str, Any]) -> None:
     ]
     rows += [(f"export {fmt} from Kafka", _rate(f, f"export_{fmt}_kafka")) for fmt in EXPORT_FORMATS]
     if f["workers"]:
+        rows += [
+            (f"replay from Kafka, decoded in {f['workers']} workers (CPU-s: this process only)",
+             _rate(f, "replay_kafka_workers")),
+            ("  ratio decoded replay in workers / bare", f"{f['ratio_replay_kafka_workers_over_bare']}"),
+        ]
         rows += [(f"export {fmt} from Kafka, {f['workers']} workers (CPU-s: this process only)",
                   _rate(f, f"export_{fmt}_kafka_workers")) for fmt in EXPORT_FORMATS]
     rows += [(f"export {fmt} from ClickHouse", _rate(f, f"export_{fmt}_warehouse")) for fmt in WAREHOUSE_FORMATS]

@@ -92,3 +92,21 @@ def test_a_record_that_does_not_decode_raises_what_one_process_raises(monkeypatc
         run_export(monkeypatch, "trace", "all", 2, batches)
     where = str(here.value).split(":")[0]  # the rest names a fastavro object by its address
     assert where.startswith("traces.valid[1]@") and str(pooled.value).split(":")[0] == where
+
+
+@pytest.mark.timeout(300)
+def test_batches_decoded_in_workers_are_the_records_decoded_here(monkeypatch):
+    batches = raw_batches()
+
+    async def raw(kafka, ranges, **_):
+        for batch in batches:
+            yield batch
+
+    monkeypatch.setattr(export, "read_range_batches_raw", raw)
+
+    async def collect():
+        return [b async for b in export.dataset_batches(MANIFEST, source="kafka", codec=CODEC, workers=2)]
+
+    pooled = asyncio.run(collect())
+    assert pooled == [decode_batch(batch, CODEC) for batch in batches]
+    assert all(r["created_at"].tzinfo is __import__("datetime").timezone.utc for b in pooled for r in b)
