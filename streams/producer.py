@@ -25,7 +25,8 @@ round trip.
 Oversized events: the limit is the smaller of ``max_request_size`` (2 MiB,
 above the validator's 1 MiB, so a too-large trace reaches ``traces.raw`` and
 is dead-lettered with its reason) and the topic's ``max.message.bytes``, read
-once on first publish. An event above it is reported failed and never sent:
+once on first publish and again after the client restarts. An event above it
+is reported failed (its future raises) and never sent:
 with the idempotent producer a batch the broker refuses leaves a gap in the
 partition's sequence numbers, and the broker then refuses every later batch
 of that partition (``OutOfOrderSequenceNumber``). Should that happen anyway
@@ -40,8 +41,9 @@ client: every event it still holds is reported failed with
 ``KafkaTimeoutError`` (not acknowledged: it may or may not be in the log), and
 the next publish starts a fresh client. A watchdog task keeps that deadline
 while batches are pending, so a caller awaiting an event's future gets its
-answer within the delivery timeout without calling ``flush``. Starting the client, reading the
-topic's metadata and handing a batch over are bounded by the same timeout.
+answer within the delivery timeout without calling ``flush``. Starting the
+client, reading the topic's metadata and handing a batch over are bounded by
+the same timeout.
 """
 
 from __future__ import annotations
