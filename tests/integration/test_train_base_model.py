@@ -84,3 +84,36 @@ async def test_lora_run_on_a_base_model_publishes_truncation_and_a_failed_event_
     broken = await run_events(settings, "run-broken")
     assert [e["event_type"] for e in broken] == ["queued", "failed"]
     assert "model.safetensors: tensor model.layers.0.mlp.up_proj.weight has shape [8, 32]" in broken[-1]["error"]
+
+
+async def test_two_ray_actors_fine_tune_a_base_model_on_the_single_process_curve(settings: Settings, ray_cluster,
+                                                                                 tmp_path: Path):
+    """LoRA on Ray: the actors exchange the adapters' gradients only and follow the in-process curve."""
+    import asyncio
+
+    import numpy as np
+
+    from tests.integration.test_distributed_train import make_dataset
+    from trainer.config import from_mapping
+    from trainer.distributed import RayTrainer
+    from trainer.loop import train_and_evaluate
+
+    manifest = await make_dataset(settings)
+    train, _ = await read_examples(kafka_of(settings), manifest, CODEC)
+    model = write_checkpoint(tmp_path / "llama", "llama", texts=[e.prompt for e in train[:30]])
+    config = {"base_model": {"path": str(model)}, "lora": {"rank": 4},
+              "train": {"max_len": 64, "batch_size": 4, "total_steps": 4, "warmup_steps": 1, "learning_rate": 1e-2,
+                        "eval_max_new_tokens": 4}}
+    preset = from_mapping(config)
+    single = await asyncio.to_thread(train_and_evaluate, preset.model, preset.train, train, [], None,
+                                     base=preset.base, lora=preset.lora)
+    trainer = RayTrainer(preset, kafka_of(settings), manifest, tmp_path / "run", workers=2,
+                         run_id=f"base-{settings.app_id}", compilation_cache=settings.cache_dir / "jax")
+    try:
+        counts = await asyncio.to_thread(trainer.start)
+        assert counts.model["family"] == "llama" and counts.max_len == 64
+        result = await asyncio.to_thread(trainer.train)
+    finally:
+        trainer.shutdown()
+    assert result.step == 4 and result.scorecard["truncated"]["max_len"] == 64
+    np.testing.assert_allclose([m["loss"] for m in result.history], [m["loss"] for m in single.history], rtol=2e-5)

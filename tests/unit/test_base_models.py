@@ -60,7 +60,7 @@ def test_loaded_model_matches_a_reference_forward_pass(checkpoints, family):
 
 def test_llama_rope_theta_and_llama3_scaling_are_honoured(tmp_path, corpus):
     """Tunix 0.1.7's Llama ignores rope_theta and rope_scaling; the trainer puts them back."""
-    path = write_checkpoint(tmp_path / "llama", "llama", texts=corpus)
+    path = write_checkpoint(tmp_path / "llama", "llama", texts=corpus, tied=True)  # as Llama 3.2 1B/3B
     cfg = json.loads((path / "config.json").read_text())
     cfg["rope_theta"] = 500000.0
     cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
