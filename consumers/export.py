@@ -2,6 +2,16 @@
 
 Both sources yield the same records in (partition, offset) order and go
 through the same filter, split and formatter, so the bytes are the same.
+Each record is serialized once (``schemas.dataset.canonical``): those bytes
+are hashed to check the manifest's ``content_sha256``, and the JSON Lines line
+is cut from them (``schemas.exports.line_writer``) or the Parquet columns
+filled from the same values (``schemas.parquet_export.ParquetColumns``).
+
+From Kafka, decoding and formatting can run in worker processes
+(``workers=N``): each worker turns a raw batch into bytes (the canonical lines
+to hash, the JSON Lines, or an Arrow IPC batch of Parquet rows), and this
+process hashes and writes them in order, regrouping Parquet rows into the same
+whole row groups, so the file is byte for byte the one-process file.
 """
 
 from __future__ import annotations
