@@ -191,13 +191,14 @@ def _fail_futures(events: list[_Event], error: BaseException) -> None:
 class _OpenBatch:
     """A record batch being filled for one partition: its events' (key, ref, future), and its deadline."""
 
-    __slots__ = ("builder", "deadline", "events", "timer")
+    __slots__ = ("builder", "deadline", "due", "events", "timer")
 
     def __init__(self, builder: Any, deadline: float) -> None:
         self.builder = builder
         self.deadline = deadline  # time.monotonic() by which the broker must have acknowledged it
         self.events: list[_Event] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.due = False  # lingered long enough: it goes out as soon as its partition's hand-over is free
 
 
 class TraceProducer:
@@ -519,13 +520,19 @@ class TraceProducer:
     def _linger_expired(self, partition: int, batch: _OpenBatch) -> None:
         if self._open.get(partition) is not batch:
             return
+        batch.due = True
+        if self._locks[partition].locked():
+            # A hand-over of this partition waits for the client (one produce request in flight per
+            # broker): this batch keeps filling, and that drain takes it next. One batch per partition
+            # and round trip, holding everything since the last, instead of a queue of small ones.
+            return
         self._detach(partition)
         task = asyncio.get_running_loop().create_task(self._drain(partition))
         self._linger_tasks.add(task)
         task.add_done_callback(self._linger_tasks.discard)
 
     async def _drain(self, partition: int) -> BaseException | None:
-        """Hand the ready batches of ``partition`` to the client, oldest first.
+        """Hand the ready batches of ``partition`` to the client, oldest first, then its open one if due.
 
         A batch the client refuses, or cannot take before the batch's
         deadline, counts as failed for all its events; the last such error is
@@ -535,7 +542,9 @@ class TraceProducer:
         error = None
         async with self._locks[partition]:
             ready = self._ready[partition]
-            while ready:
+            while ready or (partition in self._open and self._open[partition].due):
+                if not ready:
+                    self._detach(partition)  # it lingered while this drain waited for the client
                 batch = ready[0]
                 if self._gave_up is not None:
                     ready.popleft()
