@@ -25,6 +25,12 @@ LLAMA_TEMPLATE = (
     " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
@@ -59,30 +65,34 @@ def write_checkpoint(
     seed: int = 0,
     scale: float = 0.1,
 ) -> Path:
-    """Write a tiny random ``family`` checkpoint ("qwen3", "qwen2" or "llama") to ``path``; returns it."""
+    """Write a tiny random ``family`` checkpoint ("qwen3", "qwen2", "llama" or "gemma3_text") to ``path``."""
     path.mkdir(parents=True, exist_ok=True)
-    llama = family == "llama"
-    specials = LLAMA_SPECIALS if llama else QWEN_SPECIALS
+    llama, gemma = family == "llama", family == "gemma3_text"
+    specials = LLAMA_SPECIALS if llama else GEMMA_SPECIALS if gemma else QWEN_SPECIALS
     tok = train_tokenizer(texts, specials, vocab_size)
     tok.save(str(path / "tokenizer.json"))
     vocab = tok.get_vocab_size(with_added_tokens=True)
     tied = (not llama) if tied is None else tied
-    eos = "<|eot_id|>" if llama else "<|im_end|>"
-    tcfg = {"eos_token": eos, "pad_token": "<|end_of_text|>" if llama else "<|endoftext|>"}
-    if llama:
-        tcfg["bos_token"] = "<|begin_of_text|>"
+    eos = "<|eot_id|>" if llama else "<eos>" if gemma else "<|im_end|>"
+    tcfg = {"eos_token": eos, "pad_token": "<|end_of_text|>" if llama else "<pad>" if gemma else "<|endoftext|>"}
+    if llama or gemma:
+        tcfg["bos_token"] = "<|begin_of_text|>" if llama else "<bos>"
     if chat_template:
-        tcfg["chat_template"] = LLAMA_TEMPLATE if llama else QWEN_TEMPLATE
+        tcfg["chat_template"] = LLAMA_TEMPLATE if llama else GEMMA_TEMPLATE if gemma else QWEN_TEMPLATE
     (path / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2), encoding="utf-8")
     config = {
-        "architectures": ["LlamaForCausalLM" if llama else ("Qwen3ForCausalLM" if family == "qwen3"
-                                                            else "Qwen2ForCausalLM")],
+        "architectures": [{"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                           "gemma3_text": "Gemma3ForCausalLM"}[family]],
         "model_type": family, "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "head_dim": head_dim, "rms_norm_eps": 1e-6, "rope_theta": 10000.0 if llama else 1000000.0,
         "tie_word_embeddings": tied, "torch_dtype": "float32", "eos_token_id": tok.token_to_id(eos),
         "max_position_embeddings": 2048,
     }
+    if gemma:  # a window shorter than the tests' sequences, so the local layers' mask matters
+        config.update(sliding_window=4, rope_local_base_freq=10000.0, query_pre_attn_scalar=head_dim,
+                      eos_token_id=[tok.token_to_id("<eos>"), tok.token_to_id("<end_of_turn>")],
+                      hidden_activation="gelu_pytorch_tanh")
     (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     rng = np.random.default_rng(seed)
 
@@ -101,7 +111,7 @@ def write_checkpoint(
         tensors[p + "self_attn.k_proj.weight"] = w(kv_heads * head_dim, hidden)
         tensors[p + "self_attn.v_proj.weight"] = w(kv_heads * head_dim, hidden)
         tensors[p + "self_attn.o_proj.weight"] = w(hidden, heads * head_dim)
-        if family == "qwen3":
+        if family in ("qwen3", "gemma3_text"):
             tensors[p + "self_attn.q_norm.weight"] = norm(head_dim)
             tensors[p + "self_attn.k_norm.weight"] = norm(head_dim)
         if family == "qwen2":
@@ -113,6 +123,9 @@ def write_checkpoint(
         tensors[p + "mlp.down_proj.weight"] = w(hidden, intermediate)
         tensors[p + "input_layernorm.weight"] = norm(hidden)
         tensors[p + "post_attention_layernorm.weight"] = norm(hidden)
+        if gemma:
+            tensors[p + "pre_feedforward_layernorm.weight"] = norm(hidden)
+            tensors[p + "post_feedforward_layernorm.weight"] = norm(hidden)
     from safetensors.numpy import save_file
 
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
@@ -177,3 +190,48 @@ def reference_logits(path: Path, ids: list[int]) -> np.ndarray:
     x = rms(x, t["model.norm.weight"])
     head = t["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else t["lm_head.weight"]
     return x @ head.T
+
+
+def gemma3_reference_logits(path: Path, ids: list[int]) -> np.ndarray:
+    """As ``reference_logits``, for transformers' Gemma3ForCausalLM (text): (1 + w) norms, scaled embeddings,
+    sandwich norms, sliding-window local layers (every sixth global), gelu-tanh MLP."""
+    cfg = json.loads((path / "config.json").read_text())
+    t = {k: v.astype(np.float64) for k, v in read_tensors(path).items()}
+    hd, nh, nkv, d = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+
+    def rms(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return (1.0 + w) * x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg["rms_norm_eps"])
+
+    def rope(x: np.ndarray, theta: float) -> np.ndarray:
+        inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+        ang = np.arange(x.shape[0])[:, None] * inv[None]
+        cos, sin = np.cos(np.concatenate([ang, ang], -1))[:, None], np.sin(np.concatenate([ang, ang], -1))[:, None]
+        return x * cos + np.concatenate([-x[..., hd // 2:], x[..., : hd // 2]], -1) * sin
+
+    def gelu_tanh(x: np.ndarray) -> np.ndarray:
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    n = len(ids)
+    x = t["model.embed_tokens.weight"][ids] * np.sqrt(d)
+    q_idx, k_idx = np.arange(n)[:, None], np.arange(n)[None]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        sliding = (i + 1) % 6 != 0
+        h = rms(x, t[p + "input_layernorm.weight"])
+        q, k, v = (h @ t[p + f"self_attn.{m}_proj.weight"].T for m in "qkv")
+        q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
+        q, k = rms(q, t[p + "self_attn.q_norm.weight"]), rms(k, t[p + "self_attn.k_norm.weight"])
+        theta = cfg["rope_local_base_freq"] if sliding else cfg["rope_theta"]
+        q, k = rope(q, theta), rope(k, theta)
+        k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+        scores = np.einsum("thd,shd->hts", q, k) * cfg["query_pre_attn_scalar"] ** -0.5
+        visible = (k_idx <= q_idx) & ((q_idx - k_idx < cfg["sliding_window"]) if sliding else True)
+        scores = np.where(visible[None], scores, -np.inf)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        att = np.einsum("hts,shd->thd", weights, v).reshape(n, nh * hd) @ t[p + "self_attn.o_proj.weight"].T
+        x = x + rms(att, t[p + "post_attention_layernorm.weight"])
+        h = rms(x, t[p + "pre_feedforward_layernorm.weight"])
+        mlp = (gelu_tanh(h @ t[p + "mlp.gate_proj.weight"].T) * (h @ t[p + "mlp.up_proj.weight"].T))
+        x = x + rms(mlp @ t[p + "mlp.down_proj.weight"].T, t[p + "post_feedforward_layernorm.weight"])
+    return rms(x, t["model.norm.weight"]) @ t["model.embed_tokens.weight"].T

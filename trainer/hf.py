@@ -41,8 +41,11 @@ import numpy as np
 from trainer.config import ConfigError
 from trainer.tokenizer import Encoded
 
-FAMILIES = ("qwen3", "qwen2", "llama")
-"""``config.json`` ``model_type`` values that load (Qwen3, Qwen2/2.5, Llama 3)."""
+FAMILIES = ("qwen3", "qwen2", "llama", "gemma3_text")
+"""``config.json`` ``model_type`` values that load (Qwen3, Qwen2/2.5, Llama 3, text-only Gemma 3: 270M, 1B)."""
+
+GEMMA_MODULES = {"q_proj": "q_einsum", "k_proj": "kv_einsum", "v_proj": "kv_einsum", "o_proj": "attn_vec_einsum"}
+"""Tunix's Gemma 3 fuses k and v (and q too when heads == kv heads: ``qkv_einsum``); LoRA targets use HF names."""
 
 
 class CheckpointError(ConfigError):
@@ -68,6 +71,9 @@ class Shape:
     norm_eps: float
     tied: bool
     rope_scaling: tuple[tuple[str, Any], ...] = ()  # config.json's rope_scaling items (Llama 3.1+: "llama3")
+    sliding_window: int | None = None  # Gemma 3: local layers' window
+    local_theta: float = 10000.0  # Gemma 3: local layers' RoPE base
+    query_scalar: float = 0.0  # Gemma 3: queries are scaled by query_scalar ** -0.5
 
 
 def _shape(family: str, cfg: Mapping[str, Any], path: Path) -> Shape:
@@ -80,6 +86,8 @@ def _shape(family: str, cfg: Mapping[str, Any], path: Path) -> Shape:
     try:
         heads = int(get("num_attention_heads"))
         hidden = int(get("hidden_size"))
+        if family == "gemma3_text":
+            return _gemma_shape(cfg, path, heads, hidden, get)
         return Shape(
             family=family,
             num_layers=int(get("num_hidden_layers")),
@@ -96,6 +104,33 @@ def _shape(family: str, cfg: Mapping[str, Any], path: Path) -> Shape:
         )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: config.json has a non-numeric shape field: {exc}") from exc
+
+
+def _gemma_shape(cfg: Mapping[str, Any], path: Path, heads: int, hidden: int, get: Callable[..., Any]) -> Shape:
+    where = path / "config.json"
+    layers = int(get("num_hidden_layers"))
+    head_dim = int(cfg.get("head_dim") or 256)
+    scalar = float(cfg.get("query_pre_attn_scalar") or head_dim)
+    if scalar not in (head_dim, hidden // heads):
+        raise CheckpointError(f"{where}: query_pre_attn_scalar {scalar} is neither head_dim nor hidden_size / "
+                              "num_attention_heads, the two scalings Tunix's Gemma 3 has")
+    pattern = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
+    if cfg.get("layer_types", pattern) != pattern or int(cfg.get("sliding_window_pattern", 6)) != 6:
+        raise CheckpointError(f"{where}: layer_types differ from Gemma 3's five sliding layers then one global, "
+                              "the only pattern Tunix's Gemma 3 has")
+    if not cfg.get("tie_word_embeddings", True):
+        raise CheckpointError(f"{where}: tie_word_embeddings is false; Gemma 3 ties them")
+    scaling = cfg.get("rope_scaling")
+    if scaling and (scaling.get("rope_type", scaling.get("type")) != "linear"):
+        raise CheckpointError(f"{where}: rope_scaling {scaling!r} is not supported for Gemma 3 (linear is)")
+    return Shape(
+        family="gemma3_text", num_layers=layers, vocab_size=int(get("vocab_size")), embed_dim=hidden,
+        hidden_dim=int(get("intermediate_size")), num_heads=heads, head_dim=head_dim,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads), rope_theta=float(cfg.get("rope_theta", 1e6)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), tied=True,
+        rope_scaling=tuple(sorted((scaling or {}).items())), sliding_window=int(get("sliding_window")),
+        local_theta=float(cfg.get("rope_local_base_freq", 10000.0)), query_scalar=scalar,
+    )
 
 
 def _rope_scaling(family: str, scaling: Any, path: Path) -> tuple[tuple[str, Any], ...]:
@@ -191,6 +226,11 @@ def expected_tensors(s: Shape) -> dict[str, tuple[int, ...]]:
             out[p + "self_attn.q_proj.bias"] = (q,)
             out[p + "self_attn.k_proj.bias"] = (kv,)
             out[p + "self_attn.v_proj.bias"] = (kv,)
+        if s.family == "gemma3_text":
+            out[p + "self_attn.q_norm.weight"] = (s.head_dim,)
+            out[p + "self_attn.k_norm.weight"] = (s.head_dim,)
+            out[p + "pre_feedforward_layernorm.weight"] = (d,)
+            out[p + "post_feedforward_layernorm.weight"] = (d,)
     return out
 
 
@@ -209,9 +249,21 @@ def tunix_model(s: Shape, dtype: str) -> tuple[Any, Callable[..., Any]]:
         from tunix.models.qwen2 import model, params
         cfg = model.ModelConfig(**common, use_tied_embedding=s.tied, dtype=jnp.dtype(dtype),
                                 param_dtype=jnp.float32)
-    else:
+    elif s.family == "llama":
         from tunix.models.llama3 import model, params
         cfg = model.ModelConfig(**common, weight_tying=s.tied)
+    else:
+        from tunix.models.gemma3 import model
+        from tunix.models.gemma3 import params_safetensors as params
+        norm = model.QueryPreAttentionNormalisation
+        cfg = model.ModelConfig(
+            num_layers=s.num_layers, num_embed=s.vocab_size, embed_dim=s.embed_dim, hidden_dim=s.hidden_dim,
+            num_heads=s.num_heads, head_dim=s.head_dim, num_kv_heads=s.num_kv_heads,
+            sliding_window_size=s.sliding_window, local_base_frequency=s.local_theta,
+            global_base_frequency=s.rope_theta, global_scale_factor=float(dict(s.rope_scaling).get("factor", 1.0)),
+            query_pre_attn_norm=(norm.BY_ONE_OVER_SQRT_HEAD_DIM if s.query_scalar == s.head_dim
+                                 else norm.BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS),
+            param_dtype=jnp.float32)
     return cfg, params.create_model_from_safe_tensors
 
 

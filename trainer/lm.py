@@ -75,14 +75,15 @@ def _load_base(preset: Preset) -> LM:
     model = create(str(ckpt.path), tunix_cfg, dtype=jnp.float32)
     lora = preset.lora
     if lora is not None:
-        provider = qwix.LoraProvider(module_path=".*/(" + "|".join(lora.targets) + ")",
+        modules = _lora_modules(ckpt.shape, lora.targets)
+        provider = qwix.LoraProvider(module_path=".*/(" + "|".join(sorted(set(modules.values()))) + ")",
                                      rank=lora.rank, alpha=float(lora.alpha))
         one = jnp.ones((1, 1), jnp.int32)
         model = qwix.apply_lora_to_model(model, provider, one, one, None, jnp.ones((1, 1, 1), bool),
                                          rngs=nnx.Rngs(preset.train.seed))
         graphdef, trained, rest = nnx.split(model, nnx.LoRAParam, ...)
         found = {str(path[-2]) for path, _ in nnx.to_flat_state(trained)}
-        missing = [t for t in lora.targets if t not in found]
+        missing = [t for t in lora.targets if modules[t] not in found]
         if missing:
             raise ConfigError(f"lora.targets {missing} match no module of the {ckpt.shape.family} model at "
                               f"{ckpt.path}; its projections are q_proj, k_proj, v_proj, o_proj, "
@@ -97,6 +98,17 @@ def _load_base(preset: Preset) -> LM:
             "trainable_params": n_train, "total_params": n_train + n_frozen,
             "lora": None if lora is None else dataclasses.asdict(lora)}
     return LM(apply, params, frozen, ckpt.tokenizer, preset.max_len, _full_forward_decoder(apply), info)
+
+
+def _lora_modules(shape: Any, targets: tuple[str, ...]) -> dict[str, str]:
+    """Hugging Face projection names → the Tunix module names LoRA wraps (they differ for Gemma 3)."""
+    from trainer.hf import GEMMA_MODULES
+
+    if shape.family != "gemma3_text":
+        return {t: t for t in targets}
+    fused = shape.num_heads == shape.num_kv_heads
+    return {t: "qkv_einsum" if fused and t in ("q_proj", "k_proj", "v_proj") else GEMMA_MODULES.get(t, t)
+            for t in targets}
 
 
 def _nnx_apply(graphdef: Any, shapes: Any, shape: Any) -> Apply:

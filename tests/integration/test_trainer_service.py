@@ -38,6 +38,7 @@ POLICY = parse_policy({"rules": [
     {"dataset": "bad-*", "config": {"preset": "tiny", "train": {"total_stepz": 3}}},
     {"dataset": "sft-*", "config": {"preset": "tiny", "train": {"total_steps": 8, "checkpoint_every": 4}}},
     {"dataset": "gone-*"},
+    {"dataset": "nobase-*", "config": {"base_model": {"path": "/nonexistent/qwen3-0.6b"}}},
 ]})
 
 
@@ -75,7 +76,8 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
         # "gone" covers the first two offsets of each partition, which are deleted below; "sft" the rest.
         head = {str(tp.partition): [0, 2] for tp in ends}
         rest = {str(tp.partition): [2, end] for tp, end in ends.items()}
-        for name, ranges in (("sft-a", rest), ("other", rest), ("bad-cfg", rest), ("gone-a", head)):
+        for name, ranges in (("sft-a", rest), ("other", rest), ("bad-cfg", rest), ("gone-a", head),
+                             ("nobase-a", rest)):
             await create_dataset(settings, kafka, DatasetRequest(
                 name, split=Split(eval_share=0.2),
                 from_offsets=parse_offsets_json(json.dumps(ranges), settings.topics.valid)), CODEC)
@@ -86,12 +88,12 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
     finally:
         await admin.close()
 
-    # datasets.events holds created + ready for each of the four: eight events.
+    # datasets.events holds created + ready for each of the five: ten events.
     service = TrainerService(settings, kafka, POLICY)
-    await serve_until(service, 8)
+    await serve_until(service, 10)
     ready = {d.run_id: d for d in service.decisions if d.run_id}
     by_action = Counter((d.action, d.status) for d in service.decisions)
-    assert by_action == {("skipped", None): 5, ("started", "completed"): 1, ("started", "failed"): 2}, service.decisions
+    assert by_action == {("skipped", None): 6, ("started", "completed"): 1, ("started", "failed"): 3}, service.decisions
     assert any("no policy rule matches dataset other" in d.reason for d in service.decisions)
 
     sft = next(d for d in ready.values() if d.status == "completed")
@@ -105,13 +107,14 @@ async def test_ready_datasets_start_one_run_each_and_bad_ones_fail(settings: Set
                 if d.status == "failed"}
     assert failures["bad-cfg"]["event_type"] == "failed" and "total_stepz" in failures["bad-cfg"]["error"]
     assert failures["gone-a"]["event_type"] == "failed" and "[0, 2)" in failures["gone-a"]["error"]
+    assert "base model directory /nonexistent/qwen3-0.6b does not exist" in failures["nobase-a"]["error"]
 
     # A trainer that lost its commits sees every event again and starts nothing twice.
     await rewind_group(settings)
     again = TrainerService(settings, kafka, POLICY)
-    await serve_until(again, 8)
+    await serve_until(again, 10)
     assert {d.action for d in again.decisions} == {"skipped"}
-    assert sorted(d.status for d in again.decisions if d.run_id) == ["completed", "failed", "failed"]
+    assert sorted(d.status for d in again.decisions if d.run_id) == ["completed", "failed", "failed", "failed"]
     assert [e["event_type"] for e in await run_events(settings, sft.run_id)] == types
 
     # The runs are materialized like any run: in order, with a loss curve that goes down.

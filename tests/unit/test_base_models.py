@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from streams.generator import generate_events
-from tests.hf_checkpoints import read_tensors, reference_logits, write_checkpoint
+from tests.hf_checkpoints import gemma3_reference_logits, read_tensors, reference_logits, write_checkpoint
 from trainer.config import DEFAULT_LORA_TARGETS, ConfigError, LoraConfig, from_mapping
 from trainer.data import Example, examples_from_records, tokenize_counted
 from trainer.hf import CheckpointError, inspect_checkpoint
@@ -23,7 +23,7 @@ from trainer.loop import train_and_evaluate
 
 pytestmark = pytest.mark.unit
 
-FAMILIES = ("qwen3", "qwen2", "llama")
+FAMILIES = ("qwen3", "qwen2", "llama", "gemma3_text")
 
 
 def arith(n: int, seed: int = 3) -> list[Example]:
@@ -38,7 +38,9 @@ def corpus() -> list[str]:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, corpus) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {f: write_checkpoint(root / f, f, texts=corpus, seed=i) for i, f in enumerate(FAMILIES)}
+    # Gemma 3 gets seven layers: five sliding-window ones, a global one, and one more sliding
+    return {f: write_checkpoint(root / f, f, texts=corpus, seed=i, layers=7 if f == "gemma3_text" else 2)
+            for i, f in enumerate(FAMILIES)}
 
 
 def config(path: Path, **extra) -> dict:
@@ -55,7 +57,19 @@ def test_loaded_model_matches_a_reference_forward_pass(checkpoints, family):
     assert lm.info["family"] == family and lm.info["trainable_params"] == lm.info["total_params"]
     ids = lm.tokenizer.encode_prompt("What is 37 + 48?", 64)
     got = np.asarray(lm.apply(lm.params, jnp.asarray([ids]), lm.frozen))[0]
-    np.testing.assert_allclose(got, reference_logits(path, ids), atol=2e-4, rtol=0)
+    reference = gemma3_reference_logits if family == "gemma3_text" else reference_logits
+    np.testing.assert_allclose(got, reference(path, ids), atol=2e-4, rtol=0)
+
+
+def test_gemma3_lora_targets_use_hugging_face_names(checkpoints):
+    lm = build_lm(from_mapping(config(checkpoints["gemma3_text"], lora={"targets": ["q_proj", "v_proj", "o_proj"]})))
+    wrapped = {str(p[-2].key) for p, _ in jax.tree_util.tree_flatten_with_path(lm.params)[0]}
+    assert wrapped == {"q_einsum", "kv_einsum", "attn_vec_einsum"}  # Tunix fuses k and v
+    tok = lm.tokenizer
+    enc = tok.encode_example("What is 1 + 2?", "<answer>3</answer>", 64)
+    assert tok.tokenizer.decode(list(enc.tokens[enc.tokens != tok.pad_id]), skip_special_tokens=False) == (
+        "<bos><start_of_turn>user\nWhat is 1 + 2?<end_of_turn>\n<start_of_turn>model\n<answer>3</answer><end_of_turn>\n")
+    assert tok.decode(list(enc.tokens[enc.loss_mask == 1])) == "<answer>3</answer>"  # stops at <end_of_turn>
 
 
 def test_llama_rope_theta_and_llama3_scaling_are_honoured(tmp_path, corpus):
