@@ -153,3 +153,14 @@ def test_dataset_filter_takes_a_name_or_name_at_version():
     run = _run("r", 0.1, dataset=("arith", 2))
     assert dataset_matches(run, None) and dataset_matches(run, "arith") and dataset_matches(run, "arith@2")
     assert not dataset_matches(run, "arith@1") and not dataset_matches(run, "other")
+
+
+def test_the_fast_lane_takes_only_plain_pages_and_leaves_the_rest_to_the_route():
+    from api.fastlane import _simple_page
+
+    cursor = encode_cursor(Cursor(Order.DESC, (4, 2)))
+    assert _simple_page(b"") == (100, Cursor.start(Order.ASC))
+    assert _simple_page(f"order=desc&limit=7&cursor={cursor}".encode()) == (7, Cursor(Order.DESC, (4, 2)))
+    for refused in (b"limit=" + b"9" * 5000, b"limit=00001", b"limit=501", b"limit=%D9%A1", b"order=newest",
+                    f"cursor={cursor}".encode(), b"limit=5&limit=6", b"source=x"):
+        assert _simple_page(refused) is None, refused  # the route answers these (422s, or a filtered page)
