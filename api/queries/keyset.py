@@ -1,16 +1,21 @@
 """Keyset pages of a table keyed by (topic, partition, offset), merged across partitions.
 
-A page is one query: per partition, a subquery that reads in primary-key order
-from that partition's cursor position and stops after ``n`` rows
-(``partition = p AND offset > pos`` or ``offset < pos``, both pruned by the
-primary key), all in one UNION ALL. The rows are merged here by
-(ingested_at, partition, offset), ascending or descending: the order in which
-the warehouse stored them, newest first for ``desc``.
+A page is two queries. The first reads only the key columns: per partition, a
+subquery that reads in primary-key order from that partition's cursor
+position and stops after ``n`` rows (``partition = p AND offset > pos`` or
+``offset < pos``, both pruned by the primary key), all in one UNION ALL. The
+keys are merged here by (ingested_at, partition, offset), ascending or
+descending: the order in which the warehouse stored the rows, newest first
+for ``desc``. The second reads the list's columns of the merged rows only, by
+key (``(partition, offset) IN``, pruned by the primary key too). Measured at
+100k traces and 4 partitions, that is a third cheaper than reading every
+column in every partition's subquery: a column costs about the same per
+subquery whether 100 or 1000 of its rows are read.
 
 No FINAL: a ReplacingMergeTree row is duplicated only until its parts merge
-(a materializer that crashed and re-wrote a batch), and ``LIMIT 1 BY offset``
-drops the copy within a partition's subquery for far less (measured: FINAL
-doubled a page's time).
+(a materializer that crashed and re-wrote a batch), and ``LIMIT 1 BY`` drops
+the copy for far less (measured: FINAL doubled a page's time). Rows never
+change once written, so the two queries agree.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import Any
 
 from api.cursor import Cursor, Order
 from warehouse.client import Warehouse
+from warehouse.errors import WarehouseError
 
 KEY_COLUMNS = "partition, offset, ingested_at"
-"""The first columns of every list query, in this order: ``Run.parse`` reads them from the start of each line."""
+"""The first columns of every list query, in this order: rows are matched by them from the start of each line."""
 
 _KEY = re.compile(rb'^\{"partition":(\d+),"offset":(\d+),"ingested_at":"([^"]*)"')
 
@@ -44,6 +50,8 @@ class Run:
     """Nothing followed the last row: every partition came back with fewer rows than asked, all merged in."""
     partitions: int = 0
     """One more than the highest partition in the rows."""
+    keys: list[tuple[int, int]] = field(default_factory=list)
+    """``keys[i]``: the (partition, offset) of ``lines[i]``."""
     index: dict[Cursor, int] = field(default_factory=dict)
 
     @classmethod
@@ -72,9 +80,11 @@ class Run:
         left = {p: len(group) for p, group in groups.items() if len(group) >= asked}
         lines: list[bytes] = []
         cursors: list[Cursor] = []
+        keys: list[tuple[int, int]] = []
         stopped = False
         for _, partition, offset, line in heapq.merge(*groups.values(), reverse=desc):
             lines.append(line)
+            keys.append((partition, offset))
             positions[partition] = offset
             cursors.append(Cursor.of(start.order, tuple(positions)))
             if len(lines) == asked:
@@ -85,7 +95,7 @@ class Run:
                 if left[partition] == 0:
                     stopped = True
                     break
-        run = cls(start, lines, cursors, complete=not stopped, partitions=partitions)
+        run = cls(start, lines, cursors, complete=not stopped, partitions=partitions, keys=keys)
         run.index = {cursor: n for n, cursor in enumerate(cursors)}
         return run
 
@@ -112,26 +122,48 @@ def run(warehouse: Warehouse, table: str, columns: str, topic: str, start: Curso
         conditions: list[str], params: dict[str, Any]) -> Run:
     """The first ``asked`` rows of ``table`` after ``start`` that meet ``conditions``, merged.
 
-    ``columns`` must begin with ``KEY_COLUMNS``. One query, unless it finds a
-    partition it did not know of; then once more with that partition in.
+    ``columns`` must begin with ``KEY_COLUMNS``. Two queries (keys, then
+    columns by key), and one more for the keys when they show a partition
+    not known before.
+
+    Raises:
+        WarehouseError: as ``Warehouse.query_json``, or a row listed by the first query was gone by the second
+            (the table was dropped or truncated meanwhile).
     """
     known = (warehouse.database, table, topic)
     # Partitions seen, not the cursor's length: a cursor may name more (it is the client's text), and the
     # subquery for partitions past those seen finds any that exist.
     partitions = _partitions.get(known, 1)
+    where = {**params, "db": warehouse.database, "topic": topic}
     while True:
-        sql, values = _union(table, columns, start, partitions, asked, conditions)
-        found = Run.parse(start, warehouse.query_json(sql, {**params, **values, "db": warehouse.database,
-                                                            "topic": topic}), asked)
+        sql, values = _union(table, start, partitions, asked, conditions)
+        found = Run.parse(start, warehouse.query_json(sql, {**where, **values}), asked)
         if found.partitions <= partitions:
-            return found
+            break
         partitions = _partitions[known] = max(found.partitions, _partitions.get(known, 1))
+    if found.keys:
+        rows = warehouse.query_json(
+            f"SELECT {columns} FROM {{db:Identifier}}.{table} WHERE topic = {{topic:String}} "
+            "AND (partition, offset) IN {keys:Array(Tuple(UInt32, UInt64))} LIMIT 1 BY partition, offset",
+            {"db": warehouse.database, "topic": topic, "keys": found.keys})
+        by_key = {}
+        for line in rows.splitlines():
+            match = _KEY.match(line)
+            if match is None:
+                raise ValueError(f"a list row does not start with {KEY_COLUMNS}: {line[:80]!r}")
+            by_key[int(match[1]), int(match[2])] = line
+        try:
+            found.lines = [by_key[key] for key in found.keys]
+        except KeyError as exc:
+            raise WarehouseError(f"{table} row {topic}[{exc.args[0][0]}]@{exc.args[0][1]} was listed and then not "
+                                 "found; was the table dropped or truncated? Ask for the page again") from exc
+    return found
 
 
-def _union(table: str, columns: str, start: Cursor, partitions: int, asked: int, conditions: list[str]
+def _union(table: str, start: Cursor, partitions: int, asked: int, conditions: list[str]
            ) -> tuple[str, dict[str, Any]]:
     desc = start.order is Order.DESC
-    base = f"SELECT {columns} FROM {{db:Identifier}}.{table} WHERE topic = {{topic:String}}"
+    base = f"SELECT {KEY_COLUMNS} FROM {{db:Identifier}}.{table} WHERE topic = {{topic:String}}"
     where = "".join(f" AND {condition}" for condition in conditions)
     values: dict[str, Any] = {"n": asked, "partitions": partitions}
     parts = []
