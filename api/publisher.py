@@ -23,9 +23,10 @@ from streams.producer import DeliveryFailure, DeliveryReport, TraceProducer
 
 LINGER_MS = 2
 """How long a batch waits for other requests' events. Measured 2026-11-30 on the shared 2-core dev machine
-(load average ~7), 16 concurrent single-trace clients against GET /healthz in the same run: 1 ms gave
-0.42-0.51x healthz, 2 ms 0.26-0.60x (median ~0.5x), 5 ms 0.26-0.50x. Longer lingers only add latency: under load,
-batches fill while the previous produce request is in flight anyway."""
+(load average 6-8, so single runs vary 2x), 16 concurrent single-trace clients against GET /healthz in the
+same run, two interleaved rounds: 0 ms gave 0.25/0.49x healthz, 1 ms 0.43/0.49x, 2 ms 0.63/0.99x (earlier,
+before batches coalesced while a hand-over waits: 1 ms 0.42-0.51x, 2 ms 0.26-0.60x, 5 ms 0.26-0.50x).
+Longer lingers only add latency: under load a batch fills while the previous produce request is in flight."""
 
 
 class Publisher:
