@@ -153,6 +153,13 @@ async def _limit_topic(kafka: KafkaClients, topic: str, max_message_bytes: int) 
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
                                                   {"max.message.bytes": str(max_message_bytes)})])
+        async with asyncio.timeout(10):  # until the broker says so too: the producer reads it from there
+            while True:
+                [response] = await admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})])
+                if [entry[1] for entry in response.resources[0][4]] == [str(max_message_bytes)]:
+                    return
+                await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
