@@ -112,3 +112,24 @@ async def wait_for_async(predicate, *, timeout_s: float, every_s: float = 0.1, w
             return
         await asyncio.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@asynccontextmanager
+async def api_after_ingest(settings: Settings, events: list[GeneratedEvent], **app_options) -> AsyncIterator[tuple]:
+    """Publish ``events``, run the processors until caught up, and serve the API on a free port.
+
+    Yields (settings with that port, the processors, an HTTP client of the API).
+    """
+    from api.app import create_app
+    from api.server import serving
+    from streams.catchup import wait_until_caught_up
+    from tests.conftest import free_port
+
+    settings = settings.model_copy(update={"api_port": free_port()})
+    await publish(settings, events)
+    async with running_processors(settings) as processors:
+        await wait_until_caught_up(settings, kafka_of(settings))
+        app = create_app(settings, **app_options)
+        async with serving(app, settings.api_host, settings.api_port) as base_url, \
+                httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            yield settings, processors, client

@@ -10,39 +10,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
-from api.app import create_app
-from api.server import serving
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import GeneratedEvent, generate_events
-from tests.conftest import free_port
 from tests.integration.support import (
+    api_after_ingest,
     kafka_of,
     publish,
-    running_processors,
     wait_for_async,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
-
-
-@asynccontextmanager
-async def api_after_ingest(settings: Settings, events: list[GeneratedEvent], **app_options) -> AsyncIterator[tuple]:
-    """Publish ``events``, run the processors until caught up, and serve the API on a free port."""
-    settings = settings.model_copy(update={"api_port": free_port()})
-    await publish(settings, events)
-    async with running_processors(settings) as processors:
-        await wait_until_caught_up(settings, kafka_of(settings))
-        app = create_app(settings, **app_options)
-        async with serving(app, settings.api_host, settings.api_port) as base_url, \
-                httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            yield processors, client
 
 
 class Walk:
@@ -97,7 +79,7 @@ async def test_walks_in_both_orders_while_traces_arrive_in_every_partition(setti
     later = list(generate_events(240, seed=82, broken_share=0.0))
     if not cache:  # every page a query, as with a ClickHouse server
         settings = settings.model_copy(update={"api_cache_entries": 0})
-    async with api_after_ingest(settings, first) as (processors, client):
+    async with api_after_ingest(settings, first) as (_, processors, client):
         walks = [Walk(client, "asc", 11), Walk(client, "desc", 11)]
         for walk in walks:
             await walk.step()  # both walks begin here, with exactly `first` in the warehouse
@@ -145,7 +127,7 @@ async def test_walks_in_both_orders_while_traces_arrive_in_every_partition(setti
 async def test_filters_apply_in_both_orders_and_cursors_are_checked(settings: Settings):
     events = list(generate_events(200, seed=83, broken_share=0.0))
     records = [e.record for e in events if e.expected_reason is None]
-    async with api_after_ingest(settings, events) as (_, client):
+    async with api_after_ingest(settings, events) as (_, _, client):
         cases = [
             ({"source": ["tutor-bot", "agent-v2"]}, lambda r: r["source"] in ("tutor-bot", "agent-v2")),
             ({"meta": ["difficulty=hard"]}, lambda r: r["meta"].get("difficulty") == "hard"),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -21,22 +19,14 @@ from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from streams.generator import GeneratedEvent, generate_events
 from tests.conftest import free_port
-from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
+from tests.integration.support import (
+    api_after_ingest,
+    expected_outcome,
+    kafka_of,
+    publish,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]
-
-
-@asynccontextmanager
-async def api_after_ingest(settings: Settings, events: list[GeneratedEvent], **app_options) -> AsyncIterator[tuple]:
-    """Publish ``events``, run the processors until caught up, and serve the API on a free port."""
-    settings = settings.model_copy(update={"api_port": free_port()})
-    await publish(settings, events)
-    async with running_processors(settings) as processors:
-        await wait_until_caught_up(settings, kafka_of(settings))
-        app = create_app(settings, **app_options)
-        async with serving(app, settings.api_host, settings.api_port) as base_url, \
-                httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            yield settings, processors, client
 
 
 async def all_pages(client: httpx.AsyncClient, limit: int, **params) -> list[list[dict]]:
