@@ -94,9 +94,11 @@ class ReadAhead:
                    ) -> tuple[list[bytes], Cursor | None]:
         """The rows of the page after ``after`` and the position its next cursor names (None: not full).
 
-        Runs are not read ahead of need in the background: measured, that queued speculative
-        queries in front of real misses on the one warehouse thread and cut the throughput of
-        scattered walks by more than half.
+        A walk that has passed the middle of a run has the run after it read in the background:
+        its next pages need exactly that run, so walkers no longer all stall at a run's end on the
+        one query that reads the next. Runs are not guessed any further ahead: measured, queued
+        speculative queries in front of real misses on the one warehouse thread cut the throughput
+        of scattered walks by more than half.
         """
         self.pages += 1
         generation = self.reader.generation
@@ -110,6 +112,11 @@ class ReadAhead:
         asked = limit * max(1, self.rows // limit)
         hit = self._find(scope, after, limit)
         if hit is not None:
-            return hit[1]
+            run, (lines, next_cursor) = hit
+            if next_cursor is not None and not run.complete and run.index[next_cursor] * 2 >= len(run.lines):
+                following = run.cursors[-1]
+                if (scope, following) not in self._runs:
+                    self._fetch(scope, following, asked, fetch, generation)
+            return lines, next_cursor
         run = await asyncio.shield(self._fetch(scope, after, asked, fetch, generation))
         return run.page(after, limit)

@@ -26,8 +26,10 @@ Phases, each ``--seconds`` long:
   from its own random cursor (``list_scattered``), against the API as
   configured (read-ahead runs kept until the next write, which these phases
   have none of); and the same walks against the API with the cache off
-  (``uncached_asc``, ``uncached_desc``: every page is a ClickHouse query, as
-  with a ClickHouse server);
+  (``uncached_asc``, ``uncached_desc``: every page is its ClickHouse queries,
+  as with a ClickHouse server, 16 clients queueing on the one warehouse
+  thread); and, in this process, one client's uncached pages (from the start
+  and from the middle of the list, each order): the cost of a page alone;
 - ``GET /api/traces/{id}`` for random ids (``by_id``: the trace index);
 - ``POST /api/traces`` one trace per request (``single_post``: the ingest
   door's requests share produce batches), acknowledged by Kafka before the 202;
@@ -280,6 +282,36 @@ def index(settings: Settings) -> tuple[int, float]:
     return copied, time.perf_counter() - started
 
 
+def uncached_pages(settings: Settings, pages: int = 60) -> dict[str, Any]:
+    """One client, no cache: each list page is its queries (as with a ClickHouse server), timed in this process.
+
+    Per order, ``pages`` pages of 100 walked from the start, and as many from the middle of the list.
+    """
+    from api.cursor import Cursor, Order
+    from api.queries.traces import TraceFilter, list_page
+    from warehouse.client import Warehouse
+
+    warehouse = Warehouse.connect(settings)
+    topic = settings.topics.valid
+    middle = warehouse.query("SELECT partition, toInt64(quantileExact(0.5)(offset)) FROM {db:Identifier}.traces "
+                             "GROUP BY partition", {"db": warehouse.database})
+    out = {}
+    for order in (Order.ASC, Order.DESC):
+        for where, start in (("start", Cursor.start(order)),
+                             ("middle", Cursor.of(order, {int(p): int(o) for p, o in middle}))):
+            times, cursor = [], start
+            list_page(warehouse, topic, start, 100, TraceFilter())  # not timed: learns the topic's partitions
+            for _ in range(pages):
+                started = time.perf_counter()
+                run = list_page(warehouse, topic, cursor, 100, TraceFilter())
+                times.append(time.perf_counter() - started)
+                cursor = run.cursors[-1] if run.cursors else start
+            times.sort()
+            out[f"{order.value}_{where}"] = {"p50_ms": round(percentile(times, 50) * 1000, 1),
+                                             "p99_ms": round(percentile(times, 99) * 1000, 1)}
+    return out
+
+
 def lookup_options(settings: Settings, ids: list[str], n: int = 300) -> dict[str, Any]:
     """One trace by id, timed in this process: the warehouse point query against the trace index."""
     from api.queries.traces import by_id
@@ -388,6 +420,8 @@ def report(size: int, figures: dict[str, Any], args: argparse.Namespace) -> None
     print("  by-id options, in this process on one thread: " + "; ".join(
         f"{name} p50 {o['p50_ms']:.3f} ms, p99 {o['p99_ms']:.3f} ms ({o['per_s_one_thread']:,.0f}/s)"
         for name, o in options.items()))
+    print("  one uncached page of 100, one client, in this process: " + "; ".join(
+        f"{name} p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms" for name, o in figures["uncached_pages"].items()))
     print(f"  list pages served {figures['cache']['list_pages']:,} with {figures['cache']['list_queries']:,} "
           f"warehouse queries; by-id warehouse fallbacks {figures['cache']['misses']:,}")
 
@@ -461,6 +495,7 @@ def main() -> None:
                   f"({copied / max(index_s, 1e-9):,.0f}/s)")
             figures = asyncio.run(serve_and_load(settings, args, ids))
             figures["lookup_options"] = lookup_options(settings, ids)
+            figures["uncached_pages"] = uncached_pages(settings)
             figures["fill_s"], figures["index_s"] = round(fill_s, 1), round(index_s, 1)
             runs[len(ids)] = figures
             report(len(ids), figures, args)

@@ -6,8 +6,9 @@ position and stops after ``n`` rows (``partition = p AND offset > pos`` or
 ``offset < pos``, both pruned by the primary key), all in one UNION ALL. The
 keys are merged here by (ingested_at, partition, offset), ascending or
 descending: the order in which the warehouse stored the rows, newest first
-for ``desc``. The second reads the list's columns of the merged rows only, by
-key (``(partition, offset) IN``, pruned by the primary key too). Measured at
+for ``desc``. The second reads the list's columns of the merged rows only:
+per partition, the span of offsets merged (with the same conditions), pruned
+by the primary key too. Measured at
 100k traces and 4 partitions, that is a third cheaper than reading every
 column in every partition's subquery: a column costs about the same per
 subquery whether 100 or 1000 of its rows are read.
@@ -142,10 +143,23 @@ def run(warehouse: Warehouse, table: str, columns: str, topic: str, start: Curso
             break
         partitions = _partitions[known] = max(found.partitions, _partitions.get(known, 1))
     if found.keys:
+        # The merge takes a prefix of each partition's rows, so the chosen rows of a partition are the rows
+        # between its first and last chosen offsets that meet the conditions: ranges the primary key prunes
+        # to, cheaper than a set of keys (measured 12 against 20 ms for 1,000 rows at 100k traces).
+        spans: dict[int, tuple[int, int]] = {}
+        for partition, offset in found.keys:
+            low, high = spans.get(partition, (offset, offset))
+            spans[partition] = (min(low, offset), max(high, offset))
+        values = {"db": warehouse.database, "topic": topic, **params}
+        ranges = []
+        for partition, (low, high) in spans.items():
+            values[f"rp{partition}"], values[f"lo{partition}"], values[f"hi{partition}"] = partition, low, high
+            ranges.append(f"(partition = {{rp{partition}:UInt32}} AND offset BETWEEN {{lo{partition}:UInt64}} "
+                          f"AND {{hi{partition}:UInt64}})")
         rows = warehouse.query_json(
             f"SELECT {columns} FROM {{db:Identifier}}.{table} WHERE topic = {{topic:String}} "
-            "AND (partition, offset) IN {keys:Array(Tuple(UInt32, UInt64))} LIMIT 1 BY partition, offset",
-            {"db": warehouse.database, "topic": topic, "keys": found.keys})
+            f"AND ({' OR '.join(ranges)}){''.join(f' AND {c}' for c in conditions)} "
+            "LIMIT 1 BY partition, offset SETTINGS max_threads = 1", values)
         by_key = {}
         for line in rows.splitlines():
             match = _KEY.match(line)
