@@ -62,15 +62,18 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 
 @app.command()
 def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
-    """A run's summary and every event it published, in order."""
+    """A run's summary (with its exported adapter and merged model, if any) and every event it published, in order."""
     settings = load_settings()
     runs = asyncio.run(_runs(require_kafka(settings), settings.topics.runs))
     if run_id not in runs:
         console.print(f"[red]error:[/red] no run {run_id} on {settings.topics.runs}; `tracestream runs list` shows them")
         raise typer.Exit(2)
-    out.print_json(json.dumps(_summary(runs[run_id])))
-    for event in runs[run_id]:
-        detail = event.get("metrics") or event.get("checkpoint") or event.get("error") or event.get("scorecard") or ""
+    events = runs[run_id]
+    outputs = next((e["outputs"] for e in reversed(events) if e.get("outputs")), None)
+    out.print_json(json.dumps({**_summary(events), "outputs": outputs}))
+    for event in events:
+        detail = (event.get("metrics") or event.get("checkpoint") or event.get("error") or event.get("scorecard")
+                  or event.get("outputs") or "")
         out.print(f"{event['at'].isoformat()} {event['event_type']:>10} {detail}")
 
 

@@ -245,6 +245,12 @@ class Worker:
         card["truncated"] = truncation_card(self.truncated, card["truncated"], self.lm.max_len)
         return card
 
+    def export(self) -> list[dict[str, str]]:
+        """Rank 0: a base model run's outputs under ``workdir / "export"`` (``trainer.loop.export_outputs``)."""
+        from trainer.loop import export_outputs
+
+        return export_outputs(self.lm, self.state.params, self.workdir)
+
     def close(self) -> None:
         if self.ckpt is not None:
             self.ckpt.close()
@@ -410,6 +416,7 @@ class RayTrainer:
                 if not self.actors:
                     self._start_actors()
                 self._train_once(deliver, saved, should_stop)
+                outputs = self._get(self.actors[0].export.remote())
                 scorecard = self._get(self.actors[0].evaluate.remote())
                 state = self._get(self.actors[0].get_state.remote())
                 break
@@ -432,6 +439,7 @@ class RayTrainer:
             resumed_from=self.resumed_from,
             checkpoint=Path(self.checkpoint[1]) if self.checkpoint else None,
             checkpoint_sha256=self.checkpoint[2] if self.checkpoint else None,
+            outputs=outputs,
         )
 
     def _train_once(self, deliver, saved, should_stop) -> None:

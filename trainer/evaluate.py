@@ -1,10 +1,19 @@
-"""Evaluation: masked loss and perplexity, greedy decoding, exact match on ``<answer>``, a baseline.
+"""Evaluation: masked loss and perplexity (overall and per source), greedy decoding, exact match, a baseline.
+
+The final answer of a generation is the text of its first complete
+``<answer>…</answer>``, compared verbatim with the example's
+``final_answer``; without one, GSM8K's ``#### N`` line (the first), compared
+as a number: commas, a leading ``$`` and a trailing ``.`` dropped, ``72.0``
+equal to ``72``.
 
 Decoding runs whole on the device: one jitted prefill of a fixed
 ``(batch, max_len)`` buffer, then a ``while_loop`` that extends every row by
 one token per step through the model's KV cache (``trainer.model.decoder``)
 and stops when all rows have emitted EOS. Each new token costs one position,
 not a forward pass over the buffer, and one compilation serves every batch.
+A base model decodes the same way through Tunix's sampler
+(``trainer.sampling``): left-padded batches, one prefill of the KV cache,
+then one cached position per step.
 
 An exact match means little alone: ``baseline`` says what always answering
 the commonest answer scores on the same items.
@@ -17,6 +26,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import jax
@@ -31,16 +41,44 @@ from trainer.tokenizer import EOS, ByteTokenizer
 from trainer.train import make_train_fns
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_GSM8K = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*?)[ \t]*$", re.MULTILINE)
 
 
 def extract_answer(text: str) -> str | None:
-    """The text inside the first complete ``<answer>…</answer>``, verbatim; None if there is none."""
+    """The text inside the first complete ``<answer>…</answer>``, verbatim; else GSM8K's first ``#### N``; else None."""
     m = _ANSWER.search(text)
+    if m is not None:
+        return m.group(1)
+    m = _GSM8K.search(text)
     return None if m is None else m.group(1)
 
 
+def normalise_number(text: str) -> str:
+    """A GSM8K-style answer as a canonical number (``"1,234.50"`` → ``"1234.5"``); other text stripped only."""
+    t = text.strip().replace(",", "").removeprefix("$").rstrip(".").strip()
+    try:
+        d = Decimal(t)
+    except InvalidOperation:
+        return text.strip()
+    if not d.is_finite():
+        return text.strip()
+    out = format(d.normalize(), "f")
+    return "0" if out in ("-0", "0") else out
+
+
+def answer_matches(text: str, final_answer: str) -> bool | None:
+    """Whether ``text``'s final answer is ``final_answer`` (None: it has none). See the module doc."""
+    m = _ANSWER.search(text)
+    if m is not None:
+        return m.group(1) == final_answer
+    m = _GSM8K.search(text)
+    if m is None:
+        return None
+    return normalise_number(m.group(1)) == normalise_number(final_answer)
+
+
 def score(generations: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
-    """Exact match of each generation's answer against ``final_answer`` (no normalisation).
+    """Exact match of each generation's answer against ``final_answer`` (``answer_matches``).
 
     ``scored`` counts generations that contain a complete answer; ``exact_match``
     is a fraction of all items (a missing answer counts as wrong).
@@ -50,9 +88,9 @@ def score(generations: Sequence[str], examples: Sequence[Example]) -> dict[str, 
     by_source: dict[str, list[int]] = {}
     scored = hits = 0
     for text, ex in zip(generations, examples):
-        answer = extract_answer(text)
-        scored += answer is not None
-        hit = int(answer is not None and answer == ex.final_answer)
+        match = answer_matches(text, ex.final_answer)
+        scored += match is not None
+        hit = int(bool(match))
         hits += hit
         by_source.setdefault(ex.source, []).append(hit)
     n = len(examples)
@@ -139,7 +177,9 @@ def generate(
     or the end of the ``max_len`` buffer. Every batch has ``batch_size``
     rows (the last is padded), so one compilation serves a whole eval.
     With ``lm`` (``trainer.lm``) its decoder, tokenizer and ``max_len``
-    replace ``model_cfg``'s byte model.
+    replace ``model_cfg``'s byte model; a base model decodes through
+    Tunix's sampler (``trainer.sampling``: left-padded batches, KV cache,
+    ``max_new_tokens`` past the prompt whatever ``max_len`` is).
     """
     if not prompts:
         return []
@@ -149,6 +189,8 @@ def generate(
         max_len, dec, tok, dparams = lm.max_len, lm.decoder, lm.tokenizer, lm.decoding_params(params)
     reserve = min(max_new_tokens, max_len // 2)
     rows = [tok.encode_prompt(p, max_len - reserve) for p in prompts]
+    if lm is not None and lm.sample is not None:  # a base model: Tunix's sampler, batched with a KV cache
+        return [tok.decode(ids) for ids in lm.sample(dparams, rows, max_new_tokens, batch_size)]
     size = min(batch_size, len(rows))
     texts: list[str] = []
     for lo in range(0, len(rows), size):
@@ -177,7 +219,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Scorecard ``{items, scored, exact_match, baseline, loss, perplexity, by_source, truncated}``.
 
-    Loss is the mean over every masked (completion) token of all examples.
+    Loss is the mean over every masked (completion) token of all examples;
+    ``by_source[s]`` has ``items``, ``exact_match``, ``loss`` and
+    ``perplexity`` over source ``s``'s examples.
     ``baseline`` is ``majority_baseline(examples, train_examples)``: the
     exact match to beat before a score means the model read the prompt.
     ``truncated`` counts the eval examples longer than ``max_len`` (cut for
@@ -191,16 +235,33 @@ def evaluate(
     arrays, truncated = tokenize_counted(examples, max_len, None if lm is None else lm.tokenizer)
     frozen = None if lm is None else lm.frozen
     eval_loss = make_train_fns(apply, train_cfg).eval_loss
-    total = count = 0.0
     bs = train_cfg.batch_size
-    for i in range(0, len(examples), bs):
-        batch = {k: jnp.asarray(v[i: i + bs]) for k, v in arrays.items()}
-        loss, n = eval_loss(params, batch, frozen)
-        total += float(loss) * float(n)
-        count += float(n)
+    sums: dict[str, list[float]] = {}  # source -> [loss sum, tokens]
+    rows_of: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        rows_of.setdefault(e.source, []).append(i)
+    for source, rows in sorted(rows_of.items()):
+        acc = sums.setdefault(source, [0.0, 0.0])
+        for lo in range(0, len(rows), bs):
+            idx = np.asarray(rows[lo: lo + bs])
+            # every batch has batch_size rows (padding rows have no loss tokens): one compilation per eval
+            pad = bs - len(idx)
+            batch = {k: jnp.asarray(np.concatenate([v[idx], np.zeros((pad, *v.shape[1:]), v.dtype)]))
+                     for k, v in arrays.items()}
+            loss, n = eval_loss(params, batch, frozen)
+            if float(n) > 0:
+                acc[0] += float(loss) * float(n)
+                acc[1] += float(n)
+    total, count = sum(a[0] for a in sums.values()), sum(a[1] for a in sums.values())
     loss = total / count if count else float("nan")
     texts = generate(params, [e.prompt for e in examples], model_cfg, train_cfg.eval_max_new_tokens,
                      dtype=train_cfg.dtype, lm=lm)
     card = score(texts, examples)
-    return {**card, "baseline": baseline, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "truncated": truncated}
+    for source, (t, n) in sums.items():
+        s_loss = t / n if n else float("nan")
+        card["by_source"][source].update(loss=s_loss, perplexity=_perplexity(s_loss))
+    return {**card, "baseline": baseline, "loss": loss, "perplexity": _perplexity(loss), "truncated": truncated}
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0)) if math.isfinite(loss) else float("nan")

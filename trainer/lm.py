@@ -42,6 +42,10 @@ class LM:
     max_len: int  # tokens per training sequence
     decoder: Decoder  # greedy decoding; its params argument is ``decoding_params(params)``
     info: dict[str, Any]  # what the model is: kind, path, parameter counts, lora
+    lora_layout: dict[tuple[Any, ...], str | None] = dataclasses.field(default_factory=dict)
+    """Under LoRA: each adapted module's path in ``params`` → its einsum string (None: a Linear kernel)."""
+    sample: Any = None
+    """Base models: batched KV-cached greedy decoding through Tunix's sampler (``trainer.sampling``); None: byte model."""
 
     def decoding_params(self, params: Params) -> Any:
         """What ``decoder`` takes: the trainable params, with the frozen ones when there are any."""
@@ -69,6 +73,7 @@ def _load_base(preset: Preset) -> LM:
     from flax import nnx
 
     from trainer.hf import inspect_checkpoint, tunix_model
+    from trainer.sampling import tunix_sampler
 
     ckpt = inspect_checkpoint(preset.base.path)
     tunix_cfg, create = tunix_model(ckpt.shape, preset.train.dtype)
@@ -88,8 +93,15 @@ def _load_base(preset: Preset) -> LM:
             raise ConfigError(f"lora.targets {missing} match no module of the {ckpt.shape.family} model at "
                               f"{ckpt.path}; its projections are q_proj, k_proj, v_proj, o_proj, "
                               "gate_proj, up_proj, down_proj")
+        layout = {}
+        for path, _ in nnx.to_flat_state(trained):
+            module = model
+            for key in path[:-1]:
+                module = module[key] if isinstance(key, int) else getattr(module, str(key))
+            layout[tuple(path[:-1])] = getattr(module, "einsum_str", None)
     else:
         graphdef, trained, rest = nnx.split(model, nnx.Param, ...)
+        layout = {}
     params, frozen = nnx.to_pure_dict(trained), nnx.to_pure_dict(rest)
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (trained, rest))
     apply = _nnx_apply(graphdef, shapes, ckpt.shape)
@@ -97,7 +109,9 @@ def _load_base(preset: Preset) -> LM:
     info = {"kind": "base", "family": ckpt.shape.family, "path": str(ckpt.path),
             "trainable_params": n_train, "total_params": n_train + n_frozen,
             "lora": None if lora is None else dataclasses.asdict(lora)}
-    return LM(apply, params, frozen, ckpt.tokenizer, preset.max_len, _full_forward_decoder(apply), info)
+    sample = tunix_sampler(graphdef, shapes, ckpt.shape, ckpt.tokenizer)
+    return LM(apply, params, frozen, ckpt.tokenizer, preset.max_len, _full_forward_decoder(apply), info, layout,
+              sample)
 
 
 def _lora_modules(shape: Any, targets: tuple[str, ...]) -> dict[str, str]:

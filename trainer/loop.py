@@ -36,6 +36,7 @@ class Result:
     resumed_from: int | None  # checkpoint step the run continued from, if any
     checkpoint: Path | None  # the last checkpoint's folder
     checkpoint_sha256: str | None
+    outputs: list[dict[str, str]] = field(default_factory=list)  # trainer.export.Output.as_dict() of each export
 
 
 TRUNCATION_RULE = ("prompt cut from the left first; a completion longer than max_len alone: "
@@ -45,6 +46,17 @@ TRUNCATION_RULE = ("prompt cut from the left first; a completion longer than max
 def truncation_card(train: int, eval_: int, max_len: int) -> dict[str, Any]:
     """The scorecard's ``truncated``: examples longer than ``max_len`` tokens, per split, and the rule."""
     return {"train": int(train), "eval": int(eval_), "max_len": int(max_len), "rule": TRUNCATION_RULE}
+
+
+def export_outputs(lm: Any, params: Any, workdir: Path | str | None) -> list[dict[str, str]]:
+    """A base model run's outputs under ``workdir / "export"`` (``trainer.export``): under LoRA the adapter and
+    the merged model, else the fine-tuned model; [] for the byte model or without a workdir."""
+    if workdir is None or lm.info.get("kind") != "base":
+        return []
+    from trainer.export import export_lora, export_model
+
+    export = export_lora if lm.info.get("lora") else export_model
+    return [o.as_dict() for o in export(lm, params, Path(workdir) / "export")]
 
 
 def checkpointer(workdir: Path | str | None) -> Checkpointer:
@@ -105,7 +117,10 @@ def train_and_evaluate(
     ``{step, micro_step, loss, grad_norm, learning_rate, tokens, truncated}``
     as Python numbers. ``on_checkpoint(step, path, sha256)`` runs after each
     checkpoint is complete on disk (only with a ``workdir``; checkpoints go
-    to ``workdir / "checkpoints"`` and hold only what trains).
+    to ``workdir / "checkpoints"`` and hold only what trains). A base model
+    run with a ``workdir`` ends by exporting what it trained to
+    ``workdir / "export"`` (``Result.outputs``; ``trainer.export``): under
+    LoRA the adapter and the merged model, else the whole model.
 
     Raises:
         ConfigError: no training examples, or the checkpoint was written for a
@@ -155,6 +170,7 @@ def train_and_evaluate(
         ckpt.close()
     if last_path is not None and last_sha is None:
         last_sha = sha256_dir(last_path)
+    outputs = export_outputs(lm, state.params, workdir)
     scorecard = evaluate(lm.apply, state.params, eval_examples, model_cfg, train_cfg, train_examples, lm=lm)
     scorecard["truncated"] = truncation_card(truncated, scorecard["truncated"], lm.max_len)
     return Result(
@@ -165,4 +181,5 @@ def train_and_evaluate(
         resumed_from=resumed_from,
         checkpoint=last_path,
         checkpoint_sha256=last_sha,
+        outputs=outputs,
     )

@@ -4,7 +4,7 @@ The run names the exact dataset manifest (name, version, ``content_sha256``)
 it trained on, so every model can be traced back to Kafka offsets. Events,
 all keyed by ``run_id``:
 
-    queued → started → metrics / checkpoint … → evaluated → completed
+    queued → started → metrics / checkpoint … → evaluated → completed (outputs)
                        (any failure)        → failed
                        (cancel_requested)   → cancelled
 
@@ -73,6 +73,7 @@ class RunOutcome:
     checkpoint: Path | None
     workers: int = 1
     restarts: int = 0  # times the run's actors died and were restarted from the checkpoint
+    outputs: tuple[dict[str, str], ...] = ()  # a base model run's exports (adapter, merged / model): kind, path, sha256
 
 
 def canonical_json(value: Any) -> str:
@@ -194,7 +195,7 @@ async def run_training(
 
     def event(event_type: str, **fields: Any) -> dict[str, Any]:
         return {**base, "event_type": event_type, "at": _now(), "metrics": None, "checkpoint": None,
-                "scorecard": None, "error": None, "truncated_examples": None, **fields}
+                "scorecard": None, "error": None, "truncated_examples": None, "outputs": None, **fields}
 
     publisher = _Publisher(kafka, settings.topics.runs, codec, run_id)
     await publisher.start()
@@ -250,7 +251,7 @@ async def run_training(
                     "Create the dataset with --split eval=0.1 (or similar) to get a scorecard."
                 )
             publisher.put(event("evaluated", scorecard=canonical_json(scorecard)))
-            publisher.put(event("completed"))
+            publisher.put(event("completed", outputs=list(result.outputs) or None))
             await publisher.close()
         except BaseException as exc:
             stop.set()  # a cancelled run's training thread stops at its next step
@@ -274,7 +275,7 @@ async def run_training(
     return RunOutcome(
         run_id=run_id, status="completed", steps=result.step, final_loss=hooks.final_loss,
         scorecard=scorecard, checkpoint=result.checkpoint, workers=workers,
-        restarts=trainer.restarts if trainer is not None else 0,
+        restarts=trainer.restarts if trainer is not None else 0, outputs=tuple(result.outputs),
     )
 
 

@@ -1,8 +1,10 @@
 """A run that fine-tunes a pretrained (tiny, test-written) Qwen3 checkpoint with LoRA on a dataset read from Kafka.
 
 The dataset comes through the real pipeline; the run is the one `tracestream
-train` starts. Its events count the examples cut to ``max_len``; a broken
-checkpoint fails the run before training with an event naming the tensor.
+train` starts. Its events count the examples cut to ``max_len``; its
+completed event names the exported adapter and merged model with their
+hashes, and `tracestream runs show` prints them; a broken checkpoint fails
+the run before training with an event naming the tensor.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from tests.hf_checkpoints import read_tensors, write_checkpoint
-from tests.integration.support import kafka_of, publish, running_processors
+from tests.integration.support import cli, kafka_of, publish, running_processors
 from tests.integration.test_train_run import CODEC, run_events
+from trainer.checkpoint import sha256_dir
 from trainer.data import read_examples, tokenize_counted
 from trainer.hf import CheckpointError, inspect_checkpoint
 from trainer.run import run_training
@@ -71,6 +74,20 @@ async def test_lora_run_on_a_base_model_publishes_truncation_and_a_failed_event_
     card = json.loads(run[-2]["scorecard"])
     assert card["truncated"]["train"] == cut and card["truncated"]["max_len"] == MAX_LEN
     assert card["items"] == len(evals) and card["loss"] > 0 and "baseline" in card
+    assert all(s["loss"] > 0 and s["perplexity"] > 1 for s in card["by_source"].values())
+
+    # the outputs: adapter and merged model, announced with their hashes on completed; runs show names them
+    outputs = {o["kind"]: o for o in run[-1]["outputs"]}
+    assert set(outputs) == {"adapter", "merged"} and outcome.outputs == tuple(run[-1]["outputs"])
+    for o in outputs.values():
+        assert o["path"] == str(tmp_path / "run" / "export" / o["kind"]) and o["sha256"] == sha256_dir(o["path"])
+    assert all(e["outputs"] is None for e in run[:-1])
+    assert inspect_checkpoint(outputs["merged"]["path"]).shape == inspect_checkpoint(model).shape
+    shown = cli(settings, "runs", "show", "run-base")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    printed = "".join(shown.stdout.split())  # rich may wrap long lines
+    for o in outputs.values():
+        assert f'"path":"{o["path"]}"' in printed and f'"sha256":"{o["sha256"]}"' in printed, shown.stdout
 
     # a checkpoint with a misshapen tensor: failed, naming file and tensor, before any step
     from safetensors.numpy import save_file
