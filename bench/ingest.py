@@ -302,10 +302,14 @@ async def http_door_ingest(
             posted_s = time.perf_counter() - first_accepted
             accepted = publisher.accepted
             deadline = time.perf_counter() + timeout_s
-            rows = 0
+            rows = dead = 0
             while time.perf_counter() < deadline:
                 rows = await count_traces(processors.writer)
                 if rows >= accepted:
+                    break
+                dead = await processors.writer.run(
+                    lambda w: w.query(f"SELECT count() FROM `{w.database}`.dlq FINAL")[0][0])
+                if rows + dead >= accepted:
                     break
                 await asyncio.sleep(POLL_S)
             queryable_s = time.perf_counter() - first_accepted
@@ -318,7 +322,7 @@ async def http_door_ingest(
         "connections": connections, "validate_processes": validate_processes, "accepted": accepted,
         "posting_s": round(posted_s, 2), "accepted_per_s": round(per_s(accepted, posted_s)),
         "all_queryable_s": round(queryable_s, 2), "queryable_per_s": round(per_s(accepted, queryable_s)),
-        "complete": rows >= accepted, "batch_p50_ms": phase["p50_ms"], "batch_p99_ms": phase["p99_ms"],
+        "complete": rows + dead >= accepted, "dead_letters": int(dead), "batch_p50_ms": phase["p50_ms"], "batch_p99_ms": phase["p99_ms"],
         "statuses": phase["statuses"],
     }
 
@@ -378,7 +382,7 @@ async def run(base: Settings, count: int, seed: int, validate_processes: list[in
                   f"{'es' if door_processes > 1 else ''}) ...", flush=True)
             await ensure_pipeline_topics(run_set, kafka)
             await asyncio.sleep(TOPIC_SETTLE_S)
-            http = await http_door_ingest(run_set, kafka, http_seconds, http_connections, timeout_s,
+            http = await http_door_ingest(run_set, kafka, http_seconds, http_connections, min(timeout_s, 180),
                                           validate_processes=door_processes)
             await drop_run_topics(run_set, target)
         await drop_run_topics(settings, target)
@@ -509,6 +513,7 @@ def print_report(f: dict[str, Any]) -> None:
                                                     f"({secs(http['all_queryable_s'])})"),
                 ("per batch", f"p50 {http['batch_p50_ms']:.0f} ms, p99 {http['batch_p99_ms']:.0f} ms, "
                               f"statuses {http['statuses']}"),
+                ("dead letters / complete", f"{http['dead_letters']:,} / {http['complete']}"),
             ],
         )
     print(f"\nload average start → end: {f['load_average_start']} → {f['load_average_end']}")
