@@ -176,7 +176,8 @@ def _trace_id_of(line: bytes) -> str:
     match = _TRACE_ID.match(line)
     if match is None:
         raise ValueError(f"a trace answer does not start with its trace_id: {line[:80]!r}")
-    return json.loads(match[1])
+    quoted = match[1]
+    return quoted[1:-1].decode() if b"\\" not in quoted else json.loads(quoted)
 
 
 _OFFSET = re.compile(rb'"offset":(\d+)')
