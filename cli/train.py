@@ -39,7 +39,10 @@ def _read_config(path: Path | None) -> dict | None:
 def train(
     dataset: str = typer.Argument(..., help="Dataset to train on: NAME or NAME@VERSION (default: latest ready)."),
     config: Path | None = typer.Option(
-        None, "--config", help='JSON file: {"preset": "tiny"|"small", "model": {...}, "train": {...}}.'
+        None, "--config",
+        help='JSON file: {"preset": "tiny"|"small", "model": {...}, "train": {...}} for the byte-level model, or '
+             '{"base_model": {"path": DIR}, "lora": {"rank": 8, "alpha": 16}, "train": {"max_len": 512, ...}} to '
+             'fine-tune a Hugging Face checkpoint directory (README: bring your own checkpoint).'
     ),
     run_id: str | None = typer.Option(None, "--run-id", help="Run id (default: a new uuid); reusing one resumes it."),
     workers: int = typer.Option(
