@@ -17,9 +17,13 @@ import httpx
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from schemas.codec import AvroCodec
+from schemas.dataset import Manifest
+from schemas.registry import default_registry
 from streams.app import Processors, build_app
 from streams.generator import GeneratedEvent, publish_generated
 from streams.producer import DeliveryReport, TraceProducer
+from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import STAGES, ensure_pipeline_topics
 from warehouse.client import Warehouse
 
@@ -133,3 +137,17 @@ async def api_after_ingest(settings: Settings, events: list[GeneratedEvent], **a
         async with serving(app, settings.api_host, settings.api_port) as base_url, \
                 httpx.AsyncClient(base_url=base_url, timeout=30) as client:
             yield settings, processors, client
+
+
+async def dataset_of(settings: Settings, events: Iterable[GeneratedEvent], request: DatasetRequest) -> Manifest:
+    """Publish ``events``, wait until the running processors caught up, and snapshot them as ``request`` asks.
+
+    Also creates ``runs.events`` (one partition), which a training run publishes to: the set-up of a run.
+    """
+    from deploy.kafka import ensure_topics_async
+    from streams.catchup import wait_until_caught_up
+
+    await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
+    await publish(settings, events)
+    await wait_until_caught_up(settings, kafka_of(settings))
+    return await create_dataset(settings, kafka_of(settings), request, AvroCodec(default_registry()))

@@ -15,15 +15,13 @@ import numpy as np
 import pytest
 import ray
 
-from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Manifest, Split
 from schemas.registry import default_registry
-from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import kafka_of, publish, running_processors
+from streams.snapshot import DatasetRequest
+from tests.integration.support import dataset_of, kafka_of, running_processors
 from tests.integration.test_train_run import run_events
 from trainer.config import ConfigError, from_mapping
 from trainer.data import read_examples
@@ -39,11 +37,8 @@ CODEC = AvroCodec(default_registry())
 
 async def make_dataset(settings: Settings, n: int = 60, name: str = "sft") -> Manifest:
     async with running_processors(settings):
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, generate_events(n, seed=5, broken_share=0.0))
-        await wait_until_caught_up(settings, kafka_of(settings))
-        return await create_dataset(settings, kafka_of(settings), DatasetRequest(name, split=Split(eval_share=0.1)),
-                                    CODEC)
+        return await dataset_of(settings, generate_events(n, seed=5, broken_share=0.0),
+                                DatasetRequest(name, split=Split(eval_share=0.1)))
 
 
 async def reference_losses(settings: Settings, manifest: Manifest, config: dict) -> list[float]:

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.dataset import Split
 from streams.catalog import load_catalog
-from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
+from streams.snapshot import DatasetRequest
 from tests.hf_checkpoints import read_tensors, write_checkpoint
-from tests.integration.support import cli, kafka_of, publish, running_processors
+from tests.integration.support import (
+    cli,
+    dataset_of,
+    kafka_of,
+    running_processors,
+)
 from tests.integration.test_train_run import CODEC, run_events
 from trainer.checkpoint import sha256_dir
 from trainer.data import read_examples, tokenize_counted
@@ -38,12 +41,7 @@ async def test_lora_run_on_a_base_model_publishes_truncation_and_a_failed_event_
         settings: Settings, tmp_path: Path):
     events = list(generate_events(60, seed=17, broken_share=0.0, kind="arith"))
     async with running_processors(settings):
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, events)
-        await wait_until_caught_up(settings, kafka_of(settings))
-        manifest = await create_dataset(
-            settings, kafka_of(settings), DatasetRequest("arith", split=Split(eval_share=0.1)), CODEC
-        )
+        manifest = await dataset_of(settings, events, DatasetRequest("arith", split=Split(eval_share=0.1)))
     texts = [e.record["prompt"] for e in events] + [s["content"] for e in events for s in e.record["steps"]]
     model = write_checkpoint(tmp_path / "qwen3", "qwen3", texts=texts)
     config = {"base_model": {"path": str(model)}, "lora": {"rank": 4, "alpha": 8.0},

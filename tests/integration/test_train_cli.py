@@ -12,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Split
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import cli, kafka_of, publish, running_processors
+from streams.snapshot import DatasetRequest
+from tests.integration.support import (
+    cli,
+    dataset_of,
+    kafka_of,
+    running_processors,
+)
 from tests.integration.test_train_run import run_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(300)]
@@ -38,11 +42,8 @@ async def test_train_with_two_workers_end_to_end(settings: Settings, tmp_path: P
     config.write_text(json.dumps({"preset": "tiny", "train": {"total_steps": 12, "checkpoint_every": 4,
                                                               "eval_max_new_tokens": 8}}))
     async with running_processors(settings) as processors:
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, generate_events(60, seed=9, broken_share=0.0))
-        await wait_until_caught_up(settings, kafka_of(settings))
-        manifest = await create_dataset(settings, kafka_of(settings),
-                                        DatasetRequest("cli", split=Split(eval_share=0.1)), CODEC)
+        manifest = await dataset_of(settings, generate_events(60, seed=9, broken_share=0.0),
+                                    DatasetRequest("cli", split=Split(eval_share=0.1)))
 
         done = await asyncio.to_thread(cli, settings, "train", "cli", "--workers", "2", "--config", str(config),
                                        "--run-id", "cli-run")
@@ -81,10 +82,7 @@ async def test_train_with_two_workers_end_to_end(settings: Settings, tmp_path: P
 async def test_cancel_through_the_cli_is_answered_by_the_running_run(settings: Settings, tmp_path: Path):
     """A local (one-worker) run started by the CLI stops on `runs cancel`, and says so on runs.events."""
     async with running_processors(settings):
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, generate_events(30, seed=3, broken_share=0.0))
-        await wait_until_caught_up(settings, kafka_of(settings))
-        await create_dataset(settings, kafka_of(settings), DatasetRequest("long"), CODEC)
+        await dataset_of(settings, generate_events(30, seed=3, broken_share=0.0), DatasetRequest("long"))
     config = tmp_path / "long.json"
     config.write_text(json.dumps({"preset": "tiny", "train": {"total_steps": 100000, "checkpoint_every": 100000}}))
     training = asyncio.create_task(asyncio.to_thread(cli, settings, "train", "long", "--config", str(config),

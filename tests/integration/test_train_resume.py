@@ -16,14 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
-from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import REPO, cli, kafka_of, publish, running_processors
+from streams.snapshot import DatasetRequest
+from tests.integration.support import (
+    REPO,
+    cli,
+    dataset_of,
+    kafka_of,
+    running_processors,
+)
 from tests.integration.test_train_run import run_events
 from trainer.config import from_mapping
 from trainer.data import read_examples
@@ -38,10 +42,7 @@ CONFIG = {"preset": "tiny", "train": {"total_steps": 150, "checkpoint_every": 10
 async def test_rerun_after_the_driver_was_killed_continues_without_repeating_a_step(settings: Settings,
                                                                                     tmp_path: Path):
     async with running_processors(settings):
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, generate_events(40, seed=2, broken_share=0.0))
-        await wait_until_caught_up(settings, kafka_of(settings))
-        manifest = await create_dataset(settings, kafka_of(settings), DatasetRequest("resume"), CODEC)
+        manifest = await dataset_of(settings, generate_events(40, seed=2, broken_share=0.0), DatasetRequest("resume"))
     config = tmp_path / "run.json"
     config.write_text(json.dumps(CONFIG))
     args = ["train", "resume", "--config", str(config), "--run-id", "resume-run"]

@@ -19,11 +19,10 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Split
 from schemas.registry import default_registry
-from streams.catchup import wait_until_caught_up
 from streams.errors import UnknownDataset
 from streams.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import kafka_of, publish, running_processors
+from streams.snapshot import DatasetRequest
+from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.config import ConfigError
 from trainer.run import run_training
 
@@ -59,12 +58,8 @@ async def run_events(settings: Settings, run_id: str) -> list[dict]:
 
 async def test_run_publishes_ordered_events_naming_its_dataset(settings: Settings, tmp_path: Path):
     async with running_processors(settings):
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, generate_events(120, seed=41, broken_share=0.0))
-        await wait_until_caught_up(settings, kafka_of(settings))
-        manifest = await create_dataset(
-            settings, kafka_of(settings), DatasetRequest("sft", split=Split(eval_share=0.2)), CODEC
-        )
+        manifest = await dataset_of(settings, generate_events(120, seed=41, broken_share=0.0),
+                                    DatasetRequest("sft", split=Split(eval_share=0.2)))
     assert manifest.train_count > 0 and manifest.eval_count > 0
 
     started = time.monotonic()

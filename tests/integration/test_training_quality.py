@@ -16,15 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Split
 from schemas.registry import default_registry
-from streams.catchup import wait_until_caught_up
 from streams.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import kafka_of, publish, running_processors
+from streams.snapshot import DatasetRequest
+from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.run import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(600)]
@@ -40,12 +38,7 @@ async def test_arith_run_scores_clearly_above_a_constant_answer(settings: Settin
     events = list(generate_events(COUNT, seed=21, broken_share=0.02, kind="arith"))
     valid = [e for e in events if e.expected_reason is None]
     async with running_processors(settings):
-        await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})
-        await publish(settings, events)
-        await wait_until_caught_up(settings, kafka_of(settings))
-        manifest = await create_dataset(
-            settings, kafka_of(settings), DatasetRequest("arith", split=Split(eval_share=0.1)), CODEC
-        )
+        manifest = await dataset_of(settings, events, DatasetRequest("arith", split=Split(eval_share=0.1)))
     assert manifest.record_count == len(valid)  # the broken ones were dead-lettered, not trained on
 
     outcome = await run_training(
