@@ -40,7 +40,7 @@ class LM:
     frozen: Params | None  # weights that do not train, or None
     tokenizer: Any  # ByteTokenizer | trainer.hf.HFTokenizer
     max_len: int  # tokens per training sequence
-    decoder: Decoder  # greedy decoding; its params argument is ``decoding_params(params)``
+    decoder: Decoder | None  # the byte model's greedy KV-cached decoding (base models decode through ``sample``)
     info: dict[str, Any]  # what the model is: kind, path, parameter counts, lora
     lora_layout: dict[tuple[Any, ...], str | None] = dataclasses.field(default_factory=dict)
     """Under LoRA: each adapted module's path in ``params`` → its einsum string (None: a Linear kernel)."""
@@ -48,7 +48,7 @@ class LM:
     """Base models: batched KV-cached greedy decoding through Tunix's sampler (``trainer.sampling``); None: byte model."""
 
     def decoding_params(self, params: Params) -> Any:
-        """What ``decoder`` takes: the trainable params, with the frozen ones when there are any."""
+        """What ``decoder`` and ``sample`` take: the trainable params, with the frozen ones when there are any."""
         return params if self.frozen is None else (params, self.frozen)
 
 
@@ -110,8 +110,7 @@ def _load_base(preset: Preset) -> LM:
             "trainable_params": n_train, "total_params": n_train + n_frozen,
             "lora": None if lora is None else dataclasses.asdict(lora)}
     sample = tunix_sampler(graphdef, shapes, ckpt.shape, ckpt.tokenizer)
-    return LM(apply, params, frozen, ckpt.tokenizer, preset.max_len, _full_forward_decoder(apply), info, layout,
-              sample)
+    return LM(apply, params, frozen, ckpt.tokenizer, preset.max_len, None, info, layout, sample)
 
 
 def _lora_modules(shape: Any, targets: tuple[str, ...]) -> dict[str, str]:
@@ -143,27 +142,6 @@ def _nnx_apply(graphdef: Any, shapes: Any, shape: Any) -> Apply:
         return logits.astype(jnp.float32)
 
     return apply
-
-
-def _full_forward_decoder(apply: Apply) -> Decoder:
-    """Greedy decoding without a KV cache: each new token runs the model over the whole buffer.
-
-    The "cache" is the token buffer itself. Correct for any model ``apply``
-    runs; it costs a forward pass per token, which the eval's small batches
-    and budgets keep affordable on the CPU.
-    """
-
-    def prefill(p: Any, tokens: jax.Array):
-        params, frozen = p
-        return apply(params, tokens, frozen), tokens
-
-    def extend(p: Any, token: jax.Array, pos: jax.Array, buf: jax.Array):
-        params, frozen = p
-        rows = jnp.arange(buf.shape[0])
-        buf = buf.at[rows, pos].set(token)
-        return apply(params, buf, frozen)[rows, pos], buf
-
-    return Decoder(prefill=prefill, extend=extend)
 
 
 __all__ = ["LM", "build_lm"]
