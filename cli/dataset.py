@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import Column, console, fit_table, load_settings, out, require_kafka
 from consumers.export import EXPORT_FORMATS, dataset_records, export_dataset, own_thread
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
@@ -83,13 +82,11 @@ def list_datasets(as_json: bool = typer.Option(False, "--json", help="Print JSON
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(title="datasets")
-    for column in ("name", "version", "status", "records", "train", "eval", "content_sha256"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["name"], str(row["version"]), row["status"], str(row["record_count"]),
-                      str(row["train_count"]), str(row["eval_count"]), row["content_sha256"][:16])
-    out.print(table)
+    columns = (Column("name", "text"), Column("version", justify="right"), Column("status"),
+               *(Column(c, justify="right") for c in ("records", "train", "eval")), Column("content_sha256", "id"))
+    out.print(fit_table("datasets", columns, ([row["name"], str(row["version"]), row["status"], str(row["record_count"]),
+                                               str(row["train_count"]), str(row["eval_count"]),
+                                               row["content_sha256"][:16]] for row in rows)))
 
 
 @app.command()

@@ -3,12 +3,21 @@
 Traces are published (some broken) into `tracestream serve` (processors + read
 API), a dataset is snapshotted from the log, its ready event makes a running
 `tracestream trainer` train on it, and the API serves the run's loss curve.
+
+It leaves the machine as it found it: whatever it started (the broker, serve,
+trainer) is stopped when it ends, passing, failing or interrupted (Ctrl-C,
+SIGTERM), unless ``--keep``; a broker that already ran is used and left running.
+Its children run in sessions of their own, so a Ctrl-C reaches the demo alone
+and the demo decides what stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,14 +31,17 @@ import httpx
 import typer
 from rich.table import Table
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import command_line, console, load_settings, out, require_kafka
+from deploy.kafka import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
+from deploy.running import registered, running_processes
 from deploy.settings import Settings
-from deploy.stack import stack_up
+from deploy.stack import stack_status, stack_up
 from schemas.codec import AvroCodec
 from schemas.dataset import Manifest, Split
 from schemas.registry import default_registry
 from streams.generator import GeneratedEvent, generate_events, publish_generated
+from streams.processes import die_with_parent
 from streams.producer import TraceProducer
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
@@ -44,9 +56,59 @@ def demo(
     seed: int = typer.Option(7, "--seed", help="Generator seed."),
     broken_share: float = typer.Option(0.05, "--broken-share", min=0.0, max=1.0, help="Share of broken events."),
     timeout_s: float = typer.Option(300.0, "--timeout", help="Give up if a stage has not finished by then."),
+    keep: bool = typer.Option(False, "--keep", help="Leave the broker, serve and trainer it started running "
+                              "(it prints where they are and the command that stops them)."),
 ) -> None:
-    """Start the stack, publish traces, materialize them, snapshot a dataset, train on it, and check each step."""
+    """Start the stack, publish traces, materialize them, snapshot a dataset, train on it, and check each step.
+
+    Everything it started is stopped when it ends (pass, fail or Ctrl-C) unless --keep is given.
+    """
     base = load_settings()
+    _refuse_owned_warehouse(base)
+    broker_ran = bool(base.kafka_bootstrap) or stack_status(base).kafka_pid is not None
+    started: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or `stack stop demo`: clean up as for Ctrl-C
+    with registered(base, "demo", detail="tracestream demo" + (" --keep" if keep else "")):
+        lifetime = "--keep: what it starts keeps running afterwards" if keep else \
+            "Ctrl-C stops it and everything it started"
+        console.print(f"{lifetime}; `{command_line(base, 'stack', 'status')}` lists what runs", highlight=False)
+        try:
+            result = _run(base, started, count, seed, broken_share, timeout_s, keep)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+            result = None
+        finally:
+            if not keep:
+                _stop_started(base, started, stop_broker=not broker_ran)
+    if keep:
+        _print_kept(base, result[0] if result else None, started, broker_ran, result[2] if result else None)
+    if result is None:
+        raise typer.Exit(130)
+    checks = result[1]
+    if not all(checks.values()):
+        raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _refuse_owned_warehouse(settings: Settings) -> None:
+    """The demo's serve opens the embedded warehouse folder, which one process may hold at a time."""
+    if settings.clickhouse_url:
+        return
+    owners = [p for p in running_processes(settings)[0] if "warehouse" in p.holds]
+    if owners:
+        console.print(f"[red]error:[/red] {', '.join(p.describe() for p in owners)} holds the embedded warehouse of "
+                      f"{settings.home}, which the demo's serve needs; stop it first "
+                      f"(`{command_line(settings, 'stack', 'stop', *(str(p.pid) for p in owners))}`) "
+                      "or run the demo with another TRACESTREAM_HOME", highlight=False)
+        raise typer.Exit(2)
+
+
+def _run(base: Settings, started: list[subprocess.Popen], count: int, seed: int, broken_share: float,
+         timeout_s: float, keep: bool) -> tuple[Settings, dict[str, bool], str | None]:
+    """The demo itself; each process it starts is appended to ``started`` as soon as it exists."""
     console.print("starting the local stack...")
     stack_up(base)
     kafka = require_kafka(base)
@@ -70,29 +132,20 @@ def demo(
     policy.parent.mkdir(parents=True, exist_ok=True)
     policy.write_text(json.dumps({"rules": [{"dataset": "demo-*", "config": {
         "preset": "tiny", "train": {"total_steps": DEMO_STEPS, "checkpoint_every": 10}}}]}), encoding="utf-8")
-    worker = _start(settings, kafka, "serve")
-    trainer = _start(settings, kafka, "trainer", "--policy", str(policy))
-    try:
-        _wait_healthy(settings, worker)
-        console.print(f"run {run}: publishing {count} traces to {settings.topics.raw} ...")
-        started = time.perf_counter()
-        report = asyncio.run(_publish(settings, kafka, events))
-        published_at = time.perf_counter()
-        _wait_accounted(settings, worker, count, timeout_s, committed=False)
-        queryable_at = time.perf_counter()
-        stats = _wait_accounted(settings, worker, count, timeout_s, committed=True)
-        console.print(f"snapshotting dataset {name} and waiting for the trainer to train on it ...")
-        manifest = asyncio.run(create_dataset(settings, kafka, DatasetRequest(name, split=Split(eval_share=0.1)),
-                                              AvroCodec(default_registry())))
-        served = _wait_trained(settings, trainer, name, timeout_s)
-    finally:
-        for process in (trainer, worker):
-            process.terminate()
-        for process in (trainer, worker):
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    started.append(worker := _start(settings, kafka, "serve", keep=keep))
+    started.append(trainer := _start(settings, kafka, "trainer", "--policy", str(policy), keep=keep))
+    _wait_healthy(settings, worker)
+    console.print(f"run {run}: publishing {count} traces to {settings.topics.raw} ...")
+    began = time.perf_counter()
+    report = asyncio.run(_publish(settings, kafka, events))
+    published_at = time.perf_counter()
+    _wait_accounted(settings, worker, count, timeout_s, committed=False)
+    queryable_at = time.perf_counter()
+    stats = _wait_accounted(settings, worker, count, timeout_s, committed=True)
+    console.print(f"snapshotting dataset {name} and waiting for the trainer to train on it ...")
+    manifest = asyncio.run(create_dataset(settings, kafka, DatasetRequest(name, split=Split(eval_share=0.1)),
+                                          AvroCodec(default_registry())))
+    served = _wait_trained(settings, trainer, name, timeout_s)
 
     got_reasons = Counter()
     for row in stats["dead_letters_by_reason"]:
@@ -105,10 +158,62 @@ def demo(
         "no lag left": all(p["lag"] == 0 for p in stats["lag"]),
         **_training_checks(manifest, expected_valid, served),
     }
-    _print_summary(run, settings, count, stats, got_reasons, started, published_at, queryable_at, checks)
-    _print_training(settings, manifest, served)
-    if not all(checks.values()):
-        raise typer.Exit(1)
+    _print_summary(run, settings, count, stats, got_reasons, began, published_at, queryable_at, checks)
+    _print_training(manifest, served)
+    return settings, checks, served["run"]["run_id"] if served["run"] else None
+
+
+def _stop_started(base: Settings, started: list[subprocess.Popen], *, stop_broker: bool) -> None:
+    """Stop what the demo started, children first, then the broker if it was not running before."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave half of it running
+    broker = LocalKafkaBroker.attach(base) if stop_broker and not base.kafka_bootstrap else None
+    names = [f"{_command_of(p)} (pid {p.pid})" for p in started]
+    if broker is not None:
+        names.append(f"the broker (pid {broker.pid})")
+    if names:
+        console.print(f"stopping what the demo started: {', '.join(names)} ...", highlight=False)
+    for process in started:
+        process.terminate()  # serve and trainer stop cleanly on SIGTERM (the trainer cancels a run in progress)
+    for process in started:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything of its session left behind (validate children)
+    if broker is not None:
+        broker.stop()
+    if names:
+        console.print(f"stopped {', '.join(names)}", highlight=False)
+
+
+def _command_of(process: subprocess.Popen) -> str:
+    return str(process.args[3]) if isinstance(process.args, list) and len(process.args) > 3 else "process"
+
+
+def _print_kept(base: Settings, settings: Settings | None, started: list[subprocess.Popen], broker_ran: bool,
+                run_id: str | None) -> None:
+    """With --keep: what still runs, where, and the one command that stops it."""
+    started = [p for p in started if p.poll() is None]
+    if broker_ran and not started:
+        return
+    api = f"http://{settings.api_host}:{settings.api_port}" if settings else "?"
+    out.print("\nstill running (--keep):", highlight=False)
+    if not broker_ran:
+        state = stack_status(base)
+        out.print(f"  broker   pid {state.kafka_pid}  {state.kafka_bootstrap}", highlight=False)
+    for process in started:
+        where = {"serve": f"dashboard {api}/  API {api}/docs", "trainer": "trains the next ready demo-* dataset"}
+        out.print(f"  {_command_of(process):<8} pid {process.pid}  {where.get(_command_of(process), '')}",
+                  highlight=False)
+    if run_id:
+        out.print(f"  the run in the API: {api}/api/runs/{run_id}", highlight=False, soft_wrap=True)
+    pids = [str(p.pid) for p in started]
+    stop = command_line(base, "stack", "stop", *pids)
+    if not broker_ran:
+        stop = command_line(base, "stack", "down")
+    out.print(f"stop it all: {stop}", highlight=False, soft_wrap=True)
 
 
 async def _publish(settings: Settings, kafka: KafkaClients, events: list[GeneratedEvent]) -> Any:
@@ -116,7 +221,9 @@ async def _publish(settings: Settings, kafka: KafkaClients, events: list[Generat
         return await publish_generated(producer, events)
 
 
-def _start(settings: Settings, kafka: KafkaClients, command: str, *args: str) -> subprocess.Popen:
+def _start(settings: Settings, kafka: KafkaClients, command: str, *args: str, keep: bool) -> subprocess.Popen:
+    """``tracestream COMMAND`` in a session of its own (Ctrl-C reaches the demo only, which stops it); unless kept,
+    it also dies with the demo should the demo itself be killed."""
     env = settings.model_copy(update={"kafka_bootstrap": kafka.bootstrap}).child_environment()
     log_path = _log_path(settings, command)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +233,9 @@ def _start(settings: Settings, kafka: KafkaClients, command: str, *args: str) ->
         env=env,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=None if keep else die_with_parent,
     )
 
 
@@ -232,6 +342,8 @@ def _print_summary(
     started: float, published_at: float, queryable_at: float, checks: dict[str, bool],
 ) -> None:
     table = Table(title=f"tracestream demo {run}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
     table.add_row("published", str(count))
     table.add_row("valid (rows in ClickHouse `traces`)", str(stats.get("traces")))
     table.add_row("dead-lettered (rows in `dlq`)", str(stats.get("dead_letters")))
@@ -248,16 +360,16 @@ def _print_summary(
         out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {check}")
 
 
-def _print_training(settings: Settings, manifest: Manifest, served: dict[str, Any]) -> None:
+def _print_training(manifest: Manifest, served: dict[str, Any]) -> None:
     run, curve = served["run"], served["curve"]
     if run is None:
         return
-    api = f"http://{settings.api_host}:{settings.api_port}"
     table = Table(title=f"dataset {manifest.name}@{manifest.version} → run {run['run_id']}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
     table.add_row("records (train / eval)", f"{manifest.record_count} ({manifest.train_count} / {manifest.eval_count})")
     table.add_row("content_sha256", manifest.content_sha256)
     table.add_row("run status", run["status"])
     if curve:
         table.add_row("loss", f"{curve[0]['loss']:.3f} at step 1 → {curve[-1]['loss']:.3f} at step {curve[-1]['step']}")
-    table.add_row("the run in the API", f"{api}/api/runs/{run['run_id']}")
     out.print(table)

@@ -14,9 +14,8 @@ import json
 from datetime import UTC, datetime
 
 import typer
-from rich.table import Table
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import Column, console, fit_table, load_settings, out, require_kafka
 from schemas.errors import TracestreamError
 from schemas.validation import Reason
 from streams.dlq_replay import replay as replay_dead_letters
@@ -61,13 +60,13 @@ def replay(
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        table = Table(title=f"dead letters {'that would be ' if dry_run else ''}replayed to {settings.topics.raw}")
-        for column in ("reason", "replayed", "already replayed"):
-            table.add_column(column)
-        for name, counts in summary["by_reason"].items():
-            table.add_row(name, str(counts["replayed"]), str(counts["already_replayed"]))
-        table.add_row("all", str(summary["replayed"]), str(summary["already_replayed"]))
-        out.print(table)
+        rows = [[name, str(counts["replayed"]), str(counts["already_replayed"])]
+                for name, counts in summary["by_reason"].items()]
+        rows.append(["all", str(summary["replayed"]), str(summary["already_replayed"])])
+        columns = (Column("reason", "text"), Column("replayed", justify="right"),
+                   Column("already replayed", justify="right"))
+        out.print(fit_table(f"dead letters {'that would be ' if dry_run else ''}replayed to {settings.topics.raw}",
+                            columns, rows))
     if report.undecodable:
         console.print(f"{len(report.undecodable)} records on {settings.topics.dlq} are not dead letters and were "
                       f"left alone (first: {report.undecodable[0]})")

@@ -12,10 +12,20 @@ import json
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import (
+    AmbiguousId,
+    Column,
+    UnknownId,
+    console,
+    fit_table,
+    load_settings,
+    out,
+    require_kafka,
+    resolve_id,
+)
 from deploy.kafka_clients import KafkaClients
+from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
@@ -51,24 +61,46 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(title="runs")
-    columns = ("run_id", "status", "dataset", "workers", "steps", "loss", "exact_match", "updated_at")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in columns))
-    out.print(table)
+    out.print(fit_table("runs", _COLUMNS, ([_cell(row, c.name) for c in _COLUMNS] for row in rows)))
+
+
+_COLUMNS = (
+    Column("run_id", "id"), Column("status"), Column("dataset", "text"), Column("steps", justify="right"),
+    Column("loss", justify="right"), Column("exact_match", justify="right"),
+    Column("workers", justify="right", optional=True), Column("updated_at", optional=True),
+)
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row[column]
+    if value is None:
+        return ""
+    if column == "loss":
+        return f"{value:.4f}"
+    if column == "exact_match":
+        return f"{value:.3f}"
+    if column == "updated_at":  # to the minute, in UTC as the log has it
+        return f"{value[:16].replace('T', ' ')}Z"
+    return str(value)
+
+
+def _resolve(settings: Settings, given: str, runs: dict[str, Any]) -> str:
+    """The run a full id, a unique prefix or a table's shortened ``head…tail`` names; exit 2 naming why not."""
+    try:
+        return resolve_id(given, runs, "run")
+    except (UnknownId, AmbiguousId) as exc:
+        console.print(f"[red]error:[/red] {exc} on {settings.topics.runs}; `tracestream runs list` shows them",
+                      highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
-def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
+def show(run_id: str = typer.Argument(..., help="The run's id, a unique prefix of it, or its shortened form "
+                                              "from `runs list` (head…tail).")) -> None:
     """A run's summary (with its exported adapter and merged model, if any) and every event it published, in order."""
     settings = load_settings()
     runs = asyncio.run(_runs(require_kafka(settings), settings.topics.runs))
-    if run_id not in runs:
-        console.print(f"[red]error:[/red] no run {run_id} on {settings.topics.runs}; `tracestream runs list` shows them")
-        raise typer.Exit(2)
-    events = runs[run_id]
+    events = runs[_resolve(settings, run_id, runs)]
     outputs = next((e["outputs"] for e in reversed(events) if e.get("outputs")), None)
     out.print_json(json.dumps({**_summary(events), "outputs": outputs}))
     for event in events:
@@ -78,10 +110,12 @@ def show(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
 
 
 @app.command()
-def cancel(run_id: str = typer.Argument(..., help="The run's id.")) -> None:
+def cancel(run_id: str = typer.Argument(..., help="The run's id, a unique prefix of it, or its shortened form "
+                                                "from `runs list` (head…tail).")) -> None:
     """Ask a running run to stop: publishes cancel_requested; the run answers with cancelled."""
     settings = load_settings()
     kafka = require_kafka(settings)
+    run_id = _resolve(settings, run_id, asyncio.run(_runs(kafka, settings.topics.runs)))
     try:
         asyncio.run(request_cancel(kafka, settings.topics.runs, run_id, AvroCodec(default_registry())))
     except TracestreamError as exc:

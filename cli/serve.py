@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import configure_logging, console, load_settings, require_kafka
+from cli.common import (
+    configure_logging,
+    console,
+    load_settings,
+    require_kafka,
+    say_how_to_stop,
+)
 from cli.worker import run_processors
+from deploy.running import registered
 from deploy.stack import kafka_clients
 from streams.processes import default_validate_processes
 from streams.topics import STAGES
@@ -36,19 +43,27 @@ def serve(
     chosen = {name: value for name, value in (("api_host", host), ("api_port", port)) if value is not None}
     if chosen:
         settings = settings.model_copy(update=chosen)
+    api = f"http://{settings.api_host}:{settings.api_port}"
     if api_only:
         kafka = kafka_clients(settings)
         if kafka is None:
             console.print("[yellow]warning:[/yellow] no Kafka broker: reads work, the ingest door answers 503")
-        console.print(f"API on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
-        run_api_only(settings, kafka)
+        console.print(f"API on {api} (docs: /docs)")
+        with registered(settings, "serve", ports={"api": settings.api_port}, urls=[api, f"{api}/docs"],
+                        detail="API only", holds=() if settings.clickhouse_url else ("warehouse",)):
+            say_how_to_stop(settings, "serve")
+            run_api_only(settings, kafka)
         return
     kafka = require_kafka(settings)
-    console.print(f"processors + API on http://{settings.api_host}:{settings.api_port} (docs: /docs)")
+    console.print(f"processors + API on {api} (docs: /docs)")
 
     def services(processors):
         children = [ValidateProcesses(settings, validate_processes, log_dir=settings.home / "logs", verbose=verbose)]
         return [*(children if validate_processes else []), ApiService(settings, kafka)]
 
-    run_processors(settings, kafka, stages=("materialize",) if validate_processes else STAGES,
-                   loglevel="info" if verbose else "warning", services=services)
+    with registered(settings, "serve", ports={"api": settings.api_port, "web": settings.web_port},
+                    urls=[api, f"{api}/docs"], detail=f"processors + API, app {settings.app_id}",
+                    holds=() if settings.clickhouse_url else ("warehouse",)):
+        say_how_to_stop(settings, "serve")
+        run_processors(settings, kafka, stages=("materialize",) if validate_processes else STAGES,
+                       loglevel="info" if verbose else "warning", services=services)

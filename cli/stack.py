@@ -1,4 +1,4 @@
-"""`tracestream stack up|down|status`: the local broker and warehouse."""
+"""`tracestream stack up|down|status|stop`: the local broker and warehouse, and what this home runs."""
 
 from __future__ import annotations
 
@@ -8,20 +8,53 @@ from dataclasses import asdict
 
 import typer
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import (
+    Column,
+    command_line,
+    console,
+    fit_table,
+    load_settings,
+    out,
+    require_kafka,
+)
 from deploy.kafka import fetch_broker_jars
-from deploy.stack import StackStatus, stack_down, stack_status, stack_up
+from deploy.settings import Settings
+from deploy.stack import (
+    NotRunningHere,
+    StackStatus,
+    stack_down,
+    stack_status,
+    stack_stop,
+    stack_up,
+)
 from streams.topics import ensure_pipeline_topics
 
 app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack.")
 
 
-def _show(status: StackStatus, as_json: bool) -> None:
+def _show(settings: Settings, status: StackStatus, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(asdict(status), default=str))
         return
     for key, value in asdict(status).items():
-        out.print(f"{key:>16}: {value}")
+        if key not in ("processes", "stale"):
+            out.print(f"{key:>16}: {value}", highlight=False)
+    rows = []
+    if status.kafka_managed and status.kafka_pid is not None:
+        rows.append(["broker", str(status.kafka_pid), status.kafka_bootstrap or "", f"Kafka {status.kafka_version}"])
+    for process in status.processes:
+        where = ", ".join([*(f"{role} :{port}" for role, port in process.ports.items()), *process.urls[:1]])
+        rows.append([process.kind, str(process.pid), where, process.detail])
+    if rows:
+        columns = (Column("what"), Column("pid", justify="right"), Column("where", "text"), Column("detail", "text"))
+        out.print(fit_table(f"running in {settings.home}", columns, rows))
+        stop = command_line(settings, "stack", "down") if status.kafka_pid else command_line(settings, "stack", "stop")
+        out.print(f"stop them all: {stop}; one: {command_line(settings, 'stack', 'stop', 'PID')}", highlight=False)
+    else:
+        out.print(f"nothing of {settings.home} runs", highlight=False)
+    for process in status.stale:
+        out.print(f"not running: {process.describe()} (started {process.started_at}); its stale record was removed",
+                  highlight=False)
 
 
 @app.command()
@@ -31,7 +64,10 @@ def up(as_json: bool = typer.Option(False, "--json", help="Print the status as J
     settings = load_settings()
     status = stack_up(settings)
     asyncio.run(ensure_pipeline_topics(settings, require_kafka(settings)))
-    _show(status, as_json)
+    _show(settings, status, as_json)
+    if status.kafka_managed:
+        console.print(f"the broker keeps running after this command; `{command_line(settings, 'stack', 'down')}` "
+                      "stops it", highlight=False)
 
 
 @app.command()
@@ -43,12 +79,31 @@ def fetch() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop the local broker started by `stack up`."""
-    stack_down(load_settings())
-    console.print("stack stopped")
+    """Stop what this home runs (serve, workers, trainer, demos), then the local broker `stack up` started."""
+    settings = load_settings()
+    broker = stack_status(settings).kafka_pid if not settings.kafka_bootstrap else None
+    stopped = [p.describe() for p in stack_stop(settings)]
+    stack_down(settings)
+    if broker is not None:
+        stopped.append(f"the broker (pid {broker})")
+    console.print(f"stopped {', '.join(stopped) or 'nothing (nothing ran)'}", highlight=False)
+
+
+@app.command()
+def stop(targets: list[str] = typer.Argument(None, help="PIDs or commands (serve, worker, trainer, demo) of this "
+                                                        "home; none: all of them (the broker keeps running).")) -> None:
+    """Stop processes of this home (SIGTERM, SIGKILL after 30 s); `stack status` lists them."""
+    settings = load_settings()
+    try:
+        stopped = stack_stop(settings, targets or ())
+    except NotRunningHere as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"stopped {', '.join(p.describe() for p in stopped) or 'nothing (nothing ran)'}", highlight=False)
 
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
-    """Where Kafka and ClickHouse are, and whether the local broker runs."""
-    _show(stack_status(load_settings()), as_json)
+    """Where Kafka and ClickHouse are, and what this home runs (broker, serve, workers, trainer) with pids and ports."""
+    settings = load_settings()
+    _show(settings, stack_status(settings), as_json)

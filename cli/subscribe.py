@@ -10,9 +10,8 @@ from datetime import datetime
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import console, lag_table, load_settings, out, require_kafka
 from consumers.lag import known_group_lag
 from consumers.records import Record, Undecodable, topic_name
 from consumers.subscribe import subscribe
@@ -135,9 +134,4 @@ def lag(
     if not rows:
         console.print(f"group {group} has committed no offsets yet; name its topics with --topic")
         return
-    table = Table(title="consumer lag")
-    for column in ("group", "topic", "partition", "committed", "end", "lag"):
-        table.add_column(column, justify="right" if column in ("partition", "committed", "end", "lag") else "left")
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in ("group", "topic", "partition", "committed", "end", "lag")))
-    out.print(table)
+    out.print(lag_table(rows))

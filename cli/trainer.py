@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from cli.common import configure_logging, console, load_settings, require_kafka
+from cli.common import (
+    command_line,
+    configure_logging,
+    console,
+    load_settings,
+    require_kafka,
+)
+from deploy.running import registered
 from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 from trainer.policy import load_policy
@@ -47,8 +55,10 @@ def trainer(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"trainer: group {trainer_group(settings)} on {settings.topics.datasets}, "
-                  f"{len(rules.rules)} policy rule(s); Ctrl-C stops (and cancels the run in progress)")
-    asyncio.run(_serve(TrainerService(settings, kafka, rules)))
+                  f"{len(rules.rules)} policy rule(s); Ctrl-C stops it (and cancels the run in progress); "
+                  f"from another shell `{command_line(settings, 'stack', 'stop', str(os.getpid()))}`", highlight=False)
+    with registered(settings, "trainer", detail=f"policy {policy}, group {trainer_group(settings)}"):
+        asyncio.run(_serve(TrainerService(settings, kafka, rules)))
 
 
 __all__ = ["trainer"]

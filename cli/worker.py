@@ -8,10 +8,19 @@ from typing import Any
 
 import httpx
 import typer
-from rich.table import Table
 
-from cli.common import configure_logging, console, load_settings, out, require_kafka
+from cli.common import (
+    configure_logging,
+    console,
+    lag_table,
+    load_settings,
+    out,
+    records_table,
+    require_kafka,
+    say_how_to_stop,
+)
 from deploy.kafka_clients import KafkaClients
+from deploy.running import registered
 from deploy.settings import Settings
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.stage import StageFailed
@@ -37,8 +46,15 @@ def worker(
     configure_logging(verbose)
     settings = load_settings()
     chosen = parse_stages(stages)
-    run_processors(settings, require_kafka(settings), stages=chosen, until_caught_up=until_caught_up, web=web,
-                   loglevel="info" if verbose else "warning")
+    kafka = require_kafka(settings)
+    where = f"http://{settings.web_host}:{settings.web_port}"
+    with registered(settings, "worker", ports={"web": settings.web_port} if web else {},
+                    urls=[f"{where}/stats"] if web else [], detail=f"stages {','.join(chosen)}, app {settings.app_id}",
+                    holds=("warehouse",) if "materialize" in chosen and not settings.clickhouse_url else ()):
+        if not until_caught_up:
+            say_how_to_stop(settings, "worker")
+        run_processors(settings, kafka, stages=chosen, until_caught_up=until_caught_up, web=web,
+                       loglevel="info" if verbose else "warning")
 
 
 def parse_stages(stages: str) -> tuple[str, ...]:
@@ -99,15 +115,6 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON instead
         out.print_json(json.dumps(body))
         return
     out.print(f"warehouse {body['warehouse']}: {body['traces']} traces, {body['dead_letters']} dead letters")
-    out.print(_table("traces", ["source", "trace_version", "schema_version", "count"], body["traces_by_source"]))
-    out.print(_table("dead letters", ["stage", "reason", "count"], body["dead_letters_by_reason"]))
-    out.print(_table("consumer lag", ["group", "topic", "partition", "committed", "end", "lag"], body["lag"]))
-
-
-def _table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, justify="right" if column in {"count", "partition", "committed", "end", "lag"} else "left")
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
-    return table
+    out.print(records_table("traces", ["source", "trace_version", "schema_version", "count"], body["traces_by_source"]))
+    out.print(records_table("dead letters", ["stage", "reason", "count"], body["dead_letters_by_reason"]))
+    out.print(lag_table(body["lag"]))

@@ -5,18 +5,29 @@ local broker this module starts detached, so it outlives the CLI command
 that started it; any later process finds it through ``broker.json`` in the
 broker's data folder. The warehouse is only described here: it is embedded
 chDB, owned by the process that opens it, or the configured ClickHouse server.
+The home's other long-lived processes (serve, workers, trainer, a demo) are
+found through their records (``deploy.running``), so ``stack down`` stops them
+before the broker they use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from deploy.kafka import BrokerError, LocalKafkaBroker, read_broker_state
 from deploy.kafka_clients import KafkaClients
+from deploy.running import RunningProcess, running_processes, stop_processes
 from deploy.settings import Settings
+from schemas.errors import TracestreamError
 
-__all__ = ["StackStatus", "kafka_bootstrap", "kafka_clients", "stack_down", "stack_status", "stack_up"]
+__all__ = ["NotRunningHere", "StackStatus", "kafka_bootstrap", "kafka_clients", "stack_down", "stack_status",
+           "stack_stop", "stack_up"]
+
+
+class NotRunningHere(TracestreamError):
+    """A pid or command named to ``stack stop`` is not among what this home runs."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,10 @@ class StackStatus:
     """The local broker's Kafka version while it runs (unknown for a user's cluster)."""
     clickhouse: str
     """``chdb:<path>`` for the embedded engine, or the server URL without its password."""
+    processes: tuple[RunningProcess, ...] = ()
+    """The home's serve, workers, trainer and demos that run now."""
+    stale: tuple[RunningProcess, ...] = ()
+    """Records of processes that no longer run; removed while this status was read."""
 
     @property
     def kafka_up(self) -> bool:
@@ -86,8 +101,29 @@ def _start_local_broker(settings: Settings, timeout_s: float) -> str:
         return running.start()
 
 
+def stack_stop(settings: Settings, targets: Sequence[str] = (), timeout_s: float = 30) -> list[RunningProcess]:
+    """Stop the home's processes named by pid or command (``serve``, ``worker``, ...); all of them when none is named.
+
+    Only recorded processes are signalled, so a pid that has meanwhile gone to
+    another program is never touched. Returns what was stopped.
+
+    Raises:
+        NotRunningHere: a target names nothing this home runs (the message lists what runs).
+    """
+    running, _ = running_processes(settings)
+    chosen = [r for r in running if not targets or str(r.pid) in targets or r.kind in targets]
+    unknown = [t for t in targets if not any(str(r.pid) == t or r.kind == t for r in running)]
+    if unknown:
+        runs = ", ".join(r.describe() for r in running) or "nothing"
+        raise NotRunningHere(f"{', '.join(unknown)}: not a process of {settings.home} (it runs {runs}); "
+                             "`tracestream stack status` lists them")
+    stop_processes(settings, chosen, timeout_s=timeout_s)
+    return chosen
+
+
 def stack_down(settings: Settings, timeout_s: float = 30) -> StackStatus:
-    """Stop the local broker if it runs (its data stays); a user's cluster is never touched."""
+    """Stop the home's processes, then the local broker if it runs (its data stays); a user's cluster is never touched."""
+    stack_stop(settings, timeout_s=timeout_s)
     broker = LocalKafkaBroker.attach(settings)
     if broker is not None:
         broker.stop(timeout_s=timeout_s)
@@ -97,12 +133,13 @@ def stack_down(settings: Settings, timeout_s: float = 30) -> StackStatus:
 def stack_status(settings: Settings) -> StackStatus:
     """Describe the stack without starting or probing anything."""
     clickhouse = _describe_clickhouse(settings)
+    running, stale = (tuple(found) for found in running_processes(settings))
     if settings.kafka_bootstrap:
-        return StackStatus(settings.kafka_bootstrap, False, None, None, clickhouse)
+        return StackStatus(settings.kafka_bootstrap, False, None, None, clickhouse, running, stale)
     state = read_broker_state(settings.kafka_dir)
     if state is None:
-        return StackStatus(None, True, None, None, clickhouse)
-    return StackStatus(state.bootstrap, True, state.pid, state.version, clickhouse)
+        return StackStatus(None, True, None, None, clickhouse, running, stale)
+    return StackStatus(state.bootstrap, True, state.pid, state.version, clickhouse, running, stale)
 
 
 def _describe_clickhouse(settings: Settings) -> str:

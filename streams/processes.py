@@ -34,7 +34,8 @@ def default_validate_processes() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGTERM when the process that started it dies, even by SIGKILL."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_DEATHSIG, signal.SIGTERM)
     except OSError:  # not Linux: the parent's on_stop still terminates the children
@@ -62,7 +63,7 @@ class ValidateProcesses(Service):
         try:
             return subprocess.Popen(
                 command, env=self.settings.child_environment(), stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
             )
         finally:
             log_file.close()
