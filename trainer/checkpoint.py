@@ -77,8 +77,10 @@ class Checkpointer:
         return step, TrainState(*restored["state"]), dict(restored["data"] or {})
 
     def close(self) -> None:
+        """Idempotent; ``save`` does nothing afterwards."""
         if self._manager is not None:
             self._manager.close()
+            self._manager = None
 
 
 def sha256_dir(path: Path | str) -> str:

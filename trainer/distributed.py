@@ -1,33 +1,21 @@
-"""Data-parallel training on Ray: N actors, gradients averaged through the driver every step.
+"""Data-parallel training on Ray: N actors joined into one JAX mesh; the driver starts them and relays metrics.
 
-Each actor (``Worker``) replays the dataset through the range reader, holds a
-full replica of the model and optimizer state, and takes its share of every
-global micro-batch (``np.array_split`` of ``batch_indices``). A step is one
-round trip: the driver calls ``step(avg, i)`` on every actor, which applies
-the previous step's averaged gradient and returns the gradient of the
-*summed* masked loss of its shard of batch ``i``, with its token count. The
-driver adds the sums and divides by the global token count, which is the
-gradient of the global batch's mean loss exactly (a mean of per-shard means
-would not be, shards hold different numbers of response tokens), so N
-actors follow the curve of one process up to float summation order.
+Each actor (``Worker``) is one process of the run: it joins the others
+through ``jax.distributed`` (``trainer.mesh``; rank 0's process hosts the
+coordinator), replays the dataset through the range reader and holds a
+``trainer.loop.Session``, the same loop that trains in one process. Every
+step the driver calls ``step()`` on every actor; the actors run one jitted
+step over the global batch, each feeding its own rows, and XLA all-reduces
+the gradients between them (Gloo on CPUs, NCCL on GPUs). The driver gets
+back a few numbers per step and never a gradient or a weight.
 
-Why an all-reduce through Ray and not ``jax.distributed``:
-
-- a dead actor surfaces in the driver as ``RayActorError``; the driver kills
-  the others, starts fresh ones and restores the last checkpoint. With
-  ``jax.distributed`` a dead peer leaves the others blocked inside a
-  collective, and it can be initialised only once per process, so recovery
-  needs fresh processes and an out-of-band watchdog anyway;
-- the driver holds no JAX state and starts nothing after JAX but Ray itself,
-  and the actors are plain processes, so N=1 and a multi-node cluster are
-  the same code;
-- the cost, two copies of the gradient per actor per step through the
-  object store, is measured in ``bench/training.py``; it is small next to
-  compute at the presets here. At much larger models the seam to swap is
-  ``_all_reduce`` (``ray.util.collective`` or a ``jax.distributed`` mesh).
-
-Rank 0 writes the checkpoints (``trainer.checkpoint``) and evaluates; on a
-cluster the workdir must be on storage every node sees.
+Failure: a dead actor surfaces in the driver as ``RayActorError`` (the
+driver waits on every actor's call at once, so one blocked in a collective
+with a dead peer does not hide it); the driver kills the others, starts
+fresh processes (``jax.distributed`` joins once per process) with a new
+coordinator, and they restore the last checkpoint. Checkpoints are written
+by all actors together (Orbax); on a cluster the workdir must be on storage
+every node sees. Rank 0 hashes them, evaluates and exports.
 """
 
 from __future__ import annotations
@@ -42,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -51,7 +38,7 @@ from deploy.settings import Settings
 from schemas.dataset import Manifest
 from schemas.errors import TracestreamError
 from trainer.config import ConfigError, Preset
-from trainer.loop import CheckpointHook, MetricsHook, Result, checkpoint_due
+from trainer.loop import CheckpointHook, MetricsHook, Result
 
 log = logging.getLogger(__name__)
 
@@ -115,145 +102,61 @@ def actor_name(run_id: str, rank: int, attempt: int) -> str:
 
 
 class Worker:
-    """One data-parallel replica: its copy of the data, the model and the optimizer state.
-
-    Runs as a Ray actor; JAX is imported in the actor's process only.
-    """
+    """One process of a run: joins the mesh, replays the data, runs a ``Session``. Runs as a Ray actor."""
 
     def __init__(self, rank: int, workers: int, preset: Preset, kafka: KafkaClients, manifest: Manifest,
                  workdir: str | None, compilation_cache: str | None = None) -> None:
         self.rank, self.workers, self.preset = rank, workers, preset
         self.kafka, self.manifest, self.workdir = kafka, manifest, workdir
         self.compilation_cache = compilation_cache
-        self.ckpt = None
+        self.session = None
 
-    def load(self) -> dict[str, Any]:
-        """Replay the dataset, build the model; rank 0 restores the last checkpoint. Returns counts and position."""
+    def address(self) -> str:
+        """Where this actor's process can host the run's coordinator (called on rank 0)."""
+        from trainer.mesh import free_address
+
+        return free_address(ray.util.get_node_ip_address())
+
+    def load(self, coordinator: str) -> dict[str, Any]:
+        """Join the mesh, replay the dataset, build the session (restoring the last checkpoint)."""
         import jax
-        from jax.flatten_util import ravel_pytree
 
         from schemas.codec import AvroCodec
         from schemas.registry import default_registry
-        from trainer.checkpoint import sha256_dir
-        from trainer.data import read_examples, tokenize_counted
-        from trainer.lm import build_lm
-        from trainer.loop import checkpointer, data_identity, restore
-        from trainer.train import make_train_fns
+        from trainer.data import read_examples
+        from trainer.loop import Session
+        from trainer.mesh import join
 
+        join(coordinator, self.workers, self.rank)
         if self.compilation_cache:
             # Fresh actors (a restart after a death, the next run) reuse the compiled step instead of
             # spending seconds compiling it again.
             jax.config.update("jax_compilation_cache_dir", self.compilation_cache)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        train_cfg = self.preset.train
         train, evals = asyncio.run(read_examples(self.kafka, self.manifest, AvroCodec(default_registry())))
-        info: dict[str, Any] = {"train": len(train), "eval": len(evals), "resumed_from": None,
-                                "checkpoint": None, "sha256": None, "platform": jax.default_backend()}
+        info: dict[str, Any] = {"train": len(train), "eval": len(evals), "checkpoint": None,
+                                "platform": jax.default_backend(), "next_batch": 0}
         if not train:
-            return {**info, "next_batch": 0}
-        self.n = len(train)
-        self.lm = lm = build_lm(self.preset)
-        self.arrays, self.truncated = tokenize_counted(train, lm.max_len, lm.tokenizer)
-        info.update(truncated=self.truncated, max_len=lm.max_len, model=lm.info)
-        self.evals = evals if self.rank == 0 else []
-        self.train_answers = train if self.rank == 0 else []  # the scorecard's baseline: train's commonest answer
-        self.fns = make_train_fns(lm.apply, train_cfg)
-        self.state = self.fns.init(lm.params)
-        _, unravel = ravel_pytree(lm.params)  # what trains: under LoRA, the adapters only
-        fns = self.fns
+            return info
+        self.session = session = Session(self.preset, train, evals if self.rank == 0 else [], self.workdir)
+        started = session.started_info()
+        return {**info, "truncated": session.truncated, "max_len": started["max_len"], "model": session.lm.info,
+                "checkpoint": session.checkpoint, "next_batch": session.micro}
 
-        def grad_sums(params, batch, frozen):
-            grads, m = fns.compute_grad_sums(params, batch, frozen)
-            return ravel_pytree(grads)[0], m["loss_sum"], m["tokens"]
-
-        def apply(state, flat):
-            return fns.apply_grads(state, unravel(flat))[0]
-
-        def apply_then_grad_sums(state, flat, batch, frozen):
-            state = apply(state, flat)
-            return state, grad_sums(state.params, batch, frozen)
-
-        self._grad_sums = jax.jit(grad_sums)
-        self._apply = jax.jit(apply)
-        self._apply_then_grad_sums = jax.jit(apply_then_grad_sums)  # one dispatch per step when not saving
-        self.data_id = data_identity(self.n, train_cfg)
-        if self.rank == 0:
-            self.ckpt = checkpointer(self.workdir)
-            resumed, self.state = restore(self.ckpt, self.state, self.data_id)
-            if resumed is not None:
-                path = self.ckpt.path(resumed)
-                info.update(resumed_from=resumed, checkpoint=str(path), sha256=sha256_dir(path))
-        return {**info, "next_batch": int(self.state.step)}
-
-    def get_state(self) -> Any:
-        import jax
-
-        return jax.device_get(self.state)
-
-    def set_state(self, state: Any) -> int:
-        import jax
-        import jax.numpy as jnp
-
-        self.state = jax.tree.map(jnp.asarray, state)
-        return int(self.state.step)
-
-    def step(self, avg: np.ndarray | None, micro: int, save: bool) -> tuple[np.ndarray, float, float, float, Any]:
-        """Apply ``avg`` (the previous step's averaged gradient), maybe checkpoint, then compute batch ``micro``.
-
-        Returns ``(flat gradient of the summed loss, loss sum, tokens, seconds spent, saved checkpoint)``.
-        """
-        from trainer.train import batch_indices, get_batch
-
+    def step(self) -> tuple[dict[str, Any], Any, float]:
+        """One micro-step with the other actors: ``(metrics, the checkpoint it saved or None, seconds)``."""
         started = time.perf_counter()
-        train_cfg = self.preset.train
-        shard = np.array_split(batch_indices(self.n, train_cfg.batch_size, train_cfg.seed, micro),
-                               self.workers)[self.rank]
-        batch = get_batch(self.arrays, shard)
-        if avg is not None and not save:
-            saved = None
-            self.state, (flat, loss_sum, tokens) = self._apply_then_grad_sums(self.state, avg, batch,
-                                                                              self.lm.frozen)
-        else:
-            saved = self._apply_and_save(avg, save)
-            flat, loss_sum, tokens = self._grad_sums(self.state.params, batch, self.lm.frozen)
-        flat = np.asarray(flat)  # waits for the device
-        return flat, float(loss_sum), float(tokens), time.perf_counter() - started, saved
+        metrics, saved = self.session.step()
+        return metrics, saved, time.perf_counter() - started
 
-    def finish(self, avg: np.ndarray | None, save: bool) -> Any:
-        """Apply the last averaged gradient and write the final checkpoint (rank 0)."""
-        return self._apply_and_save(avg, save)
+    def finish(self) -> tuple[list[dict[str, str]], dict[str, Any]]:
+        """With the other actors: rank 0 exports and evaluates (``Session.finish``)."""
+        return self.session.finish()
 
-    def _apply_and_save(self, avg: np.ndarray | None, save: bool) -> tuple[int, str, str] | None:
-        if avg is not None:
-            self.state = self._apply(self.state, avg)
-        if not save or self.ckpt is None:
-            return None
-        from trainer.checkpoint import sha256_dir
-
-        micro = int(self.state.step)
-        update = micro // self.preset.train.grad_accum_steps
-        path = self.ckpt.save(update, self.state, {**self.data_id, "next_batch": micro})
-        return None if path is None else (update, str(path), sha256_dir(path))
-
-    def evaluate(self) -> dict[str, Any]:
-        from trainer.evaluate import evaluate
-        from trainer.loop import truncation_card
-
-        card = evaluate(self.lm.apply, self.state.params, self.evals, self.preset.model, self.preset.train,
-                        self.train_answers, lm=self.lm)
-        card["truncated"] = truncation_card(self.truncated, card["truncated"], self.lm.max_len)
-        return card
-
-    def export(self) -> list[dict[str, str]]:
-        """Rank 0: a base model run's outputs under ``workdir / "export"`` (``trainer.loop.export_outputs``)."""
-        from trainer.loop import export_outputs
-
-        return export_outputs(self.lm, self.state.params, self.workdir)
-
-    def close(self) -> None:
-        if self.ckpt is not None:
-            self.ckpt.close()
+    def all_reduce_seconds(self) -> float:
+        """One gradient-sized all-reduce across the actors (``bench.training``)."""
+        return self.session.all_reduce_seconds()
 
 
 @dataclass(frozen=True)
@@ -281,8 +184,8 @@ class RayTrainer:
 
     ``compilation_cache`` is a folder for JAX's persistent compilation cache,
     shared by the actors. ``start`` then ``train``; ``shutdown`` always (it kills the actors). Every
-    method blocks, so async callers run them in a thread. The driver only adds
-    numpy arrays; JAX runs in the actors.
+    method blocks, so async callers run them in a thread. The driver holds
+    no weights and no gradients; JAX computes in the actors.
     """
 
     def __init__(self, preset: Preset, kafka: KafkaClients, manifest: Manifest, workdir: Path | None, *,
@@ -339,14 +242,13 @@ class RayTrainer:
                     self.compilation_cache)
                 for rank in range(self.workers)
             ]
-        infos = self._get([a.load.remote() for a in self.actors])
+        coordinator = self._get(self.actors[0].address.remote())
+        infos = self._get([a.load.remote(coordinator) for a in self.actors])
         first = infos[0]
         self.position = first["next_batch"]
         if first["checkpoint"] is not None:
-            self.checkpoint = (first["resumed_from"], first["checkpoint"], first["sha256"])
-            if self.workers > 1:  # the others start from the seed's init; give them rank 0's restored state
-                state = ray.put(self._get(self.actors[0].get_state.remote()))
-                self._get([a.set_state.remote(state) for a in self.actors[1:]])
+            update, path, sha = first["checkpoint"]
+            self.checkpoint = (update, str(path), sha)
         return DataCounts(train=first["train"], eval=first["eval"], platform=first["platform"],
                           truncated=first.get("truncated", 0), max_len=first.get("max_len", 0),
                           model=first.get("model"))
@@ -365,10 +267,22 @@ class RayTrainer:
 
     @staticmethod
     def _get(refs: Any) -> Any:
+        """``ray.get``, failing on the first call that fails: one actor blocked in a collective with a dead peer
+        must not hide the dead one's ``RayActorError``."""
+        if not isinstance(refs, list):
+            refs = [refs]
+            single = True
+        else:
+            single = False
+        pending = list(refs)
         try:
-            return ray.get(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready)
+            values = ray.get(refs)
         except RayTaskError as exc:
             raise _unwrap(exc) from None
+        return values[0] if single else values
 
     # --- training ------------------------------------------------------------------
 
@@ -416,9 +330,7 @@ class RayTrainer:
                 if not self.actors:
                     self._start_actors()
                 self._train_once(deliver, saved, should_stop)
-                outputs = self._get(self.actors[0].export.remote())
-                scorecard = self._get(self.actors[0].evaluate.remote())
-                state = self._get(self.actors[0].get_state.remote())
+                outputs, scorecard = self._get([a.finish.remote() for a in self.actors])[0]
                 break
             except RayActorError as exc:
                 self.restarts += 1
@@ -435,7 +347,7 @@ class RayTrainer:
                             self.run_id, exc, self.workers, self.checkpoint and self.checkpoint[0])
         k = self.preset.train.grad_accum_steps
         return Result(
-            step=int(state.step) // k, state=state, history=history, scorecard=scorecard,
+            step=self.position // k, state=None, history=history, scorecard=scorecard,
             resumed_from=self.resumed_from,
             checkpoint=Path(self.checkpoint[1]) if self.checkpoint else None,
             checkpoint_sha256=self.checkpoint[2] if self.checkpoint else None,
@@ -444,48 +356,21 @@ class RayTrainer:
 
     def _train_once(self, deliver, saved, should_stop) -> None:
         cfg = self.preset.train
-        k = cfg.grad_accum_steps
-        learning_rates = _learning_rates(cfg)
-        micro = self.position
-        pending = None  # object ref of the averaged gradient the actors apply next
-        while micro < cfg.total_steps * k:
+        while self.position < cfg.total_steps * cfg.grad_accum_steps:
             if should_stop is not None:
                 should_stop()
-            save = pending is not None and checkpoint_due(micro, cfg)
             started = time.perf_counter()
-            outs = self._get([a.step.remote(pending, micro, save) for a in self.actors])
-            avg, loss_sum, tokens = _all_reduce(outs)
-            pending = ray.put(avg)
+            outs = self._get([a.step.remote() for a in self.actors])
             step_s = time.perf_counter() - started
-            saved(outs[0][4])
-            micro += 1
-            self.position = micro
-            deliver({
-                "step": micro // k, "micro_step": micro, "loss": loss_sum / max(tokens, 1.0),
-                "grad_norm": float(np.sqrt(np.dot(avg.astype(np.float64), avg.astype(np.float64)))),
-                "learning_rate": float(learning_rates[(micro - 1) // k]), "tokens": tokens,
-                "step_s": step_s, "compute_s": max(out[3] for out in outs),
-            })
-        if pending is not None:
-            saved(self._get(self.actors[0].finish.remote(pending, checkpoint_due(micro, cfg))))
+            metrics, checkpoint, _ = outs[0]
+            if checkpoint is not None:
+                saved((checkpoint[0], str(checkpoint[1]), checkpoint[2]))
+            self.position = metrics["micro_step"]
+            deliver({**metrics, "step_s": step_s, "compute_s": max(out[2] for out in outs)})
 
-
-def _all_reduce(outs: list[tuple[np.ndarray, float, float, float, Any]]) -> tuple[np.ndarray, float, float]:
-    """``(sum of gradient sums / total tokens, loss sum, tokens)`` over the actors' shards."""
-    tokens = sum(out[2] for out in outs)
-    total = outs[0][0].astype(np.float64)
-    for out in outs[1:]:
-        total += out[0]
-    return (total / max(tokens, 1.0)).astype(np.float32), sum(out[1] for out in outs), tokens
-
-
-def _learning_rates(cfg) -> np.ndarray:
-    """The schedule at every update, computed once (the driver runs no JAX per step)."""
-    import jax.numpy as jnp
-
-    from trainer.train import make_schedule
-
-    return np.asarray(make_schedule(cfg)(jnp.arange(cfg.total_steps, dtype=jnp.int32)))
+    def all_reduce_seconds(self) -> float:
+        """One gradient-sized all-reduce across the current actors (``bench.training``)."""
+        return max(self._get([a.all_reduce_seconds.remote() for a in self.actors]))
 
 
 __all__ = ["NAMESPACE", "DataCounts", "RayTrainer", "RayUnavailable", "TrainerShutDown", "Worker", "WorkerFailed", "WorkerLost",
