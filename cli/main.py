@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli import dataset, demo, dlq, ingest, runs, stack, train, trainer, worker
+from cli import models as models_cli
 from cli import serve as serve_cli
 from cli import subscribe as subscribe_cli
 from cli.common import console
@@ -26,6 +27,7 @@ app = _App(no_args_is_help=True, add_completion=False, help="Reasoning traces fr
 app.add_typer(stack.app, name="stack")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(runs.app, name="runs")
+app.add_typer(models_cli.app, name="models")
 app.add_typer(dlq.app, name="dlq")
 app.command()(ingest.generate)
 app.command()(ingest.publish)

@@ -19,6 +19,12 @@ class Topics(BaseModel):
     dlq: str = "traces.dlq"
     datasets: str = "datasets.events"
     runs: str = "runs.events"
+    models: str = "models.events"
+
+    @property
+    def materialized(self) -> tuple[str, ...]:
+        """The topics the materializer reads into the warehouse: its one list."""
+        return (self.valid, self.dlq, self.datasets, self.runs, self.models)
 
 
 class Settings(BaseSettings):
@@ -123,6 +129,7 @@ class Settings(BaseSettings):
             dlq=f"{p}traces.dlq",
             datasets=f"{p}datasets.events",
             runs=f"{p}runs.events",
+            models=f"{p}models.events",
         )
 
     @property

@@ -116,6 +116,23 @@ CONTRACTS: tuple[TopicContract, ...] = (
         readers=("materialize (tables `runs`, `run_metrics`)", "`tracestream runs list/show`",
                  "the read API (`/api/runs/{id}/events`, Server-Sent Events)", "subscribers"),
     ),
+    TopicContract(
+        topic="models.events",
+        key="model name",
+        value="ModelEvent",
+        value_note="the model registry: registered (a completed run as the next version of a name, with its "
+                   "dataset, eval split hash, artifacts with every file's sha256, and scorecard), promoted (to a "
+                   "stage), archived, gated (a regression gate's numbers and pass/fail). The key puts a name's "
+                   "events in one partition; folded in offset order, a registered event counts only if its version "
+                   "is the name's next one (the first of two concurrent registrations wins, the other registrant "
+                   "retries with the next version)",
+        partitions="`TRACESTREAM_PARTITIONS` (default 4)",
+        headers=(),
+        writers=("`tracestream models register/promote/archive/gate`",
+                 "trainer service: `tracestream trainer` (a policy rule's `register_as` and `gate`)"),
+        readers=("materialize (table `models`)", "`tracestream models list/show`",
+                 "the read API (`/api/models`, `/api/models/{name}`)", "subscribers"),
+    ),
 )
 
 

@@ -167,7 +167,8 @@ def build_app(
             retry_max_seconds=settings.warehouse_retry_max_seconds,
         )
         materialize = MaterializeStage(
-            writer, producer, codec, valid=topics.valid, dlq=topics.dlq, datasets=topics.datasets, runs=topics.runs
+            writer, producer, codec, valid=topics.valid, dlq=topics.dlq, datasets=topics.datasets, runs=topics.runs,
+            models=topics.models,
         )
         runners.append(StageRunner(materialize, group=materialize_group(settings), **runner_options))
     for runner in runners:

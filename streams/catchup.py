@@ -49,6 +49,6 @@ async def wait_until_caught_up(
             raw_targets = await offsets.end_offsets([topics.raw])
             await wait_until_committed(offsets, validate_group(settings), raw_targets, poll_seconds=poll_seconds)
         if "materialize" in stages:
-            for outputs in ([topics.valid, topics.dlq, topics.datasets, topics.runs], [topics.dlq]):
+            for outputs in (list(topics.materialized), [topics.dlq]):
                 targets = await offsets.end_offsets(outputs)
                 await wait_until_committed(offsets, materialize_group(settings), targets, poll_seconds=poll_seconds)

@@ -35,6 +35,7 @@ from streams.validate import (
 
 DATASET_EVENT = "DatasetEvent"
 RUN_EVENT = "RunEvent"
+MODEL_EVENT = "ModelEvent"
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
 from warehouse.tables import column_names
@@ -158,6 +159,17 @@ def run_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: dateti
     return runs, metrics
 
 
+def model_event_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) -> Batch:
+    """Decode models.events into `models` rows, each event kept whole as canonical JSON."""
+    batch = Batch("models", _empty("models"))
+    cols = dict(zip(column_names("models"), batch.columns))
+    for event, record, _ in _decoded(events, codec, MODEL_EVENT, batch):
+        values = {**record, "event": json.dumps(record, sort_keys=True, separators=(",", ":"), default=_json_value)}
+        _append_row(cols, values, event, now)
+        batch.events.append(event)
+    return batch
+
+
 def _append_row(columns: dict[str, list[Any]], values: dict[str, Any], event: InboundEvent, now: datetime) -> None:
     """One row: the event's Kafka coordinates plus ``values`` for every other column (a missing one is a bug)."""
     coordinates = {"topic": event.at.topic, "partition": event.at.partition, "offset": event.at.offset,
@@ -199,13 +211,13 @@ class MaterializeStage:
 
     def __init__(
         self, writer: BatchWriter, producer: Outputs, codec: AvroCodec, *, valid: str, dlq: str, datasets: str,
-        runs: str,
+        runs: str, models: str,
     ) -> None:
         self.writer = writer
         self.producer = producer
         self.codec = codec
-        self.topics = (valid, dlq, datasets, runs)
-        self.valid, self.dlq, self.datasets, self.runs = valid, dlq, datasets, runs
+        self.topics = (valid, dlq, datasets, runs, models)
+        self.valid, self.dlq, self.datasets, self.runs, self.models = valid, dlq, datasets, runs, models
         self.traces_written = 0
         self.dead_letters_written = 0
 
@@ -228,6 +240,7 @@ class MaterializeStage:
         dead = [_inbound(r) for r in records if r.topic == self.dlq]
         datasets = [_inbound(r) for r in records if r.topic == self.datasets]
         runs = [_inbound(r) for r in records if r.topic == self.runs]
+        models = [_inbound(r) for r in records if r.topic == self.models]
         rejected: list[Rejected] = []
         if traces:
             batch = trace_rows(traces, self.codec, now)
@@ -243,6 +256,9 @@ class MaterializeStage:
             # Loss points first: a reader that sees a metrics event in `runs` then finds its numbers.
             metrics_refused = await self.writer.write(metric_batch)
             rejected += [*run_batch.rejected, *await self.writer.write(run_batch), *metrics_refused]
+        if models:
+            batch = model_event_rows(models, self.codec, now)
+            rejected += [*batch.rejected, *await self.writer.write(batch)]
         if dead:
             batch = dead_letter_rows(dead, self.codec, now)
             refused = await self.writer.write(batch)

@@ -15,7 +15,7 @@ async def rewind_materializer(settings: Settings, kafka: KafkaClients) -> int:
     Run only while no worker runs: a live member would keep committing its own positions.
     """
     topics = settings.topics
-    partitions = await topic_partitions(kafka, [topics.valid, topics.dlq, topics.datasets, topics.runs])
+    partitions = await topic_partitions(kafka, list(topics.materialized))
     consumer = await kafka.start(kafka.consumer(group_id=materialize_group(settings), enable_auto_commit=False))
     try:
         consumer.assign(partitions)

@@ -42,6 +42,6 @@ async def lag_stats(settings: Settings, kafka: KafkaClients | ClusterOffsets) ->
     topics = settings.topics
     lags = [
         *await kafka.group_lag(validate_group(settings), [topics.raw]),
-        *await kafka.group_lag(materialize_group(settings), [topics.valid, topics.dlq, topics.datasets, topics.runs]),
+        *await kafka.group_lag(materialize_group(settings), list(topics.materialized)),
     ]
     return [{**lag._asdict(), "lag": lag.lag} for lag in lags]

@@ -21,7 +21,7 @@ TOPIC_CONFIG = {
 
 
 async def ensure_pipeline_topics(settings: Settings, kafka: KafkaClients) -> None:
-    """Create traces.raw, traces.valid, traces.dlq, datasets.events and runs.events if missing (idempotent).
+    """Create traces.raw, traces.valid, traces.dlq, datasets.events, runs.events and models.events if missing (idempotent).
 
     datasets.events has one partition: checking that a name+version is new
     reads one ordered history.
@@ -33,7 +33,8 @@ async def ensure_pipeline_topics(settings: Settings, kafka: KafkaClients) -> Non
     topics = settings.topics
     names = (topics.raw, topics.valid, topics.dlq)
     await ensure_topics_async(
-        kafka, {**{name: settings.partitions for name in names}, topics.datasets: 1, topics.runs: settings.partitions},
+        kafka, {**{name: settings.partitions for name in names}, topics.datasets: 1, topics.runs: settings.partitions,
+         topics.models: settings.partitions},
         config=TOPIC_CONFIG,
     )
     counts = Counter(tp.topic for tp in await topic_partitions(kafka, names))

@@ -8,6 +8,11 @@ A JSON file of rules, tried in order; the first whose ``dataset`` pattern
         {"dataset": "sft-*", "config": {"preset": "tiny", "train": {"total_steps": 50}}}
     ]}
 
+A rule may also name the model its completed runs become (``register_as``),
+a regression gate the new version must pass against a stage of that model
+(``gate``: against, metric, max_drop) and the stage it then takes
+(``promote_to``); see ``trainer.service``.
+
 The file's shape is checked when the trainer starts (a typo stops it there);
 the ``config`` itself is checked per run by ``trainer.config.from_mapping``,
 so a bad one fails that run with a ``failed`` event and the service goes on.
@@ -20,9 +25,52 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from schemas.model_registry import (
+    HIGHER_IS_BETTER,
+    ModelRegistryError,
+    check_model_name,
+    check_stage,
+)
 from trainer.config import ConfigError
+
+
+def _checked(check, value):
+    """A registry check as a pydantic validation error (so the policy's message names the field)."""
+    try:
+        return check(value)
+    except ModelRegistryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class Gate(BaseModel):
+    """Before promoting, compare the new version with the one holding ``against`` (a stage of the same model)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    against: str = Field(default="production", description="Stage whose holder is the baseline.")
+    metric: str = Field(default="exact_match", description=f"One of {', '.join(HIGHER_IS_BETTER)}.")
+    max_drop: float = Field(default=0.02, ge=0, allow_inf_nan=False, description="Largest regression allowed.")
+
+    @field_validator("against")
+    @classmethod
+    def _stage(cls, value: str) -> str:
+        return _checked(check_stage, value)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if value not in HIGHER_IS_BETTER:
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
+        return value
 
 
 class Rule(BaseModel):
@@ -33,6 +81,25 @@ class Rule(BaseModel):
     dataset: str = Field(min_length=1, description="fnmatch pattern on the dataset name, e.g. 'sft-*'.")
     config: dict[str, Any] | None = Field(default=None, description="trainer config (default: the tiny preset).")
     workers: int = Field(default=1, ge=1, le=64, description="Ray actors of each run.")
+    register_as: str | None = Field(default=None, description="Register each completed run as the next version of this model.")
+    gate: Gate | None = Field(default=None, description="Regression gate the new version must pass to be promoted.")
+    promote_to: str | None = Field(default=None, description="Stage the new version takes (after passing the gate).")
+
+    @field_validator("register_as")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _checked(check_model_name, value)
+
+    @field_validator("promote_to")
+    @classmethod
+    def _promote_stage(cls, value: str | None) -> str | None:
+        return None if value is None else _checked(check_stage, value)
+
+    @model_validator(mode="after")
+    def _needs_a_model(self) -> Rule:
+        if (self.gate is not None or self.promote_to is not None) and self.register_as is None:
+            raise ValueError("gate and promote_to need register_as (the model the run becomes a version of)")
+        return self
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.dataset)
@@ -72,4 +139,4 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(value, f"training policy {path}")
 
 
-__all__ = ["Policy", "Rule", "load_policy", "parse_policy"]
+__all__ = ["Gate", "Policy", "Rule", "load_policy", "parse_policy"]

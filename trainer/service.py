@@ -20,6 +20,14 @@ event and its run are tied for good:
   that does not parse, ends that run with a ``failed`` event (run_training
   publishes it); an undecodable dataset event is logged with its
   coordinates and skipped.
+- **Models.** A rule with ``register_as`` registers each completed run as
+  the next version of that model (``trainer.registry.register``). With a
+  ``gate`` the new version is compared with the version holding the gate's
+  stage (``against``) and publishes ``gated``; it is promoted to
+  ``promote_to`` only if it passed (when no version holds that stage yet
+  there is nothing to regress from, and the gate is skipped). A
+  registration, gate or promotion that is refused is logged and the service
+  goes on; the run stays completed either way.
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
+from schemas.model_registry import ModelRef
 from schemas.registry import default_registry
-from trainer.policy import Policy
+from trainer import registry as models
+from trainer.policy import Policy, Rule
 from trainer.run import RunCancelled, run_training
 from trainer.runlog import CANCEL_REQUESTED, FINISHED, run_histories
 
@@ -70,6 +80,8 @@ class Decision:
     run_id: str | None = None
     status: str | None = None
     """How the run ended, when one ran."""
+    model: str | None = None
+    """What became of a completed run under ``register_as``: NAME@VERSION, the gate, the promotion (or why not)."""
 
 
 async def run_statuses(kafka: KafkaClients, topic: str, codec: AvroCodec) -> dict[str, str]:
@@ -155,7 +167,38 @@ class TrainerService:
             log.warning("run %s failed: %s", run_id, exc)
             ended = "failed"
         reason = f"{name}@{version} matched rule {rule.dataset!r}"
-        return self._decided(Decision(*where, action, reason, run_id, ended))
+        model = await self._register(rule, run_id) if ended == "completed" and rule.register_as else None
+        return self._decided(Decision(*where, action, reason, run_id, ended, model))
+
+    async def _register(self, rule: Rule, run_id: str) -> str:
+        """Register the run under ``rule.register_as``, gate it and promote it as the rule says; returns what happened."""
+        try:
+            version = await models.register(self.settings, self.kafka, run_id, rule.register_as, codec=self.codec)
+            said = f"{version.name}@{version.version}"
+            if rule.gate is not None:
+                holders = (await models.load_registry(self.kafka, self.settings.topics.models, self.codec)).model(
+                    version.name).stages
+                if rule.gate.against in holders:
+                    _, baseline, outcome = await models.gate(
+                        self.settings, self.kafka, ModelRef(version.name, version.version),
+                        ModelRef(version.name, stage=rule.gate.against), metric=rule.gate.metric,
+                        max_drop=rule.gate.max_drop, by="tracestream trainer", codec=self.codec)
+                    said += (f", gate {'passed' if outcome.passed else 'failed'} against "
+                             f"{baseline.name}@{baseline.version} ({outcome.metric} {outcome.candidate} vs "
+                             f"{outcome.baseline})")
+                    if not outcome.passed:
+                        return said + ", not promoted"
+                else:
+                    said += f", no version in {rule.gate.against} to gate against"
+            if rule.promote_to is not None:
+                await models.promote(self.settings, self.kafka, ModelRef(version.name, version.version),
+                                     rule.promote_to, by="tracestream trainer",
+                                     reason=f"policy rule {rule.dataset!r}", codec=self.codec)
+                said += f", promoted to {rule.promote_to}"
+            return said
+        except TracestreamError as exc:
+            log.warning("run %s completed but was not registered/promoted as %s: %s", run_id, rule.register_as, exc)
+            return f"not registered as {rule.register_as}: {exc}"
 
     def _decided(self, decision: Decision) -> Decision:
         log.info("dataset event %s[%d]@%d: %s (%s)", decision.topic, decision.partition, decision.offset,

@@ -93,12 +93,27 @@ RUN_METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ingested_at", "DateTime64(3, 'UTC')"),
 )
 
+MODEL_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "String"),
+    ("version", "Int32"),
+    ("event_type", "LowCardinality(String)"),
+    ("at", "DateTime64(3, 'UTC')"),
+    ("run_id", "String"),
+    ("stage", "Nullable(String)"),
+    ("event", "String"),  # the whole ModelEvent as canonical JSON: readers fold it as the CLI folds the log
+    ("topic", "LowCardinality(String)"),
+    ("partition", "UInt32"),
+    ("offset", "UInt64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+
 TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "traces": TRACE_COLUMNS,
     "dlq": DEAD_LETTER_COLUMNS,
     "datasets": DATASET_EVENT_COLUMNS,
     "runs": RUN_EVENT_COLUMNS,
     "run_metrics": RUN_METRIC_COLUMNS,
+    "models": MODEL_EVENT_COLUMNS,
 }
 
 

@@ -194,6 +194,46 @@ async function refreshDatasets() {
   panelMessage("panel-datasets", "");
 }
 
+/* ---------- models: the registry ---------- */
+
+const stagesText = (stages) => Object.entries(stages).map(([stage, v]) => `${stage} v${v}`).join(" · ") || "–";
+
+function gateText(gate) {
+  if (!gate) return "–";
+  const verdict = gate.passed ? "passed" : "FAILED";
+  return `${verdict} vs ${gate.against_ref}: ${gate.metric} ${fmt.num(gate.candidate)} vs ${fmt.num(gate.baseline)}`;
+}
+
+async function refreshModels() {
+  const models = await getJSON("/api/models");
+  const table = document.getElementById("models-table");
+  const versionsTable = document.getElementById("model-versions-table");
+  if (models.length === 0) {
+    fillBody(table, []);
+    fillBody(versionsTable, []);
+    panelMessage("panel-models", "no data: no models yet (tracestream models register RUN --name NAME)");
+    return;
+  }
+  fillBody(table, models.map((m) => el("tr", { "data-model": m.name },
+    el("td", {}, el("b", {}, m.name)),
+    el("td", { class: "num" }, `v${m.latest_version}`),
+    el("td", { class: "stages" }, stagesText(m.stages)),
+  )));
+  const details = await Promise.all(models.map((m) => getJSON(`/api/models/${encodeURIComponent(m.name)}`)));
+  fillBody(versionsTable, details.flatMap((m) => m.versions_detail.map((v) => el("tr",
+    { "data-version": `${v.name}@${v.version}` },
+    el("td", {}, el("b", {}, v.name), `@${v.version}`),
+    el("td", {}, v.stage ? el("span", { class: `status ${v.stage}` }, v.stage) : "–"),
+    el("td", { class: "mono", title: v.run_id }, v.run_id),
+    el("td", { class: "mono", title: (v.lineage.dataset.ranges || [])
+      .map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ") },
+    `${v.dataset.name}@${v.dataset.version}`),
+    el("td", { class: "num" }, fmt.num(v.scorecard.exact_match)),
+    el("td", { class: "gate" }, gateText(v.gates[v.gates.length - 1])),
+  ))));
+  panelMessage("panel-models", "");
+}
+
 /* ---------- runs: list, loss curve (live), scorecard, leaderboard ---------- */
 
 /* The selected run: its curve as step -> loss (the one truth the chart is drawn from) and its live stream. */
@@ -537,6 +577,7 @@ async function refreshAll() {
     guarded("panel-dlq", refreshDlq),
     guarded("panel-datasets", refreshDatasets),
     guarded("panel-runs", refreshRuns),
+    guarded("panel-models", refreshModels),
     guarded("panel-traces", refreshTraces),
   ]);
   if (auth.open) document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;

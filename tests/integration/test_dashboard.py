@@ -358,8 +358,9 @@ def test_an_empty_warehouse_shows_no_data_in_every_panel_without_errors(settings
         browser.get(base + "/dashboard")
         messages = wait_until(browser, """
             const shown = Array.from(document.querySelectorAll('.panel .empty:not([hidden])'));
-            return shown.length === 5 && shown.map(p => p.closest('.panel').id + ': ' + p.textContent);
-        """, timeout_s=30, what="a 'no data' line in each of the five panels")
+            const panels = document.querySelectorAll('.panel').length;
+            return shown.length === panels && shown.map(p => p.closest('.panel').id + ': ' + p.textContent);
+        """, timeout_s=30, what="a 'no data' line in each panel")
         assert all(": no data: " in m for m in messages), messages
         charts = browser.execute_script(
             "return Array.from(document.querySelectorAll('.chart')).map(c => (c.data || []).length)")
