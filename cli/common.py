@@ -133,15 +133,16 @@ def fit_table(title: str, columns: Sequence[Column], rows: Iterable[Sequence[str
     tight = not fits(chosen)
     widths = {i: minimum(i) for i in chosen}
     spare = width - sum(widths.values()) - _GAP * (len(chosen) - 1)
-    growing = [i for i in chosen if widths[i] < natural(i)]
-    while spare > 0 and growing:  # share what is left, a character at a time, among the cut columns
-        for i in list(growing):
-            if spare == 0:
-                break
-            widths[i] += 1
-            spare -= 1
-            if widths[i] >= natural(i):
-                growing.remove(i)
+    for kind in ("text", "id"):  # what is left goes to wrapped text first (a shortened id reads fine already)
+        growing = [i for i in chosen if columns[i].kind == kind and widths[i] < natural(i)]
+        while spare > 0 and growing:  # a character at a time, in turn
+            for i in list(growing):
+                if spare == 0:
+                    break
+                widths[i] += 1
+                spare -= 1
+                if widths[i] >= natural(i):
+                    growing.remove(i)
     left_out = [columns[i].name for i in range(len(columns)) if i not in chosen]
     caption = f"left out to fit {width} columns: {', '.join(left_out)} (--json has them)" if left_out else None
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,

@@ -202,11 +202,11 @@ def _print_kept(base: Settings, settings: Settings | None, started: list[subproc
     out.print("\nstill running (--keep):", highlight=False)
     if not broker_ran:
         state = stack_status(base)
-        out.print(f"  broker   pid {state.kafka_pid}  {state.kafka_bootstrap}", highlight=False)
+        out.print(f"  broker   pid {state.kafka_pid}  {state.kafka_bootstrap}", highlight=False, soft_wrap=True)
     for process in started:
         where = {"serve": f"dashboard {api}/  API {api}/docs", "trainer": "trains the next ready demo-* dataset"}
         out.print(f"  {_command_of(process):<8} pid {process.pid}  {where.get(_command_of(process), '')}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if run_id:
         out.print(f"  the run in the API: {api}/api/runs/{run_id}", highlight=False, soft_wrap=True)
     pids = [str(p.pid) for p in started]

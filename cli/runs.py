@@ -61,6 +61,9 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         out.print_json(json.dumps(rows))
         return
+    if not rows:
+        console.print(f"no runs on {settings.topics.runs} yet; `tracestream train DATASET` starts one", highlight=False)
+        return
     out.print(fit_table("runs", _COLUMNS, ([_cell(row, c.name) for c in _COLUMNS] for row in rows)))
 
 
