@@ -77,7 +77,9 @@ def _load_base(preset: Preset) -> LM:
 
     ckpt = inspect_checkpoint(preset.base.path)
     tunix_cfg, create = tunix_model(ckpt.shape, preset.train.dtype)
-    model = create(str(ckpt.path), tunix_cfg, dtype=jnp.float32)
+    # Tunix's loader puts weights on jax.devices()[0] unless given a mesh: in a process joined to others by
+    # jax.distributed that device may be another process's, so the weights load onto this process's own.
+    model = create(str(ckpt.path), tunix_cfg, dtype=jnp.float32, mesh=_local_mesh())
     lora = preset.lora
     if lora is not None:
         modules = _lora_modules(ckpt.shape, lora.targets)
@@ -111,6 +113,13 @@ def _load_base(preset: Preset) -> LM:
             "lora": None if lora is None else dataclasses.asdict(lora)}
     sample = tunix_sampler(graphdef, shapes, ckpt.shape, ckpt.tokenizer)
     return LM(apply, params, frozen, ckpt.tokenizer, preset.max_len, None, info, layout, sample)
+
+
+def _local_mesh() -> jax.sharding.Mesh:
+    """This process's first device under every axis name Tunix's models shard along (each of size 1)."""
+    import numpy as np
+
+    return jax.sharding.Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1, 1, 1), ("fsdp", "tp", "sp", "ep"))
 
 
 def _lora_modules(shape: Any, targets: tuple[str, ...]) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Data-parallel training on Ray actors against a real dataset on the real broker.
 
-- 1 and 2 actors on the same global batch and seed follow the single-process loss curve;
+- 2 actors joined into one JAX mesh by ``jax.distributed`` (Gloo), on the same global batch and seed,
+  follow the single-process loss curve to float summation order (rtol 2e-5);
 - an actor killed mid-run is replaced from the last checkpoint: every metrics step is on
   runs.events exactly once, and the curve is the uninterrupted one;
 - a ``cancel_requested`` event stops the run: ``cancelled`` is published and the actors are gone.

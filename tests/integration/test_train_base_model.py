@@ -103,7 +103,8 @@ async def test_lora_run_on_a_base_model_publishes_truncation_and_a_failed_event_
 
 async def test_two_ray_actors_fine_tune_a_base_model_on_the_single_process_curve(settings: Settings, ray_cluster,
                                                                                  tmp_path: Path):
-    """LoRA on Ray: the actors exchange the adapters' gradients only and follow the in-process curve."""
+    """LoRA on two Ray actors joined by jax.distributed, adapters and base weights sharded (FSDP), an odd batch
+    (padded with masked rows): the in-process curve to float summation order (rtol 2e-5), and the outputs."""
     import asyncio
 
     import numpy as np
@@ -117,8 +118,8 @@ async def test_two_ray_actors_fine_tune_a_base_model_on_the_single_process_curve
     train, _ = await read_examples(kafka_of(settings), manifest, CODEC)
     model = write_checkpoint(tmp_path / "llama", "llama", texts=[e.prompt for e in train[:30]])
     config = {"base_model": {"path": str(model)}, "lora": {"rank": 4},
-              "train": {"max_len": 64, "batch_size": 4, "total_steps": 4, "warmup_steps": 1, "learning_rate": 1e-2,
-                        "eval_max_new_tokens": 4}}
+              "train": {"max_len": 64, "batch_size": 5, "total_steps": 4, "warmup_steps": 1, "learning_rate": 1e-2,
+                        "eval_max_new_tokens": 4, "fsdp": True}}
     preset = from_mapping(config)
     single = await asyncio.to_thread(train_and_evaluate, preset.model, preset.train, train, [], None,
                                      base=preset.base, lora=preset.lora)
@@ -131,4 +132,6 @@ async def test_two_ray_actors_fine_tune_a_base_model_on_the_single_process_curve
     finally:
         trainer.shutdown()
     assert result.step == 4 and result.scorecard["truncated"]["max_len"] == 64
+    assert result.checkpoint == tmp_path / "run" / "checkpoints" / "4"
+    assert sorted(o["kind"] for o in result.outputs) == ["adapter", "merged"]
     np.testing.assert_allclose([m["loss"] for m in result.history], [m["loss"] for m in single.history], rtol=2e-5)
