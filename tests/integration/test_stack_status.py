@@ -1,25 +1,27 @@
 """`tracestream stack status` lists what a home runs, with pids and ports; `stack stop` stops it by pid; a process
-that died without a word is reported not running and its record cleaned up."""
+that died without a word is reported not running and its record cleaned up; a demo will not start beside a
+process that holds the home's embedded warehouse."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from deploy.settings import Settings
+from deploy.stack import stack_status
 from tests.integration.support import cli, start_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def _status(settings: Settings) -> dict:
-    done = cli(settings, "stack", "status", "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    """What `stack status --json` prints, read in this process (polling through the CLI costs seconds a call)."""
+    return json.loads(json.dumps(asdict(stack_status(settings)), default=str))
 
 
 def test_status_lists_workers_with_pid_and_port_and_stop_and_stale_records(settings: Settings, tmp_path: Path):
@@ -29,7 +31,9 @@ def test_status_lists_workers_with_pid_and_port_and_stop_and_stale_records(setti
     try:
         wait_for(lambda: {p["pid"] for p in _status(home)["processes"]} >= {killed.pid, served.pid}, timeout_s=120,
                  what="both workers to record themselves")
-        listed = {p["pid"]: p for p in _status(home)["processes"]}
+        as_json = cli(home, "stack", "status", "--json")
+        assert as_json.returncode == 0, as_json.stderr
+        listed = {p["pid"]: p for p in json.loads(as_json.stdout)["processes"]}
         assert listed[served.pid]["kind"] == "worker"
         assert listed[served.pid]["ports"] == {"web": settings.web_port}
         assert listed[served.pid]["holds"] == ["warehouse"]
@@ -47,6 +51,10 @@ def test_status_lists_workers_with_pid_and_port_and_stop_and_stale_records(setti
         assert f"not running: worker (pid {killed.pid})" in " ".join(after.stdout.split())
         assert not (tmp_path / "run" / f"worker-{killed.pid}.json").exists()
         assert [p["pid"] for p in _status(home)["processes"]] == [served.pid]
+
+        demo = cli(home, "demo")  # its serve would need the warehouse this worker holds
+        assert demo.returncode == 2
+        assert f"worker (pid {served.pid}) holds the embedded warehouse" in " ".join(demo.stderr.split())
 
         refused = cli(home, "stack", "stop", str(killed.pid))
         assert refused.returncode == 2 and f"{killed.pid}: not a process of" in " ".join(refused.stderr.split())
