@@ -75,7 +75,7 @@ def _shortest(path: Path) -> str:
 def say_how_to_stop(settings: Settings, what: str) -> None:
     """The line every long-lived command prints: how to stop it, here and from another shell."""
     console.print(f"{what}: Ctrl-C stops it; from another shell `{command_line(settings, 'stack', 'stop', str(os.getpid()))}`"
-                  f" (`{command_line(settings, 'stack', 'status')}` lists what runs)", highlight=False)
+                  f" (`{command_line(settings, 'stack', 'status')}` lists what runs)", highlight=False, soft_wrap=True)
 
 
 # ---- tables

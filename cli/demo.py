@@ -71,7 +71,8 @@ def demo(
     with registered(base, "demo", detail="tracestream demo" + (" --keep" if keep else "")):
         lifetime = "--keep: what it starts keeps running afterwards" if keep else \
             "Ctrl-C stops it and everything it started"
-        console.print(f"{lifetime}; `{command_line(base, 'stack', 'status')}` lists what runs", highlight=False)
+        console.print(f"{lifetime}; `{command_line(base, 'stack', 'status')}` lists what runs", highlight=False,
+                      soft_wrap=True)
         try:
             result = _run(base, started, count, seed, broken_share, timeout_s, keep)
         except KeyboardInterrupt:
@@ -102,7 +103,7 @@ def _refuse_owned_warehouse(settings: Settings) -> None:
         console.print(f"[red]error:[/red] {', '.join(p.describe() for p in owners)} holds the embedded warehouse of "
                       f"{settings.home}, which the demo's serve needs; stop it first "
                       f"(`{command_line(settings, 'stack', 'stop', *(str(p.pid) for p in owners))}`) "
-                      "or run the demo with another TRACESTREAM_HOME", highlight=False)
+                      "or run the demo with another TRACESTREAM_HOME", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
 

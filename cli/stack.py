@@ -49,7 +49,8 @@ def _show(settings: Settings, status: StackStatus, as_json: bool) -> None:
         columns = (Column("what"), Column("pid", justify="right"), Column("where", "text"), Column("detail", "text"))
         out.print(fit_table(f"running in {settings.home}", columns, rows))
         stop = command_line(settings, "stack", "down") if status.kafka_pid else command_line(settings, "stack", "stop")
-        out.print(f"stop them all: {stop}; one: {command_line(settings, 'stack', 'stop', 'PID')}", highlight=False)
+        out.print(f"stop them all: {stop}; one: {command_line(settings, 'stack', 'stop', 'PID')}", highlight=False,
+                  soft_wrap=True)
     else:
         out.print(f"nothing of {settings.home} runs", highlight=False)
     for process in status.stale:
@@ -67,7 +68,7 @@ def up(as_json: bool = typer.Option(False, "--json", help="Print the status as J
     _show(settings, status, as_json)
     if status.kafka_managed:
         console.print(f"the broker keeps running after this command; `{command_line(settings, 'stack', 'down')}` "
-                      "stops it", highlight=False)
+                      "stops it", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -56,7 +56,8 @@ def trainer(
         raise typer.Exit(2) from None
     console.print(f"trainer: group {trainer_group(settings)} on {settings.topics.datasets}, "
                   f"{len(rules.rules)} policy rule(s); Ctrl-C stops it (and cancels the run in progress); "
-                  f"from another shell `{command_line(settings, 'stack', 'stop', str(os.getpid()))}`", highlight=False)
+                  f"from another shell `{command_line(settings, 'stack', 'stop', str(os.getpid()))}`", highlight=False,
+                  soft_wrap=True)
     with registered(settings, "trainer", detail=f"policy {policy}, group {trainer_group(settings)}"):
         asyncio.run(_serve(TrainerService(settings, kafka, rules)))
 

@@ -131,7 +131,7 @@ def stack_down(settings: Settings, timeout_s: float = 30) -> StackStatus:
 
 
 def stack_status(settings: Settings) -> StackStatus:
-    """Describe the stack without starting or probing anything."""
+    """Describe the stack without starting or probing anything (stale records of dead processes are removed)."""
     clickhouse = _describe_clickhouse(settings)
     running, stale = (tuple(found) for found in running_processes(settings))
     if settings.kafka_bootstrap:
