@@ -201,7 +201,9 @@ const stagesText = (stages) => Object.entries(stages).map(([stage, v]) => `${sta
 function gateText(gate) {
   if (!gate) return "–";
   const verdict = gate.passed ? "passed" : "FAILED";
-  return `${verdict} vs ${gate.against_ref}: ${gate.metric} ${fmt.num(gate.candidate)} vs ${fmt.num(gate.baseline)}`;
+  const value = gate.metric === "exact_match" ? fmt.pct : fmt.num;
+  return `${verdict} vs ${gate.against_ref}: ${gate.metric} ${value(gate.candidate)} vs ${value(gate.baseline)}` +
+    ` (max drop ${gate.max_drop})`;
 }
 
 async function refreshModels() {
@@ -228,7 +230,7 @@ async function refreshModels() {
     el("td", { class: "mono", title: (v.lineage.dataset.ranges || [])
       .map((r) => `p${r.partition} [${r.start}, ${r.end})`).join("  ") },
     `${v.dataset.name}@${v.dataset.version}`),
-    el("td", { class: "num" }, fmt.num(v.scorecard.exact_match)),
+    el("td", { class: "num" }, fmt.pct(v.scorecard.exact_match)),
     el("td", { class: "gate" }, gateText(v.gates[v.gates.length - 1])),
   ))));
   panelMessage("panel-models", "");
