@@ -269,6 +269,8 @@ def compare(candidate: ModelVersion, baseline: ModelVersion, metric: str, max_dr
             f"{_dataset_text(candidate)} vs {theirs[:12] or 'none'} of {_dataset_text(baseline)}); "
             "their scorecards cannot be compared. Train both on datasets with the same eval split."
         )
+    if not candidate.dataset.get("eval_count"):
+        raise ModelRegistryError(f"{_dataset_text(candidate)} has an empty eval split: there is no score to gate on")
     values = []
     for version in (candidate, baseline):
         value = version.scorecard.get(metric)

@@ -173,6 +173,13 @@ async def test_train_register_promote_gate_and_lineage_from_cli_api_and_log(sett
         assert await end_offsets(kafka, [settings.topics.models]) == before
         await models.archive(settings, kafka, ModelRef("arith", 4), reason="other eval split")
 
+        # The tables people read: `models list` and `models show` without --json.
+        code, listed, err = await models_cli(settings, "list")
+        assert code == 0 and "production: v3, staging: v2" in listed, (listed, err)
+        code, shown, err = await models_cli(settings, "show", "arith@2")
+        assert code == 0 and "stage: staging" in shown and "gate FAILED vs arith@production" in shown, (shown, err)
+        assert f"{manifest.topic}[{manifest.ranges[0].partition}] offsets [{manifest.ranges[0].start}," in shown
+
         # Lineage: `models show` names the exact offsets; replayed, they hash to the recorded content_sha256.
         code, shown, err = await models_cli(settings, "show", "arith@production", "--json")
         assert code == 0, err

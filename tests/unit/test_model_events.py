@@ -138,3 +138,7 @@ def test_the_gate_refuses_different_eval_splits_unknown_metrics_and_bad_bounds()
         compare(model.versions[1], model.versions[1], "exact_match", -0.1)
     with pytest.raises(ModelRegistryError, match="has no perplexity"):
         compare(model.versions[1], model.versions[1], "perplexity", 0.1)
+    empty = fold(registered(1, "a"), registered(2, "b")).model("arith")
+    empty.versions[2].dataset["eval_count"] = 0
+    with pytest.raises(ModelRegistryError, match="arith@1 has an empty eval split"):
+        compare(empty.versions[2], empty.versions[1], "exact_match", 0.02)
