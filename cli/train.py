@@ -50,7 +50,7 @@ def train(
         help="Data-parallel workers: 1 trains in this process, more train on Ray actors (RAY_ADDRESS, or a local Ray).",
     ),
 ) -> None:
-    """Train the byte-level LM on a dataset, publishing queued/started/metrics/checkpoint/evaluated/completed."""
+    """Train on a dataset (the byte-level LM, or a base model from its directory), publishing run events."""
     from trainer.run import (  # JAX and Orbax: ~1.5 s to import, only for this command
         RunCancelled,
         run_training,

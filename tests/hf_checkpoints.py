@@ -35,12 +35,19 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
-def train_tokenizer(texts: Iterable[str], specials: list[str], vocab_size: int = 400):
-    """A byte-level BPE tokenizer (as Qwen's and Llama 3's are) trained on ``texts``."""
+def train_tokenizer(texts: Iterable[str], specials: list[str], vocab_size: int = 400, *,
+                    single_digits: bool = False):
+    """A byte-level BPE tokenizer (as Qwen's and Llama 3's are) trained on ``texts``.
+
+    ``single_digits``: every digit its own token, as Qwen's pre-tokenizer splits them.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if single_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -64,12 +71,13 @@ def write_checkpoint(
     vocab_size: int = 400,
     seed: int = 0,
     scale: float = 0.1,
+    single_digits: bool = False,
 ) -> Path:
     """Write a tiny random ``family`` checkpoint ("qwen3", "qwen2", "llama" or "gemma3_text") to ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     llama, gemma = family == "llama", family == "gemma3_text"
     specials = LLAMA_SPECIALS if llama else GEMMA_SPECIALS if gemma else QWEN_SPECIALS
-    tok = train_tokenizer(texts, specials, vocab_size)
+    tok = train_tokenizer(texts, specials, vocab_size, single_digits=single_digits)
     tok.save(str(path / "tokenizer.json"))
     vocab = tok.get_vocab_size(with_added_tokens=True)
     tied = (not llama) if tied is None else tied
