@@ -73,20 +73,20 @@ def demo(
             "Ctrl-C stops it and everything it started"
         console.print(f"{lifetime}; `{command_line(base, 'stack', 'status')}` lists what runs", highlight=False,
                       soft_wrap=True)
+        run, settings = _demo_settings(base)
+        result: tuple[dict[str, bool], str | None] | None = None
         try:
-            result = _run(base, started, count, seed, broken_share, timeout_s, keep)
+            result = _run(base, run, settings, started, count, seed, broken_share, timeout_s, keep)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]")
-            result = None
         finally:
-            if not keep:
+            if keep:  # passed, failed or interrupted: say what is left and how to stop it
+                _print_kept(base, settings, started, broker_ran, result[1] if result else None)
+            else:
                 _stop_started(base, started, stop_broker=not broker_ran)
-    if keep:
-        _print_kept(base, result[0] if result else None, started, broker_ran, result[2] if result else None)
     if result is None:
         raise typer.Exit(130)
-    checks = result[1]
-    if not all(checks.values()):
+    if not all(result[0].values()):
         raise typer.Exit(1)
 
 
@@ -107,14 +107,10 @@ def _refuse_owned_warehouse(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
-def _run(base: Settings, started: list[subprocess.Popen], count: int, seed: int, broken_share: float,
-         timeout_s: float, keep: bool) -> tuple[Settings, dict[str, bool], str | None]:
-    """The demo itself; each process it starts is appended to ``started`` as soon as it exists."""
-    console.print("starting the local stack...")
-    stack_up(base)
-    kafka = require_kafka(base)
+def _demo_settings(base: Settings) -> tuple[str, Settings]:
+    """A name for this demo, and its own topics, groups, database and ports, so demos never see each other's data."""
     run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(
+    return run, base.model_copy(
         update={
             "topic_prefix": f"{base.topic_prefix}demo-{run}.",
             "app_id": f"{base.app_id}-demo-{run}",
@@ -123,6 +119,14 @@ def _run(base: Settings, started: list[subprocess.Popen], count: int, seed: int,
             "api_port": _free_port(),
         }
     )
+
+
+def _run(base: Settings, run: str, settings: Settings, started: list[subprocess.Popen], count: int, seed: int,
+         broken_share: float, timeout_s: float, keep: bool) -> tuple[dict[str, bool], str | None]:
+    """The demo itself; each process it starts is appended to ``started`` as soon as it exists."""
+    console.print("starting the local stack...")
+    stack_up(base)
+    kafka = require_kafka(base)
     asyncio.run(ensure_pipeline_topics(settings, kafka))
     events = list(generate_events(count, seed, broken_share=broken_share))
     expected_reasons = Counter(e.expected_reason for e in events if e.expected_reason)
@@ -161,7 +165,7 @@ def _run(base: Settings, started: list[subprocess.Popen], count: int, seed: int,
     }
     _print_summary(run, settings, count, stats, got_reasons, began, published_at, queryable_at, checks)
     _print_training(manifest, served)
-    return settings, checks, served["run"]["run_id"] if served["run"] else None
+    return checks, served["run"]["run_id"] if served["run"] else None
 
 
 def _stop_started(base: Settings, started: list[subprocess.Popen], *, stop_broker: bool) -> None:
@@ -193,13 +197,13 @@ def _command_of(process: subprocess.Popen) -> str:
     return str(process.args[3]) if isinstance(process.args, list) and len(process.args) > 3 else "process"
 
 
-def _print_kept(base: Settings, settings: Settings | None, started: list[subprocess.Popen], broker_ran: bool,
+def _print_kept(base: Settings, settings: Settings, started: list[subprocess.Popen], broker_ran: bool,
                 run_id: str | None) -> None:
     """With --keep: what still runs, where, and the one command that stops it."""
     started = [p for p in started if p.poll() is None]
-    if broker_ran and not started:
+    if (broker_ran or stack_status(base).kafka_pid is None) and not started:
         return
-    api = f"http://{settings.api_host}:{settings.api_port}" if settings else "?"
+    api = f"http://{settings.api_host}:{settings.api_port}"
     out.print("\nstill running (--keep):", highlight=False)
     if not broker_ran:
         state = stack_status(base)
