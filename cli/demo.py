@@ -209,7 +209,7 @@ def _print_kept(base: Settings, settings: Settings, started: list[subprocess.Pop
         state = stack_status(base)
         out.print(f"  broker   pid {state.kafka_pid}  {state.kafka_bootstrap}", highlight=False, soft_wrap=True)
     for process in started:
-        where = {"serve": f"dashboard {api}/  API {api}/docs", "trainer": "trains the next ready demo-* dataset"}
+        where = {"serve": f"dashboard {api}/dashboard  API {api}/docs", "trainer": "trains the next ready demo-* dataset"}
         out.print(f"  {_command_of(process):<8} pid {process.pid}  {where.get(_command_of(process), '')}",
                   highlight=False, soft_wrap=True)
     if run_id:

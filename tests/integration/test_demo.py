@@ -70,49 +70,54 @@ def test_demo_run_twice_passes_and_leaves_no_process_of_its_own(settings: Settin
         assert not (tmp_path / "kafka" / "broker.json").exists()
 
 
-def test_ctrl_c_stops_everything_the_demo_started(settings: Settings, tmp_path: Path):
-    demo_settings = own_stack(settings, tmp_path)
-    demo = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", "--count", "300"], cwd=REPO,
+def interrupt_once_running(demo_settings: Settings, home: Path, *options: str, with_broker: bool):
+    """Start the demo, wait until its serve and trainer (and broker) run, then press Ctrl-C.
+
+    Returns the processes of the home that ran at that moment, and the demo's exit code, stdout and stderr.
+    """
+    demo = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", "--count", "300", *options], cwd=REPO,
                             env=demo_settings.child_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        records = tmp_path / "run"
-
         def started() -> list[int] | None:
-            broker = tmp_path / "kafka" / "broker.json"
-            serve, trainer = list(records.glob("serve-*.json")), list(records.glob("trainer-*.json"))
+            paths = [*(home / "run").glob("serve-*.json"), *(home / "run").glob("trainer-*.json")]
+            if with_broker:
+                paths += [broker for broker in [home / "kafka" / "broker.json"] if broker.exists()]
             if demo.poll() is not None:
                 pytest.fail(f"the demo ended before it was interrupted: {demo.communicate()}")
-            if not (broker.exists() and serve and trainer):
-                return None
-            return [json.loads(path.read_text())["pid"] for path in (broker, serve[0], trainer[0])]
+            return [json.loads(path.read_text())["pid"] for path in paths] if len(paths) == 2 + with_broker else None
 
-        pids = wait_for(started, timeout_s=180, what="the demo's broker, serve and trainer to run")
-        running = processes_of(tmp_path)
+        pids = wait_for(started, timeout_s=180, what="the demo's serve and trainer to run")
+        running = processes_of(home)
         assert set(pids) <= set(running) and demo.pid in running
         demo.send_signal(signal.SIGINT)  # what Ctrl-C sends; the children run in sessions of their own
-        _, err = demo.communicate(timeout=180)
+        out, err = demo.communicate(timeout=180)
     finally:
         if demo.poll() is None:
             demo.kill()
     assert demo.returncode == 130, err[-2000:]
     assert "interrupted" in err
+    return running, out, err
+
+
+def test_ctrl_c_stops_everything_the_demo_started(settings: Settings, tmp_path: Path):
+    running, _, _ = interrupt_once_running(own_stack(settings, tmp_path), tmp_path, with_broker=True)
+    assert len(running) >= 4  # the demo, its broker, serve (and its validate children), trainer
     assert not [pid for pid in running if alive(pid)], {pid: running[pid] for pid in running if alive(pid)}
     assert processes_of(tmp_path) == {}
 
 
 def test_keep_leaves_it_running_where_it_says_until_the_command_it_prints(settings: Settings, tmp_path: Path):
     """Here a broker already runs (the session's): the demo uses it, and its stop command leaves it alone."""
-    demo_settings = settings.model_copy(update={"home": tmp_path})
-    done = cli(demo_settings, "demo", "--count", "300", "--keep", timeout_s=380)
-    passed(done)
-    kept = done.stdout.split("still running (--keep):")[1]
+    running, out, _ = interrupt_once_running(settings.model_copy(update={"home": tmp_path}), tmp_path, "--keep",
+                                             with_broker=False)
+    kept = out.split("still running (--keep):")[1]
     assert "broker" not in kept  # it did not start one
     pids = [int(pid) for pid in re.findall(r"pid\s+(\d+)", kept)]
     try:
         assert len(pids) == 2 and all(alive(pid) for pid in pids)
-        run_url = re.search(r"the run in the API: (\S+)", kept).group(1)
-        assert httpx.get(run_url, timeout=10).json()["run"]["status"] == "completed"
+        dashboard = re.search(r"dashboard (\S+)", kept).group(1)
+        wait_for(lambda: _answers(dashboard), timeout_s=120, what=f"{dashboard} to answer")
         stop = re.search(r"stop it all: (.+)", kept).group(1)
         assert "stack stop" in stop and all(str(pid) in stop for pid in pids)
         stopped = subprocess.run(stop, shell=True, cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -122,7 +127,14 @@ def test_keep_leaves_it_running_where_it_says_until_the_command_it_prints(settin
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    assert not [pid for pid in pids if alive(pid)]
+    assert not [pid for pid in running if alive(pid)]
     assert processes_of(tmp_path) == {}
     host, port = settings.kafka_bootstrap.rsplit(":", 1)
     socket.create_connection((host, int(port)), timeout=5).close()  # the broker it found still runs
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5, follow_redirects=True).status_code == 200
+    except httpx.HTTPError:
+        return False
