@@ -22,7 +22,18 @@ from api.fastlane import TraceReadFastLane
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.publisher import Publisher
 from api.reader import WarehouseReader
-from api.routers import datasets, dlq, evaluations, health, models, runs, session, stats, traces
+from api.routers import (
+    datasets,
+    dlq,
+    evaluations,
+    health,
+    models,
+    runs,
+    session,
+    stats,
+    traces,
+    tunes,
+)
 from api.routers import ingest as ingest_routes
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
@@ -93,7 +104,7 @@ def create_app(
     app = FastAPI(title="tracestream", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.api = state
     install_handlers(app)
-    for module in (traces, ingest_routes, dlq, datasets, runs, models, evaluations, stats, health, session):
+    for module in (traces, ingest_routes, dlq, datasets, runs, models, tunes, evaluations, stats, health, session):
         app.include_router(module.router)
     app.include_router(api.dashboard.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)

@@ -8,6 +8,7 @@ from cli import dataset, demo, dlq, ingest, runs, stack, train, trainer, worker
 from cli import models as models_cli
 from cli import serve as serve_cli
 from cli import subscribe as subscribe_cli
+from cli import tune as tune_cli
 from cli.common import console
 from schemas.errors import TracestreamError
 
@@ -28,6 +29,7 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(runs.app, name="runs")
 app.add_typer(models_cli.app, name="models")
+app.add_typer(tune_cli.app, name="tune")
 app.add_typer(dlq.app, name="dlq")
 app.command()(ingest.generate)
 app.command()(ingest.publish)

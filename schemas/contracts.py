@@ -109,10 +109,12 @@ CONTRACTS: tuple[TopicContract, ...] = (
         key="run_id",
         value="RunEvent",
         value_note="a run's events in order: queued, started, metrics, checkpoint, evaluated, then completed, "
-                   "failed or cancelled; cancel_requested asks the run's driver to stop",
+                   "failed or cancelled, or stopped (a tune's scheduler ended the trial early); cancel_requested "
+                   "asks the run's driver to stop; a tune's trials share a tune_id (v4)",
         partitions="`TRACESTREAM_PARTITIONS` (default 4)",
         headers=(),
-        writers=("trainer: `tracestream train`, `tracestream trainer`", "`tracestream runs cancel` (cancel_requested)"),
+        writers=("trainer: `tracestream train`, `tracestream trainer`, `tracestream tune` (its trials)",
+                 "`tracestream runs cancel`, `tracestream tune cancel` (cancel_requested)"),
         readers=("materialize (tables `runs`, `run_metrics`)", "`tracestream runs list/show`",
                  "the read API (`/api/runs/{id}/events`, Server-Sent Events)", "subscribers"),
     ),

@@ -7,6 +7,7 @@ all keyed by ``run_id``:
     queued → started → metrics / checkpoint … → evaluated → completed (outputs)
                        (any failure)        → failed
                        (cancel_requested)   → cancelled
+                       (a tune's scheduler) → stopped
 
 One worker trains in this process; more train data-parallel on Ray actors
 (``trainer.distributed``), which restart from the last checkpoint when one
@@ -31,7 +32,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +60,10 @@ class RunFailed(TracestreamError):
 
 class RunCancelled(TracestreamError):
     """The run was cancelled before it finished (``tracestream runs cancel``); ``cancelled`` was published."""
+
+
+class RunStopped(TracestreamError):
+    """A tune's scheduler stopped the run early (raised by ``report``); ``stopped`` was published, naming why."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,8 @@ async def run_training(
     metrics_every: int = 1,
     workers: int = 1,
     max_restarts: int = 3,
+    tune_id: str | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunOutcome:
     """Train on ``dataset`` (``version`` None: the latest ready one) and publish the run's events.
 
@@ -174,11 +181,16 @@ async def run_training(
     ``settings.home / "runs" / run_id``). ``workers`` > 1 trains on that many
     Ray actors (``settings.ray_address``, or a local Ray started here), whose
     death restarts them from the last checkpoint up to ``max_restarts`` times.
+    A tune's trial (``trainer.tune``) passes its ``tune_id``, which every event
+    carries, and ``report``, called from the training thread with ``{step,
+    loss}`` after every optimizer update; it may raise ``RunStopped`` (or
+    ``RunCancelled``) to end the run there.
 
     Raises:
         UnknownDataset: no ready dataset of that name/version (a ``failed`` event is published).
         ConfigError: the config is invalid or the dataset has no training records (likewise).
         RunCancelled: a ``cancel_requested`` event arrived (``cancelled`` is published).
+        RunStopped: ``report`` stopped the run early (``stopped`` is published).
         RunFailed: training itself failed (likewise; the original error is chained).
     """
     if isinstance(metrics_every, bool) or not isinstance(metrics_every, int) or metrics_every < 1:
@@ -190,7 +202,7 @@ async def run_training(
     codec = AvroCodec(default_registry())
     base: dict[str, Any] = {
         "run_id": run_id, "dataset_name": dataset, "dataset_version": version or 0, "dataset_sha256": "",
-        "config": "", "seed": 0, "workers": workers,
+        "config": "", "seed": 0, "workers": workers, "tune_id": tune_id,
     }
 
     def event(event_type: str, **fields: Any) -> dict[str, Any]:
@@ -215,7 +227,7 @@ async def run_training(
                 raise ConfigError(f"invalid trainer config for run {run_id}: {exc}") from exc
             base.update(config=config_json(preset), seed=preset.train.seed)
             publisher.put(event("queued"))
-            hooks = _Hooks(preset, metrics_every, publisher.put_threadsafe, event, stop, published)
+            hooks = _Hooks(preset, metrics_every, publisher.put_threadsafe, event, stop, published, report)
             if workers == 1:
                 train, evals = await read_examples(kafka, manifest, codec)
                 if not train:
@@ -259,8 +271,8 @@ async def run_training(
                 await asyncio.shield(asyncio.to_thread(trainer.shutdown))
             cancelled = isinstance(exc, (asyncio.CancelledError, RunCancelled))
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TracestreamError) else str(exc)
-            await _publish_last(publisher, event("cancelled" if cancelled else "failed",
-                                                 error="run was cancelled" if cancelled else error))
+            ending = "cancelled" if cancelled else "stopped" if isinstance(exc, RunStopped) else "failed"
+            await _publish_last(publisher, event(ending, error="run was cancelled" if cancelled else error))
             if cancelled or isinstance(exc, TracestreamError) or not isinstance(exc, Exception):
                 raise
             raise RunFailed(f"run {run_id} failed: {error}") from exc
@@ -296,7 +308,7 @@ class _Hooks:
     """The training thread's hooks: aggregate micro-steps into per-update metrics and queue events."""
 
     def __init__(self, preset: Preset, every: int, put, event, stop: threading.Event,
-                 published: Published) -> None:
+                 published: Published, report: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.published = published  # what an earlier attempt of this run published: not again
         self.k = preset.train.grad_accum_steps
         self.total = preset.train.total_steps
@@ -309,6 +321,7 @@ class _Hooks:
         self.since = time.perf_counter()
         self.final_loss: float | None = None
         self.truncated: int | None = None  # train examples cut to max_len, once known
+        self.report = report  # a tune trial's: sees every update's loss, may stop the run
 
     def on_started(self, info: dict[str, Any]) -> None:
         """The model is built and the data tokenized (in-process runs): publish ``started``."""
@@ -332,13 +345,13 @@ class _Hooks:
         self.losses, self.tokens, self.since = [], 0.0, now
         self.final_loss = loss
         step = int(m["step"])
-        if step <= self.published.metrics_step:
-            return
-        if step % self.every == 0 or step == self.total:
+        if step > self.published.metrics_step and (step % self.every == 0 or step == self.total):
             self.put(self.event("metrics", metrics={
                 "step": step, "loss": loss, "learning_rate": float(m["learning_rate"]),
                 "grad_norm": float(m["grad_norm"]), "tokens_per_s": tokens_per_s,
             }, truncated_examples=self.truncated))
+        if self.report is not None:
+            self.report({"step": step, "loss": loss})  # after the metrics event: a stop follows the loss it saw
 
     def on_checkpoint(self, step: int, path: Path, sha256: str) -> None:
         if step <= self.published.checkpoint_step:
@@ -346,4 +359,4 @@ class _Hooks:
         self.put(self.event("checkpoint", checkpoint={"step": int(step), "path": str(path), "sha256": sha256}))
 
 
-__all__ = ["RunCancelled", "RunFailed", "RunOutcome", "canonical_json", "run_training"]
+__all__ = ["RunCancelled", "RunFailed", "RunOutcome", "RunStopped", "canonical_json", "run_training"]

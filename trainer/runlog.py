@@ -29,8 +29,9 @@ from schemas.errors import TracestreamError
 
 RUN_EVENT = "RunEvent"
 CANCEL_REQUESTED = "cancel_requested"
-FINISHED = frozenset({"completed", "failed", "cancelled"})
-"""Event types that end a run; ``cancel_requested`` does not (the driver answers it with ``cancelled``)."""
+FINISHED = frozenset({"completed", "failed", "cancelled", "stopped"})
+"""Event types that end a run (``stopped``: a tune's scheduler ended a trial early); ``cancel_requested`` does not
+(the driver answers it with ``cancelled``). ``api.queries.runs.TERMINAL`` is the same set: keep them equal."""
 
 
 @dataclass(frozen=True)
@@ -93,21 +94,43 @@ class RunLog:
     async def watch(self, on_cancel: Callable[[], None]) -> None:
         """Call ``on_cancel()`` when a ``cancel_requested`` event for this run arrives, then return."""
         assert self.consumer is not None, "call open() first"
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    if record.key != self.key:
-                        continue
-                    event, _ = self.codec.decode_latest(record.value, RUN_EVENT)
-                    if event["event_type"] == CANCEL_REQUESTED:
-                        on_cancel()
-                        return
+        await _next_cancel(self.consumer, self.codec, self.key)
+        on_cancel()
+
+    async def open_at_end(self) -> None:
+        """Start reading every run's events from the current end (``watch_all``), skipping the past."""
+        partitions = await topic_partitions(self.kafka, [self.topic])
+        if not partitions:
+            raise RunLogUnavailable(f"topic {self.topic} does not exist or has no available partitions")
+        self.consumer = await self.kafka.start(self.kafka.consumer(
+            enable_auto_commit=False, isolation_level="read_committed", fetch_max_wait_ms=100))
+        self.consumer.assign(partitions)
+        for tp, end in (await self.consumer.end_offsets(partitions)).items():
+            self.consumer.seek(tp, end)
+
+    async def watch_all(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first ``cancel_requested`` event of any run that ``match(event)`` accepts (a tune's trials)."""
+        assert self.consumer is not None, "call open_at_end() first"
+        return await _next_cancel(self.consumer, self.codec, None, match)
 
     async def close(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
+
+
+async def _next_cancel(consumer: AIOKafkaConsumer, codec: AvroCodec, key: bytes | None,
+                       match: Callable[[dict[str, Any]], bool] = lambda event: True) -> dict[str, Any]:
+    """Poll until a ``cancel_requested`` event (of run ``key``, or any run) that ``match`` accepts arrives."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for record in records:
+                if key is not None and record.key != key:
+                    continue  # another run's: not even decoded
+                event, _ = codec.decode_latest(record.value, RUN_EVENT)
+                if event["event_type"] == CANCEL_REQUESTED and match(event):
+                    return event
 
 
 class UnknownRun(TracestreamError):
@@ -126,16 +149,20 @@ class RunAlreadyFinished(TracestreamError):
     """The run already ended (completed, failed or cancelled); there is nothing to cancel."""
 
 
-async def request_cancel(kafka: KafkaClients, topic: str, run_id: str, codec: AvroCodec) -> dict[str, Any]:
+async def request_cancel(kafka: KafkaClients, topic: str, run_id: str, codec: AvroCodec, *,
+                         reason: str | None = None, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Publish ``cancel_requested`` for ``run_id``, naming the same dataset and config as its other events.
 
     Returns the event published. The run's driver answers with ``cancelled``.
+    ``reason`` goes in the event's ``error`` (``tracestream tune cancel`` names
+    the tune there); ``events``: the run's events when the caller has read them.
 
     Raises:
         UnknownRun: the run has no event on ``topic``.
         RunAlreadyFinished: its latest event is completed, failed or cancelled.
     """
-    events = (await run_histories(kafka, topic, codec)).get(run_id)
+    if events is None:
+        events = (await run_histories(kafka, topic, codec)).get(run_id)
     if not events:
         raise UnknownRun(f"no run {run_id!r} on {topic}; `tracestream runs list` shows the runs")
     last = events[-1]
@@ -144,7 +171,7 @@ async def request_cancel(kafka: KafkaClients, topic: str, run_id: str, codec: Av
             f"run {run_id} already ended: {last['event_type']} at {last['at'].isoformat()}; nothing to cancel"
         )
     event = {**last, "event_type": CANCEL_REQUESTED, "at": datetime.now(UTC), "metrics": None, "checkpoint": None,
-             "scorecard": None, "error": None}
+             "scorecard": None, "error": reason}
     producer = await kafka.start(kafka.producer(acks="all", enable_idempotence=True))
     try:
         await producer.send_and_wait(topic, codec.encode(event, RUN_EVENT), key=run_id.encode())

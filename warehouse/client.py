@@ -19,7 +19,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from deploy.settings import Settings
 from schemas.errors import ConfigurationError
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
-from warehouse.tables import TABLES, column_names, create_table_sql
+from warehouse.tables import TABLES, add_missing_columns_sql, column_names, create_table_sql, schema_differences
 from warehouse.trace_index import TraceIndex
 
 log = logging.getLogger(__name__)
@@ -133,13 +133,35 @@ class Warehouse:
         return f"{'chdb' if self.embedded else 'clickhouse'}:{self.database}"
 
     def ensure_tables(self) -> None:
+        """Create what is missing and migrate what an older version made: its tables gain the columns added since.
+
+        Run on every start-up (``connect``), so a new schema version's column
+        reaches an existing warehouse before the first insert that needs it.
+        """
         self.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        present = self.columns()
         for table in TABLES:
             self.command(create_table_sql(self.database, table))
+            if table in present:  # made by an older version: add the columns added since
+                for alter in add_missing_columns_sql(self.database, table, set(present[table])):
+                    log.info("migrating the warehouse: %s", alter)
+                    self.command(alter)
         if self.trace_index is not None:
             [(uuid,)] = self.query("SELECT toString(uuid) FROM system.tables WHERE database = {db:String} "
                                    "AND name = 'traces'", {"db": self.database})
             self.trace_index.mirror(uuid)
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """Each table of this database: column name → type, as the warehouse holds them."""
+        tables: dict[str, dict[str, str]] = {}
+        for table, name, type_ in self.query(
+                "SELECT table, name, type FROM system.columns WHERE database = {db:String}", {"db": self.database}):
+            tables.setdefault(table, {})[name] = type_
+        return tables
+
+    def schema_differences(self, table: str) -> list[str]:
+        """How ``table`` differs from what this version writes (none: the schema is not the problem)."""
+        return schema_differences(self.database, table, self.columns().get(table))
 
     def index_traces(self, topic: str, last_offsets: dict[int, int]) -> int:
         """Bring the trace index up to these offsets of ``topic`` (no-op without one); rows copied."""

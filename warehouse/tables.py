@@ -77,6 +77,7 @@ RUN_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("partition", "UInt32"),
     ("offset", "UInt64"),
     ("ingested_at", "DateTime64(3, 'UTC')"),
+    ("tune_id", "Nullable(String)"),  # RunEvent v4; added last, so older tables gain it (ensure_tables)
 )
 
 RUN_METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -123,6 +124,29 @@ def create_table_sql(database: str, table: str) -> str:
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n    {columns}\n)\n"
         "ENGINE = ReplacingMergeTree\nORDER BY (`topic`, `partition`, `offset`)"
     )
+
+
+def add_missing_columns_sql(database: str, table: str, present: set[str]) -> list[str]:
+    """ALTERs that give a table created by an older version the columns added since (nullable, so old rows read null)."""
+    return [f"ALTER TABLE `{database}`.`{table}` ADD COLUMN IF NOT EXISTS `{name}` {type_}"
+            for name, type_ in TABLES[table] if name not in present]
+
+
+def schema_differences(database: str, table: str, present: dict[str, str] | None) -> list[str]:
+    """What keeps this version from writing ``table`` as it is (``present``: column → type; None: no such table).
+
+    A column this version does not write is no problem; one it writes must
+    exist with the type it expects.
+    """
+    if present is None:
+        return [f"table `{database}`.`{table}` does not exist"]
+    differences = []
+    for name, type_ in TABLES[table]:
+        if name not in present:
+            differences.append(f"`{database}`.`{table}` has no column `{name}` ({type_})")
+        elif present[name].replace(" ", "") != type_.replace(" ", ""):
+            differences.append(f"`{database}`.`{table}`.`{name}` is {present[name]}, this version writes {type_}")
+    return differences
 
 
 def column_names(table: str) -> list[str]:

@@ -12,7 +12,8 @@ from typing import Any
 
 from warehouse.client import Warehouse
 
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = ("completed", "failed", "cancelled", "stopped")
+"""Event types that end a run: the same set as ``trainer.runlog.FINISHED`` (``stopped``: a tune stopped a trial early)."""
 ACTIVE = ("started", "metrics", "checkpoint", "evaluated")
 
 _SUMMARY_SQL = """
@@ -62,7 +63,7 @@ _METRICS_SQL = (
 
 
 def status_of(terminal: str, active: int) -> str:
-    """completed/failed/cancelled once a terminal event came; else running after a start; else queued."""
+    """completed/failed/cancelled/stopped once a terminal event came; else running after a start; else queued."""
     if terminal:
         return terminal
     return "running" if active else "queued"
@@ -75,12 +76,15 @@ def _iso(value: Any) -> str | None:
     return text.replace("+00:00", "Z") if value.tzinfo else text + "Z"
 
 
-def summaries(warehouse: Warehouse, run_id: str | None = None) -> list[dict[str, Any]]:
-    """One summary per run (or just ``run_id``), oldest first."""
+def summaries(warehouse: Warehouse, run_id: str | None = None, *, tune_id: str | None = None) -> list[dict[str, Any]]:
+    """One summary per run (or just ``run_id``, or the trials of ``tune_id``), oldest first."""
     params: dict[str, Any] = {"db": warehouse.database, "terminal": list(TERMINAL), "active": list(ACTIVE)}
     where = "1"
     if run_id is not None:
         where, params["run_id"] = "run_id = {run_id:String}", run_id
+    elif tune_id is not None:
+        where = "run_id IN (SELECT run_id FROM {db:Identifier}.runs WHERE tune_id = {tune_id:String})"
+        params["tune_id"] = tune_id
     rows = warehouse.query(_SUMMARY_SQL.replace("{where}", where), params)
     out = []
     for (rid, ds_name, ds_version, ds_sha, workers, seed, started, updated, terminal, active, last_event,

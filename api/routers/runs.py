@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[Readable])
 
 _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 404, 422)}
 _RUN_ID = Path(min_length=1, max_length=200, description="The run's id.")
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "stopped")
 POLL_S = 0.25
 METRICS_WAIT_S = 5.0
 

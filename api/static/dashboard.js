@@ -24,7 +24,7 @@ const LAYOUT = {
   yaxis: { gridcolor: "#eef1f4", rangemode: "tozero" },
 };
 const COLORS = ["#2f6fdf", "#e07b39", "#23834f", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d", "#d4ac0d"];
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const TERMINAL = new Set(["completed", "failed", "cancelled", "stopped"]);
 
 /* ---------- small helpers ---------- */
 
@@ -236,6 +236,69 @@ async function refreshModels() {
   panelMessage("panel-models", "");
 }
 
+/* ---------- tunes: the trials' loss curves on one chart, the best highlighted ---------- */
+
+/* The tune shown: the one picked (or linked with #tune=ID), else the newest. */
+const tuneView = { tuneId: null };
+
+const paramsText = (params) => Object.entries(params || {})
+  .map(([key, value]) => `${key.split(".").pop()}=${typeof value === "number" ? fmt.num(value, 3) : value}`).join(" ");
+
+async function refreshTunes() {
+  const tunes = await getJSON("/api/tunes");
+  const table = document.getElementById("tunes-table");
+  const trialsTable = document.getElementById("trials-table");
+  if (tunes.length === 0) {
+    fillBody(table, []);
+    fillBody(trialsTable, []);
+    plot("chart-tune", []);
+    panelMessage("panel-tunes", "no data: no tunes yet (tracestream tune DATASET --space space.json --samples N)");
+    return;
+  }
+  const tuneId = tuneView.tuneId || tunes[tunes.length - 1].tune_id;
+  const tune = await getJSON(`/api/tunes/${encodeURIComponent(tuneId)}`);
+  fillBody(table, [...tunes].reverse().map((t) => el("tr", {
+    "data-tune": t.tune_id, class: t.tune_id === tuneId ? "selected" : "", onclick: () => pinTune(t.tune_id),
+  },
+    el("td", { class: "mono", title: t.tune_id }, t.tune_id),
+    el("td", { class: "num" }, fmt.int(t.trials)),
+    el("td", {}, t.tune_id === tuneId ? el("span", { class: `status ${tune.status}` }, tune.status) : "–"),
+    el("td", {}, fmt.time(t.started_at)),
+  )));
+  // The best trial is drawn last (on top), wide and in the accent colour; the others thin and muted.
+  const ordered = [...tune.trials].sort((a, b) => (a.run_id === tune.best) - (b.run_id === tune.best));
+  plot("chart-tune", ordered.map((t, i) => {
+    const best = t.run_id === tune.best;
+    return { type: "scatter", mode: "lines", name: `${t.run_id.split("-").pop()} ${paramsText(t.params)}`,
+             x: t.curve.map((p) => p.step), y: t.curve.map((p) => p.loss),
+             line: { width: best ? 4 : 1.5, color: best ? COLORS[0] : COLORS[1 + (i % (COLORS.length - 1))] },
+             opacity: best ? 1 : 0.55, meta: t.run_id };
+  }), { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "training loss" } }, showlegend: true,
+        legend: { orientation: "h", y: -0.25 } });
+  const best = tune.trials.find((t) => t.run_id === tune.best);
+  document.getElementById("tune-best").textContent = best
+    ? `best by ${tune.metric} (${tune.mode}): ${best.run_id}, ${paramsText(best.params)}, ${tune.metric} ` +
+      `${fmt.num(best[tune.metric])}${best.checkpoint ? `, checkpoint ${best.checkpoint}` : ""}`
+    : `no best yet: no trial completed with a ${tune.metric}`;
+  fillBody(trialsTable, tune.trials.map((t) => el("tr", {
+    "data-trial": t.run_id, class: t.run_id === tune.best ? "best" : "", title: t.error || "",
+  },
+    el("td", { class: "mono" }, t.run_id),
+    el("td", {}, el("span", { class: `status ${t.status}` }, t.status)),
+    el("td", { class: "mono" }, paramsText(t.params)),
+    el("td", { class: "num" }, fmt.int(t.steps)),
+    el("td", { class: "num" }, fmt.num(t.loss)),
+    el("td", { class: "num" }, fmt.num(t.eval_loss)),
+  )));
+  panelMessage("panel-tunes", "");
+}
+
+function pinTune(tuneId) {
+  tuneView.tuneId = tuneId;
+  setLink({ tune: tuneId });
+  guarded("panel-tunes", refreshTunes);
+}
+
 /* ---------- runs: list, loss curve (live), scorecard, leaderboard ---------- */
 
 /* The selected run: its curve as step -> loss (the one truth the chart is drawn from) and its live stream. */
@@ -349,7 +412,8 @@ function follow(runId) {
       await refreshRunDetails(runId);
     }
   };
-  for (const type of ["queued", "started", "metrics", "checkpoint", "evaluated", "completed", "failed", "cancelled"]) {
+  for (const type of ["queued", "started", "metrics", "checkpoint", "evaluated", "completed", "failed", "cancelled",
+                      "stopped"]) {
     source.addEventListener(type, (message) => onEvent(message).catch((e) => console.warn("run stream:", e)));
   }
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) setLive("live stream closed", false); };
@@ -494,6 +558,7 @@ function followLink() {
   const params = new URLSearchParams(location.hash.slice(1));
   if (params.get("run")) pinRun(params.get("run"));
   if (params.get("trace")) showTrace(params.get("trace"));
+  if (params.get("tune")) tuneView.tuneId = params.get("tune");
 }
 
 /* ---------- sign-in: only when the API keeps its reads behind the token ---------- */
@@ -580,6 +645,7 @@ async function refreshAll() {
     guarded("panel-datasets", refreshDatasets),
     guarded("panel-runs", refreshRuns),
     guarded("panel-models", refreshModels),
+    guarded("panel-tunes", refreshTunes),
     guarded("panel-traces", refreshTraces),
   ]);
   if (auth.open) document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
