@@ -57,6 +57,7 @@ def passed(done: subprocess.CompletedProcess) -> None:
     assert "its ready event started exactly one training run, which completed" in done.stdout
 
 
+@pytest.mark.timeout(760)  # two whole demos, each up to 380 s
 def test_demo_run_twice_passes_and_leaves_no_process_of_its_own(settings: Settings, tmp_path: Path):
     demo_settings = own_stack(settings, tmp_path)
     for _ in range(2):
