@@ -75,6 +75,9 @@ def _print(outcome: dict[str, Any]) -> None:
                Column("loss", justify="right"), Column("eval_loss", justify="right", optional=True),
                Column("exact_match", justify="right", optional=True)]
     out.print(fit_table(f"tune {outcome['tune_id']}: {outcome['status']}", columns, rows))
+    for trial in outcome["trials"]:
+        if trial["status"] == "failed":
+            out.print(f"run {trial['run_id']} failed: {trial['error']}", highlight=False)
     if best is None:
         out.print(f"no best trial: no trial completed with a {outcome['metric']}")
         return

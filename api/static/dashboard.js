@@ -241,8 +241,10 @@ async function refreshModels() {
 /* The tune shown: the one picked (or linked with #tune=ID), else the newest. */
 const tuneView = { tuneId: null };
 
+const paramValue = (v) => (typeof v !== "number" ? String(v)
+  : v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5) ? v.toExponential(2) : fmt.num(v, 3));
 const paramsText = (params) => Object.entries(params || {})
-  .map(([key, value]) => `${key.split(".").pop()}=${typeof value === "number" ? fmt.num(value, 3) : value}`).join(" ");
+  .map(([key, value]) => `${key.split(".").pop()}=${paramValue(value)}`).join(" ");
 
 async function refreshTunes() {
   const tunes = await getJSON("/api/tunes");
@@ -274,7 +276,7 @@ async function refreshTunes() {
              line: { width: best ? 4 : 1.5, color: best ? COLORS[0] : COLORS[1 + (i % (COLORS.length - 1))] },
              opacity: best ? 1 : 0.55, meta: t.run_id };
   }), { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "training loss" } }, showlegend: true,
-        legend: { orientation: "h", y: -0.25 } });
+        margin: { ...LAYOUT.margin, b: 90 }, legend: { orientation: "h", y: -0.35 } });
   const best = tune.trials.find((t) => t.run_id === tune.best);
   document.getElementById("tune-best").textContent = best
     ? `best by ${tune.metric} (${tune.mode}): ${best.run_id}, ${paramsText(best.params)}, ${tune.metric} ` +

@@ -173,6 +173,10 @@ async def test_a_cancelled_tune_leaves_no_trial_running(settings: Settings, ray_
     assert len(trial_actors) == len(runs) and {a["State"] for a in trial_actors} == {"DEAD"}, trial_actors
     assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
 
+    shown = await asyncio.to_thread(cli, settings, "tune", "show", request.tune_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {**outcome.as_dict(), "status": "cancelled"}
+
     again = await asyncio.to_thread(cli, settings, "tune", "cancel", request.tune_id)
     assert again.returncode == 2 and "already ended" in said(again), said(again)
     unknown = await asyncio.to_thread(cli, settings, "tune", "cancel", "tune-nosuch")
