@@ -55,6 +55,26 @@ def train_tokenizer(texts: Iterable[str], specials: list[str], vocab_size: int =
     return tok
 
 
+def train_sentencepiece(texts: Iterable[str], specials: list[str], vocab_size: int, file: Path) -> None:
+    """A SentencePiece BPE model with byte fallback and no dummy prefix (as Gemma's ``tokenizer.model``):
+    ``specials`` are the pad/eos/bos pieces where they are named so, the rest user-defined symbols."""
+    import io
+
+    import sentencepiece as spm
+
+    named = {"pad": next((t for t in specials if "pad" in t), None), "eos": next((t for t in specials if "eos" in t), None),
+             "bos": next((t for t in specials if "bos" in t), None)}
+    ids = {"unk_id": 0, "pad_id": 1 if named["pad"] else -1, "eos_id": 2, "bos_id": 3 if named["bos"] else -1}
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        hard_vocab_limit=False, byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", character_coverage=1.0, minloglevel=2, **ids,
+        unk_piece="<unk>", pad_piece=named["pad"] or "<pad>", eos_piece=named["eos"] or "</s>",
+        bos_piece=named["bos"] or "<s>", user_defined_symbols=[t for t in specials if t not in named.values()])
+    file.write_bytes(buf.getvalue())
+
+
 def write_checkpoint(
     path: Path,
     family: str = "qwen3",
@@ -72,13 +92,23 @@ def write_checkpoint(
     seed: int = 0,
     scale: float = 0.1,
     single_digits: bool = False,
+    sentencepiece: bool = False,
 ) -> Path:
-    """Write a tiny random ``family`` checkpoint ("qwen3", "qwen2", "llama" or "gemma3_text") to ``path``."""
+    """Write a tiny random ``family`` checkpoint ("qwen3", "qwen2", "llama" or "gemma3_text") to ``path``.
+
+    ``sentencepiece``: the tokenizer is a ``tokenizer.model`` only (no ``tokenizer.json``).
+    """
     path.mkdir(parents=True, exist_ok=True)
     llama, gemma = family == "llama", family == "gemma3_text"
     specials = LLAMA_SPECIALS if llama else GEMMA_SPECIALS if gemma else QWEN_SPECIALS
-    tok = train_tokenizer(texts, specials, vocab_size, single_digits=single_digits)
-    tok.save(str(path / "tokenizer.json"))
+    if sentencepiece:
+        from trainer.spm_tokenizer import load
+
+        train_sentencepiece(texts, specials, vocab_size, path / "tokenizer.model")
+        tok = load(path / "tokenizer.model")
+    else:
+        tok = train_tokenizer(texts, specials, vocab_size, single_digits=single_digits)
+        tok.save(str(path / "tokenizer.json"))
     vocab = tok.get_vocab_size(with_added_tokens=True)
     tied = (not llama) if tied is None else tied
     eos = "<|eot_id|>" if llama else "<eos>" if gemma else "<|im_end|>"

@@ -2,8 +2,8 @@
 
 A checkpoint directory holds ``config.json`` (``model_type`` names the
 architecture), one or more ``*.safetensors`` files (with
-``model.safetensors.index.json`` when sharded), ``tokenizer.json`` and
-``tokenizer_config.json`` (special tokens, and the chat template when the
+``model.safetensors.index.json`` when sharded), ``tokenizer.json`` (or
+SentencePiece's ``tokenizer.model``) and ``tokenizer_config.json`` (special tokens, and the chat template when the
 model has one). Nothing is downloaded.
 
 ``inspect_checkpoint`` checks everything it can before any weight is read:
@@ -355,7 +355,7 @@ def inspect_checkpoint(path: Path | str) -> Checkpoint:
     tokenizer = HFTokenizer.from_dir(path, config)
     if tokenizer.vocab_size > shape.vocab_size:
         raise CheckpointError(
-            f"{path / 'tokenizer.json'} has {tokenizer.vocab_size} tokens, more than the model's "
+            f"{tokenizer.file} has {tokenizer.vocab_size} tokens, more than the model's "
             f"vocab_size {shape.vocab_size} (config.json): the tokenizer belongs to another model"
         )
     return Checkpoint(path, config, shape, tensors, tokenizer)
@@ -393,7 +393,8 @@ def _compile_template(source: str) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class HFTokenizer:
-    """A checkpoint's own tokenizer (``tokenizer.json``) with its special tokens and chat template."""
+    """A checkpoint's own tokenizer (``tokenizer.json``, else SentencePiece's ``tokenizer.model`` converted by
+    ``trainer.spm_tokenizer``) with its special tokens and chat template."""
 
     path: Path
     tokenizer: Any = dataclasses.field(repr=False)  # tokenizers.Tokenizer
@@ -409,15 +410,22 @@ class HFTokenizer:
         from tokenizers import Tokenizer
 
         file = path / "tokenizer.json"
-        if not file.is_file():
-            hint = (" (tokenizer.model, SentencePiece, is not read: convert it to tokenizer.json with "
-                    "transformers' AutoTokenizer(...).save_pretrained on another machine)"
-                    if (path / "tokenizer.model").exists() else "")
-            raise CheckpointError(f"{file} is missing; a base model needs its tokenizer{hint}")
-        try:
-            tok = Tokenizer.from_file(str(file))
-        except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
-            raise CheckpointError(f"{file} is not a tokenizers file: {exc}") from exc
+        if not file.is_file() and (path / "tokenizer.model").is_file():
+            from trainer.spm_tokenizer import SentencePieceError, load
+
+            file = path / "tokenizer.model"
+            try:
+                tok = load(file)
+            except SentencePieceError as exc:
+                raise CheckpointError(str(exc)) from exc
+        elif not file.is_file():
+            raise CheckpointError(f"{file} is missing (and there is no tokenizer.model); a base model needs its "
+                                  "tokenizer")
+        else:
+            try:
+                tok = Tokenizer.from_file(str(file))
+            except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+                raise CheckpointError(f"{file} is not a tokenizers file: {exc}") from exc
         tcfg_path = path / "tokenizer_config.json"
         tcfg = _read_json(tcfg_path) if tcfg_path.exists() else {}
         specials = {k: t for k, v in tcfg.items() if k.endswith("_token") and (t := _token_text(v))}
@@ -457,6 +465,12 @@ class HFTokenizer:
         stops = tuple(dict.fromkeys(int(i) for i in eos_ids))
         pad = ids.get("pad_token", stops[0])
         return cls(path, tok, template, specials, stops, pad, stops[0])
+
+    @property
+    def file(self) -> Path:
+        """The tokenizer file read: ``tokenizer.json``, or ``tokenizer.model`` without one."""
+        json_file = self.path / "tokenizer.json"
+        return json_file if json_file.is_file() else self.path / "tokenizer.model"
 
     @property
     def vocab_size(self) -> int:
