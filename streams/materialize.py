@@ -37,7 +37,7 @@ DATASET_EVENT = "DatasetEvent"
 RUN_EVENT = "RunEvent"
 MODEL_EVENT = "ModelEvent"
 from warehouse.client import Warehouse
-from warehouse.errors import WarehouseRejected, WarehouseUnavailable
+from warehouse.errors import WarehouseRejected, WarehouseSchemaMismatch, WarehouseUnavailable
 from warehouse.tables import column_names
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,15 @@ class Batch:
     @property
     def span(self) -> str:
         return f"{self.events[0].at}..{self.events[-1].at}" if self.events else "(empty)"
+
+    @property
+    def coordinates(self) -> str:
+        """Each partition's first and last offset in the batch, as topic[partition]@first..last."""
+        ranges: dict[tuple[str, int], list[int]] = {}
+        for event in self.events:
+            ranges.setdefault((event.at.topic, event.at.partition), []).append(event.at.offset)
+        return ", ".join(f"{topic}[{partition}]@{min(offsets)}..{max(offsets)}"
+                         for (topic, partition), offsets in sorted(ranges.items())) or "(empty)"
 
 
 def _empty(table: str) -> list[list[Any]]:
@@ -292,7 +301,9 @@ class BatchWriter:
     While the warehouse is unavailable it retries with capped backoff forever:
     events are never dropped or dead-lettered because ClickHouse is down.
     If the warehouse refuses a batch for what it holds, rows are retried one by
-    one and only those it refuses become dead letters.
+    one and only those it refuses become dead letters; if it refuses it because
+    the table is not what this version writes, nothing is dead-lettered: the
+    write raises WarehouseSchemaMismatch, which stops the stage.
     """
 
     def __init__(
@@ -329,11 +340,34 @@ class BatchWriter:
         try:
             await self._with_retry(batch.span, lambda w: w.insert(batch.table, batch.columns))
         except WarehouseRejected as exc:
+            await self._stop_if_schema_differs(batch, exc)
             log.warning("warehouse refused a batch of %d rows (%s): %s; retrying row by row",
                         len(batch), batch.span, exc)
             return await self._write_rows_one_by_one(batch)
+        except (TypeError, ValueError, AttributeError) as exc:  # the client could not serialize a column
+            await self._stop_if_schema_differs(batch, exc)
+            raise
         self.rows_written += len(batch)
         return []
+
+    async def _stop_if_schema_differs(self, batch: Batch, exc: Exception) -> None:
+        """Raise WarehouseSchemaMismatch when ``batch.table`` is not what this version writes.
+
+        Such a table refuses every row alike: dead-lettering them would empty
+        the pipeline into traces.dlq, so the stage stops instead (its offsets
+        stay uncommitted) and says what differs. A refusal with the table as
+        expected is the rows' own, and they go on to be tried one by one.
+        """
+        differences = await self._with_retry(f"the columns of {batch.table}",
+                                             lambda w: w.schema_differences(batch.table))
+        if differences:
+            raise WarehouseSchemaMismatch(
+                f"the warehouse cannot take rows of {batch.table}: {'; '.join(differences)} (insert error: "
+                f"{exc}). Batch {batch.coordinates} was not written and its offsets are not committed. A missing "
+                "table or column is added when the worker starts again (tables are migrated at start-up); a "
+                "column of another type must be altered by hand, or the table rebuilt from the log "
+                "(`tracestream rebuild`)"
+            ) from exc
 
     async def index_traces(self, topic: str, events: Sequence[InboundEvent]) -> None:
         """Bring the warehouse's trace index (lookups by id) up to these events, before their offsets commit."""
@@ -353,16 +387,16 @@ class BatchWriter:
                 refused.append(_materialize_dead_letter(self._codec, event, "warehouse_rejected", str(exc)))
         return refused
 
-    async def _with_retry(self, what: str, fn: Callable[[Warehouse], Any]) -> None:
+    async def _with_retry(self, what: str, fn: Callable[[Warehouse], Any]) -> Any:
         delay = 0.1
         started = time.monotonic()
         while True:
             try:
-                await self.run(fn)
+                result = await self.run(fn)
                 if delay > 0.1:
                     log.warning("warehouse is back after %.1fs; wrote %s",
                                 time.monotonic() - started, what)
-                return
+                return result
             except WarehouseUnavailable as exc:
                 self.outage_retries += 1
                 if self._warehouse is not None and not self._warehouse.embedded:

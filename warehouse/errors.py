@@ -15,3 +15,11 @@ class WarehouseUnavailable(WarehouseError):
 
 class WarehouseRejected(WarehouseError):
     """The warehouse refused the data or the SQL itself; retrying the same write cannot help."""
+
+
+class WarehouseSchemaMismatch(WarehouseRejected):
+    """A table differs from what this version writes (missing, a column missing or of another type).
+
+    Every row of every batch would be refused alike, so the writer stops and
+    says what differs instead of dead-lettering each event as ``warehouse_rejected``.
+    """
