@@ -20,7 +20,7 @@ from api.deps import ApiState
 from api.errors import install_handlers
 from api.fastlane import TraceReadFastLane
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.publisher import Publisher
+from ingest.publisher import Publisher
 from api.reader import WarehouseReader
 from api.routers import (
     datasets,

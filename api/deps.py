@@ -21,10 +21,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Unauthorized, Unavailable
 from api.metrics import ApiMetrics
-from api.publisher import Publisher
+from ingest.publisher import Publisher
 from api.readahead import ReadAhead
 from api.reader import WarehouseReader
-from consumers.lag import ClusterOffsets
+from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 

@@ -191,7 +191,7 @@ def single_requests(bodies: list[bytes]):
 
 
 def single_bodies(count: int, seed: int) -> list[bytes]:
-    from streams.generator import generate_events
+    from devtools.generator import generate_events
 
     bodies = []
     for event in generate_events(count, seed, broken_share=0.0):
@@ -202,7 +202,7 @@ def single_bodies(count: int, seed: int) -> list[bytes]:
 
 
 def ingest_bodies(count: int, seed: int) -> list[bytes]:
-    from streams.generator import generate_events
+    from devtools.generator import generate_events
 
     bodies, batch = [], []
     for event in generate_events(count * 1000, seed, broken_share=0.0):
@@ -248,9 +248,9 @@ def fill(settings: Settings, count: int, seed: int, next_offset: list[int]) -> t
     from schemas.codec import AvroCodec
     from schemas.registry import default_registry
     from streams.coordinates import Coordinates
-    from streams.generator import generate_events
+    from devtools.generator import generate_events
     from streams.materialize import InboundEvent, trace_rows
-    from streams.producer import murmur2
+    from ingest.producer import murmur2
     from warehouse.client import Warehouse
 
     codec = AvroCodec(default_registry())

@@ -242,7 +242,7 @@ def encode_events(count: int, seed: int) -> EncodedEvents:
     """``count`` valid traces of stream ``seed``, encoded as the producer SDK encodes them."""
     from schemas.codec import AvroCodec
     from schemas.registry import default_registry
-    from streams.generator import generate_events
+    from devtools.generator import generate_events
 
     codec = AvroCodec(default_registry())
     started = time.perf_counter()

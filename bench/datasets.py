@@ -50,7 +50,7 @@ from bench.common import (
 )
 from bench.ingest import publish
 from consumers.export import EXPORT_FORMATS, dataset_batches, dataset_records, export_dataset, start_workers
-from consumers.ranges import read_ranges, read_ranges_raw
+from kafkalog.ranges import read_ranges, read_ranges_raw
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec

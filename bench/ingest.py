@@ -64,13 +64,13 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.common import kafka as kafka_target
-from consumers.lag import ClusterOffsets
+from kafkalog.lag import ClusterOffsets
 from deploy.kafka import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.app import MAX_MESSAGE_BYTES
 from streams.processes import ValidateProcesses, default_validate_processes
-from streams.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
+from ingest.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
 from streams.topics import STAGES, TOPIC_CONFIG, ensure_pipeline_topics, validate_group
 from streams.transactions import RETRY_BACKOFF_MS
 

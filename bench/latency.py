@@ -49,7 +49,7 @@ from bench.common import (
 )
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.producer import TraceProducer
+from ingest.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
 
 WARMUP_EVENTS = 1000

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import emit_json, load_average, machine
 from schemas.dataset import Split, TraceFilter, select
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from trainer.config import from_mapping
 from trainer.data import examples_from_records, tokenize
 from trainer.evaluate import extract_answer, generate, majority_baseline

@@ -40,9 +40,11 @@ from deploy.stack import stack_status, stack_up
 from schemas.codec import AvroCodec
 from schemas.dataset import Manifest, Split
 from schemas.registry import default_registry
-from streams.generator import GeneratedEvent, generate_events, publish_generated
+from devtools.base import GeneratedEvent
+from devtools.generator import generate_events
+from devtools.output import publish_generated
 from streams.processes import die_with_parent
-from streams.producer import TraceProducer
+from ingest.producer import TraceProducer
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from cli.common import console, lag_table, load_settings, out, require_kafka
-from consumers.lag import known_group_lag
+from kafkalog.lag import known_group_lag
 from consumers.records import Record, Undecodable, topic_name
 from consumers.subscribe import subscribe
 from deploy.kafka_clients import KafkaClients

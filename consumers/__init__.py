@@ -1,1 +1,1 @@
-"""The subscription side: reading topics, offsets and consumer-group lag."""
+"""The downstream SDK: ``subscribe`` to a topic and the ``Record``s it yields; depends on settings, schemas and ``kafkalog`` only."""

@@ -28,8 +28,8 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from consumers.log import paused_gc
-from consumers.ranges import decode_batch, read_range_batches, read_range_batches_raw
+from kafkalog.log import paused_gc
+from kafkalog.ranges import decode_batch, read_range_batches, read_range_batches_raw
 from consumers.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import UndecodableRecordError
+from kafkalog.errors import UndecodableRecordError
 from deploy.settings import Settings, Topics
 from schemas.codec import AvroCodec, peek_fingerprint
 from schemas.errors import DecodeError

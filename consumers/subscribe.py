@@ -18,7 +18,7 @@ Three ways to position a subscription:
   --to-datetime`` does; refused while the group has active members), then
   joins it: to reprocess from an instant.
 - ``dataset=manifest``: exactly the manifest's offset ranges, in (partition,
-  offset) order, then the iteration ends (``consumers.ranges`` checks the
+  offset) order, then the iteration ends (``kafkalog.ranges`` checks the
   ranges are all still in the log before anything is yielded).
 
 Undecodable values (not single-object Avro, a writer schema not registered
@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
@@ -51,14 +51,10 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import (
-    SubscriptionError,
-    UndecodableRecordError,
-    UnknownTopicError,
-)
+from kafkalog.errors import SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.handled import HandledOffsets
-from consumers.lag import topic_partitions
-from consumers.ranges import read_range_batches_raw
+from kafkalog.lag import topic_partitions
+from kafkalog.ranges import read_range_batches_raw
 from consumers.records import (
     Record,
     Undecodable,
@@ -69,9 +65,11 @@ from consumers.records import (
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Manifest
 from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
+
+if TYPE_CHECKING:
+    from schemas.dataset import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +175,7 @@ class Subscription:
 
         Raises:
             UnknownTopicError: the topic does not exist.
-            ConfigurationError: no Kafka bootstrap is configured or running.
+            ConfigurationError: no ``kafka`` given and no Kafka bootstrap configured.
             RangeExpiredError, RangeBeyondEndError: (dataset) the ranges are no longer, or not yet, in the log.
         """
         if self._started:
@@ -458,15 +456,13 @@ async def reset_group_offsets(kafka: KafkaClients, group: str, partitions: list[
 
 
 def _kafka(settings: Settings) -> KafkaClients:
-    from deploy.stack import kafka_clients
-
-    kafka = kafka_clients(settings)
-    if kafka is None:
+    """Clients for the configured cluster: the SDK knows settings, not the local stack (pass ``kafka=``)."""
+    if not settings.kafka_bootstrap:
         raise ConfigurationError(
-            "no Kafka broker: start the local stack with `tracestream stack up`, or point "
-            "TRACESTREAM_KAFKA_BOOTSTRAP at your cluster (host:port)"
+            "no Kafka bootstrap: point TRACESTREAM_KAFKA_BOOTSTRAP at your cluster (host:port), or pass "
+            "kafka=deploy.stack.kafka_clients(settings) to use the broker of `tracestream stack up`"
         )
-    return kafka
+    return KafkaClients.from_settings(settings, settings.kafka_bootstrap)
 
 
 async def _unknown_topic(kafka: KafkaClients, topic: str, prefix: str) -> UnknownTopicError:

@@ -4,7 +4,7 @@ Rows of ``traces FINAL`` are selected by their Kafka coordinates, page by
 page (keyset on ``offset``, so memory stays bounded by ``batch_rows``),
 through clickhouse-connect's Arrow API: nested columns become Python objects
 in Arrow's C++ code rather than row by row. Each row becomes the dataset
-record ``consumers.ranges`` builds from Kafka, equal field for field:
+record ``kafkalog.ranges`` builds from Kafka, equal field for field:
 
 - ``steps`` from the parallel arrays ``step_index``/``step_type``/``step_content``
   (zipped in SQL into named tuples, so Arrow hands back ``{"i", "type", "content"}`` dicts);
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from consumers.ranges import ordered_ranges
+from kafkalog.ranges import ordered_ranges
 
 if TYPE_CHECKING:
     from schemas.dataset import OffsetRange
@@ -116,7 +116,7 @@ def read_ranges_from_warehouse(
 ) -> Iterator[dict]:
     """Dataset records of the ``traces`` rows in ``ranges``, in (partition, offset) order.
 
-    The same records, in the same order, as ``consumers.ranges.read_ranges``
+    The same records, in the same order, as ``kafkalog.ranges.read_ranges``
     gives for ranges the materializer has written. An offset without a row
     is skipped silently: it may be a gap in the log (transaction markers), or
     not written yet; compare ``count_rows`` with the manifest's count to tell.

@@ -6,7 +6,7 @@ that is not JSON, or not a trace in the plain JSON shape
 the reason code (``not_json`` / ``invalid_shape``), and reading goes on; the
 trace rules (step counts, lengths, size) are the validate stage's, so a
 rule-breaking but well-shaped trace IS published and dead-lettered there,
-exactly as an Avro producer's would be.
+exactly as an Avro producer's would be (``ingest.policy``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from schemas.errors import EncodeError, InvalidTraceShape, TracestreamError
 from schemas.models import TraceIn, parse_trace_json
-from streams.producer import DeliveryFailure, TraceProducer
+from ingest.producer import DeliveryFailure, TraceProducer
 
 PROGRESS_EVERY = 1000
 """``on_progress`` is called after every this many lines, and once at the end."""

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.errors import TracestreamError
-from streams.producer import DeliveryFailure, DeliveryReport, TraceProducer
+from ingest.producer import DeliveryFailure, DeliveryReport, TraceProducer
 
 LINGER_MS = 2
 """How long a batch waits for other requests' events. Measured 2026-11-30 on the shared 2-core dev machine

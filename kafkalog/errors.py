@@ -1,4 +1,8 @@
-"""Errors of the subscription SDK: reading offset ranges (dataset replay) and subscribing to topics."""
+"""Errors of reading the log: offset ranges (dataset replay), topics, groups and subscriptions.
+
+One module below every reader (streams, datasets, the trainer, the SDK), so
+each can name the same errors without importing the others.
+"""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumers.errors import UnknownGroupError, UnknownTopicError
+from kafkalog.errors import UnknownGroupError, UnknownTopicError
 from deploy.kafka_clients import KafkaClients
 
 _COORDINATOR_ATTEMPTS = 20

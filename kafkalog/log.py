@@ -1,7 +1,7 @@
 """The one range reader: offsets ``[start, end)`` of one partition, read_committed.
 
 Everything that reads a stretch of a log goes through ``read_range_batches``:
-dataset replay (``consumers.ranges``), small topics read whole
+dataset replay (``kafkalog.ranges``), small topics read whole
 (``read_to_end``: datasets.events, runs.events), a run's own history
 (``trainer.runlog``) and dead-letter replay. It stops when the consumer's
 *position* reaches ``end``, not when it has seen the record at ``end - 1``:
@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import RangeExpiredError, RangeReadStalled
-from consumers.lag import topic_partitions
+from kafkalog.errors import RangeExpiredError, RangeReadStalled
+from kafkalog.lag import topic_partitions
 from deploy.kafka_clients import KafkaClients
 from schemas.errors import DecodeError
 

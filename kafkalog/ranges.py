@@ -8,7 +8,7 @@ group-less consumer reads the partitions one after another: ``assign``,
 done, so offset gaps (transaction markers, aborted records) are fine.
 Records at or past ``end`` are dropped; the reader never reads "until
 latest". Each partition is read by the one range reader,
-``consumers.log.read_range_batches``.
+``kafkalog.log.read_range_batches``.
 
 Before anything is yielded every range is checked against the log: a range
 whose start was deleted by retention raises ``RangeExpiredError``, one that
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import RangeBeyondEndError, RangeExpiredError
-from consumers.lag import topic_partitions
-from consumers.log import decode_records, start_range_consumer
-from consumers.log import read_range_batches as read_partition_range
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
+from kafkalog.lag import topic_partitions
+from kafkalog.log import decode_records, start_range_consumer
+from kafkalog.log import read_range_batches as read_partition_range
 from deploy.kafka_clients import KafkaClients
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from consumers.log import read_to_end
+from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import DatasetRef, Manifest

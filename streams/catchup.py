@@ -13,7 +13,7 @@ import logging
 
 from aiokafka import TopicPartition
 
-from consumers.lag import ClusterOffsets
+from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.topics import STAGES, materialize_group, validate_group

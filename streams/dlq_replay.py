@@ -27,7 +27,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from consumers.log import read_to_end
+from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.lag import topic_partitions
+from kafkalog.lag import topic_partitions
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.topics import materialize_group

@@ -20,10 +20,10 @@ from datetime import datetime, timezone
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from consumers.errors import RangeBeyondEndError, RangeExpiredError
-from consumers.lag import ClusterOffsets
-from consumers.log import paused_gc
-from consumers.ranges import read_range_batches
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
+from kafkalog.lag import ClusterOffsets
+from kafkalog.log import paused_gc
+from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumers.lag import ClusterOffsets
+from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.topics import materialize_group, validate_group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from consumers.lag import topic_partitions
+from kafkalog.lag import topic_partitions
 from deploy.kafka import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings

@@ -12,7 +12,7 @@ from typing import Any
 import faust
 from mode import Service
 
-from consumers.lag import ClusterOffsets
+from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.quiet_logs import quiet_kafka_retries
 from deploy.settings import Settings

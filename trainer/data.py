@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from consumers.ranges import read_range_batches
+from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.dataset import ContentHasher, Manifest, selector

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from consumers.log import paused_gc, read_to_end
-from consumers.ranges import read_range_batches
+from kafkalog.log import paused_gc, read_to_end
+from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec

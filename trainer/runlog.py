@@ -21,8 +21,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from consumers.lag import topic_partitions
-from consumers.log import read_range, read_to_end
+from kafkalog.lag import topic_partitions
+from kafkalog.log import read_range, read_to_end
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError

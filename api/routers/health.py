@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import StateDep
 from api.errors import ERROR_SCHEMA, error_response
-from consumers.lag import ClusterOffsets
+from kafkalog.lag import ClusterOffsets
 
 router = APIRouter(tags=["health"])
 

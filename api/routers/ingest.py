@@ -1,12 +1,13 @@
 """POST /api/traces and /api/traces/batch: the HTTP door to traces.raw.
 
 A batch is checked whole before anything is published: shape (pydantic),
-the trace rules (``schemas.validation``), the Avro encoding and the event
-size. One bad item refuses the batch, and the answer names its index and
-field, so nothing is half-published. 202 means Kafka acknowledged every
-event of this request (acks=all); concurrent requests share the producer's
-batches, and each waits for its own events only (``api.publisher``). The
-validate stage then treats them like any producer's.
+the trace rules, the Avro encoding and the event size, as the HTTP door's
+line of ``ingest.policy`` says. One bad item refuses the batch, and the
+answer names its index and field, so nothing is half-published. 202 means
+Kafka acknowledged every event of this request (acks=all); concurrent
+requests share the producer's batches, and each waits for its own events
+only (``ingest.publisher``). The validate stage then treats them like any
+producer's.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from api.deps import (
 from api.errors import ERROR_SCHEMA, InvalidRequest, PayloadTooLarge, Unavailable
 from api.models import Accepted
 from deploy.settings import Settings
+from ingest.policy import MAX_HTTP_BATCH, Door, rule_refusal, size_refusal
 from schemas.errors import EncodeError
 from schemas.models import TraceIn
-from schemas.validation import check_trace
 
 
 def _json_int(digits: str) -> int | float:
@@ -89,7 +90,6 @@ def _trace_schema() -> dict[str, Any]:
 
 router = APIRouter(prefix="/api/traces", tags=["ingest"], dependencies=[Ingestible])
 
-MAX_BATCH = 1000
 _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 413, 422, 503)}
 
 _EXAMPLE = {
@@ -108,7 +108,7 @@ def _encode(publisher, settings: Settings, traces: list[TraceIn], *, batch: bool
         where = f"item {n}" if batch else "the trace"
         field = f"body.{n}" if batch else "body"
         record = trace.to_record(now)
-        violation = check_trace(record)
+        violation = rule_refusal(Door.HTTP, record)
         if violation is not None:
             raise InvalidRequest(
                 f"{where} breaks a trace rule ({violation.reason.value}): {violation.message}"
@@ -121,7 +121,7 @@ def _encode(publisher, settings: Settings, traces: list[TraceIn], *, batch: bool
         except EncodeError as exc:
             raise InvalidRequest(f"{where} does not fit the Trace schema: {exc}",
                                  [{"field": field, "message": str(exc)}]) from exc
-        if len(payload) > settings.max_event_bytes:
+        if size_refusal(Door.HTTP, len(payload), settings) is not None:
             raise PayloadTooLarge(
                 f"{where} ({record['trace_id']}) is {len(payload):,} bytes as an event; the limit is "
                 f"{settings.max_event_bytes:,}" + ("; nothing in the batch was published" if batch else ""),
@@ -179,7 +179,7 @@ async def publish_trace(request: Request) -> Response:
     return await _publish(state, publisher, _encode(publisher, state.settings, [trace], batch=False))
 
 
-_BATCH = TypeAdapter(Annotated[list[TraceIn], Field(min_length=1, max_length=MAX_BATCH)])
+_BATCH = TypeAdapter(Annotated[list[TraceIn], Field(min_length=1, max_length=MAX_HTTP_BATCH)])
 
 
 def parse_batch(body: bytes) -> list[TraceIn]:
@@ -191,7 +191,7 @@ def parse_batch(body: bytes) -> list[TraceIn]:
     "/batch", status_code=202, response_model=Accepted, responses=_ERRORS, summary="Publish up to 1000 traces, all or none",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "array", "items": _TRACE_SCHEMA, "minItems": 1,
-                   "maxItems": MAX_BATCH},
+                   "maxItems": MAX_HTTP_BATCH},
         "examples": {"two steps": {"value": [_EXAMPLE]}}}}}},
 )
 async def publish_batch(state: StateDep, settings: SettingsDep, publisher: PublisherDep, request: Request) -> Response:

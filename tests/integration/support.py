@@ -21,8 +21,9 @@ from schemas.codec import AvroCodec
 from schemas.dataset import Manifest
 from schemas.registry import default_registry
 from streams.app import Processors, build_app
-from streams.generator import GeneratedEvent, publish_generated
-from streams.producer import DeliveryReport, TraceProducer
+from devtools.base import GeneratedEvent
+from devtools.output import publish_generated
+from ingest.producer import DeliveryReport, TraceProducer
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import STAGES, ensure_pipeline_topics
 from warehouse.client import Warehouse

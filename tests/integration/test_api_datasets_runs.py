@@ -17,7 +17,7 @@ from schemas.codec import AvroCodec
 from schemas.dataset import Split, parse_filter
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port

@@ -16,7 +16,8 @@ import pytest
 
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
-from streams.generator import GeneratedEvent, generate_events
+from devtools.base import GeneratedEvent
+from devtools.generator import generate_events
 from tests.integration.support import (
     api_after_ingest,
     kafka_of,

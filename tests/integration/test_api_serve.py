@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from deploy.settings import Settings
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from tests.conftest import free_port
 from tests.integration.support import REPO, wait_for
 from tests.integration.test_api_ingest import as_json

@@ -18,7 +18,7 @@ from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S, issue_session, read_sess
 from api.server import serving
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import kafka_of, publish, running_processors

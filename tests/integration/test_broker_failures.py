@@ -25,8 +25,9 @@ from deploy.kafka import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.coordinates import source_offset
-from streams.generator import generate_events, write_jsonl
-from streams.producer import TraceProducer
+from devtools.generator import generate_events
+from devtools.output import write_jsonl
+from ingest.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import REPO, start_worker, stats_via_worker, wait_for

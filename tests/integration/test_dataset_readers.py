@@ -15,9 +15,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import RecordsToDelete
 
-from consumers.errors import RangeBeyondEndError, RangeExpiredError
-from consumers.lag import end_offsets
-from consumers.ranges import read_ranges
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
+from kafkalog.lag import end_offsets
+from kafkalog.ranges import read_ranges
 from consumers.warehouse_reader import count_rows, read_ranges_from_warehouse
 from deploy.kafka import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
@@ -26,7 +26,7 @@ from schemas.codec import AvroCodec
 from schemas.dataset import OffsetRange
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -207,7 +207,7 @@ async def test_offset_gaps_from_transactions_end_a_range_by_position(settings: S
 @pytest.mark.asyncio
 async def test_a_range_deleted_while_it_is_read_is_refused_not_skipped(settings: Settings, monkeypatch):
     """Retention racing the reader: the consumer must not jump to the new log start silently."""
-    import consumers.log as log_module
+    import kafkalog.log as log_module
 
     def small_fetch_consumer(kafka: KafkaClients, **options) -> AIOKafkaConsumer:
         # The reader's own settings, but fetches of a few records, so most of the range is still to fetch.

@@ -17,10 +17,10 @@ import pytest
 from aiokafka.admin import RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from consumers.errors import RangeBeyondEndError, RangeExpiredError
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from consumers.export import export_dataset
-from consumers.lag import end_offsets
-from consumers.ranges import read_ranges
+from kafkalog.lag import end_offsets
+from kafkalog.ranges import read_ranges
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import (
@@ -36,7 +36,7 @@ from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from streams.catchup import wait_until_caught_up, wait_until_committed
 from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import validate_group

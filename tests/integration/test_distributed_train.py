@@ -20,7 +20,7 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Manifest, Split
 from schemas.registry import default_registry
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from tests.integration.test_train_run import run_events

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from consumers.lag import committed_offsets, end_offsets
-from consumers.log import read_to_end
+from kafkalog.lag import committed_offsets, end_offsets
+from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up, wait_until_committed
 from streams.coordinates import source_offset
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.topics import ensure_pipeline_topics, validate_group
 from streams.transactions import PartitionTransactions
 from tests.conftest import free_port

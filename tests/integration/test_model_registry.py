@@ -23,9 +23,9 @@ import pytest
 
 from api.app import create_app
 from api.server import serving
-from consumers.lag import end_offsets
-from consumers.log import read_to_end
-from consumers.ranges import read_range_batches
+from kafkalog.lag import end_offsets
+from kafkalog.log import read_to_end
+from kafkalog.ranges import read_range_batches
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import OffsetRange, Split, content_sha256, select
@@ -33,7 +33,7 @@ from schemas.model_registry import ModelRef, ModelRegistryError
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from tests.conftest import free_port
 from tests.integration.support import cli, dataset_of, kafka_of, running_processors

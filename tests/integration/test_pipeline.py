@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from deploy.settings import Settings
-from streams.generator import Breakage, generate_events
+from devtools.breakage import Breakage
+from devtools.generator import generate_events
 from tests.integration.support import (
     cli,
     expected_outcome,

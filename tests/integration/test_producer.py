@@ -19,9 +19,11 @@ from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
-from streams.generator import Breakage, generate_events, write_jsonl
-from streams.jsonl import publish_jsonl
-from streams.producer import DeliveryFailed, EventMetadata, TraceProducer
+from devtools.breakage import Breakage
+from devtools.generator import generate_events
+from devtools.output import write_jsonl
+from ingest.jsonl import publish_jsonl
+from ingest.producer import DeliveryFailed, EventMetadata, TraceProducer
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The one range reader (consumers.log): exact [start, end), gaps from transactions, located decode errors."""
+"""The one range reader (kafkalog.log): exact [start, end), gaps from transactions, located decode errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
-from consumers.errors import RangeReadStalled
-from consumers.log import read_range, read_to_end, start_range_consumer
+from kafkalog.errors import RangeReadStalled
+from kafkalog.log import read_range, read_to_end, start_range_consumer
 from deploy.kafka_clients import KafkaClients
 from schemas.errors import CorruptAvroError, DecodeError
 

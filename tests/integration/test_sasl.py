@@ -20,8 +20,8 @@ from pydantic import SecretStr
 from deploy.kafka import LocalKafkaBroker
 from deploy.kafka_clients import KafkaAuthenticationError
 from deploy.settings import Settings
-from streams.generator import generate_events
-from streams.producer import TraceProducer
+from devtools.generator import generate_events
+from ingest.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
 from tests.integration.support import cli, expected_outcome, kafka_of, publish, reasons_of, stats_via_cli
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from consumers.errors import RangeBeyondEndError, SubscriptionError, UndecodableRecordError, UnknownTopicError
+from kafkalog.errors import RangeBeyondEndError, SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.records import Record, Undecodable
 from consumers.subscribe import subscribe
 from deploy.settings import Settings
@@ -17,7 +17,7 @@ from schemas.dataset import ContentHasher, Manifest, OffsetRange, select
 from schemas.registry import default_registry
 from streams.catalog import load_catalog
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 from tests.integration.support import kafka_of, publish, running_processors

@@ -13,7 +13,8 @@ import pytest
 
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
-from streams.generator import PAYLOAD_KINDS, generate_events
+from devtools.breakage import PAYLOAD_KINDS
+from devtools.generator import generate_events
 from streams.topics import materialize_group, validate_group
 from tests.integration.support import REPO, cli, kafka_of, publish, running_processors
 

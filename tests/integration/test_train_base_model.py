@@ -17,7 +17,7 @@ import pytest
 from deploy.settings import Settings
 from schemas.dataset import Split
 from streams.catalog import load_catalog
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest
 from tests.hf_checkpoints import read_tensors, write_checkpoint
 from tests.integration.support import (

@@ -17,7 +17,7 @@ from schemas.codec import AvroCodec
 from schemas.dataset import Split
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest
 from tests.integration.support import (
     cli,

@@ -19,7 +19,7 @@ import pytest
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest
 from tests.integration.support import (
     REPO,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from consumers.lag import end_offsets, topic_partitions
+from kafkalog.lag import end_offsets, topic_partitions
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.dataset import Split
 from schemas.registry import default_registry
 from streams.errors import UnknownDataset
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.config import ConfigError

@@ -35,7 +35,7 @@ from warehouse.client import Warehouse
 try:
     from devtools.generator import generate_events
 except ImportError:  # until the generator's move from streams/ to devtools/ is committed
-    from streams.generator import generate_events
+    from devtools.generator import generate_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(400)]
 

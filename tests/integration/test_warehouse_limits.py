@@ -17,7 +17,7 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.snapshot import DatasetRequest, create_dataset
 from tests.integration.support import kafka_of, publish, running_processors
 

@@ -12,11 +12,11 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from consumers.lag import committed_offsets
-from consumers.log import read_to_end
+from kafkalog.lag import committed_offsets
+from kafkalog.log import read_to_end
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from streams.topics import materialize_group
 from tests.integration.support import (
     expected_outcome,

@@ -11,12 +11,12 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 import consumers.export as export
-from consumers.ranges import decode_batch
+from kafkalog.ranges import decode_batch
 from schemas.codec import AvroCodec
 from schemas.dataset import Manifest, OffsetRange, Split, TraceFilter
 from schemas.errors import CorruptAvroError
 from schemas.registry import default_registry
-from streams.generator import generate_events
+from devtools.generator import generate_events
 
 pytestmark = pytest.mark.unit
 

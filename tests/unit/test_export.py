@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from tests.hf_checkpoints import read_tensors, write_checkpoint
 from trainer.checkpoint import sha256_dir
 from trainer.config import DEFAULT_LORA_TARGETS, from_mapping

@@ -17,18 +17,12 @@ from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from schemas.validation import Reason
 from streams.coordinates import Coordinates
-from streams.generator import (
-    BASE_TIME,
-    PAYLOAD_KINDS,
-    SOURCES,
-    STEP_TYPES,
-    Breakage,
-    generate_event,
-    generate_events,
-    jsonl_line,
-    write_jsonl,
-)
-from streams.jsonl import LineError, read_jsonl_records
+from devtools.base import BASE_TIME
+from devtools.breakage import PAYLOAD_KINDS, Breakage
+from devtools.generator import generate_event, generate_events
+from devtools.output import jsonl_line, write_jsonl
+from devtools.word_problems import SOURCES, STEP_TYPES
+from ingest.jsonl import LineError, read_jsonl_records
 from streams.validate import Accepted, Rejected, Validator
 
 pytestmark = pytest.mark.unit

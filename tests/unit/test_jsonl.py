@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from streams.jsonl import LineError, count_lines, read_jsonl_records
+from ingest.jsonl import LineError, count_lines, read_jsonl_records
 
 pytestmark = pytest.mark.unit
 

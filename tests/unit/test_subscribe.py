@@ -8,7 +8,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.errors import UndecodableRecordError
+from kafkalog.errors import UndecodableRecordError
 from consumers.handled import HandledOffsets
 from consumers.records import Record, decode_record, topic_name, undecodable
 from consumers.subscribe import subscribe

@@ -10,7 +10,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from cli.subscribe import item_json
-from consumers.errors import UndecodableRecordError
+from kafkalog.errors import UndecodableRecordError
 from consumers.records import decode_record, undecodable
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry

@@ -3,7 +3,7 @@
 import pytest
 
 from schemas.errors import ConfigurationError
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from trainer.config import (
     ARITH,
     SMALL,

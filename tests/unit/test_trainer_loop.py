@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from trainer.config import TINY
 from trainer.data import examples_from_records
 from trainer.loop import train_and_evaluate

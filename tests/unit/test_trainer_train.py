@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from streams.generator import generate_events
+from devtools.generator import generate_events
 from trainer.config import TINY
 from trainer.data import examples_from_records, tokenize
 from trainer.model import build

@@ -1,0 +1,1 @@
+"""Developer tools: the synthetic trace generator (demos, tests, benchmarks)."""
