@@ -23,6 +23,7 @@ from aiokafka.structs import ConsumerRecord
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError
 from schemas.registry import RegisteredSchema
+from schemas.trace_fields import TRACE_FIELD_COLUMNS
 from streams.coordinates import Coordinates, source_headers
 from streams.stage import Batches, Outputs
 from streams.validate import (
@@ -86,25 +87,17 @@ def _empty(table: str) -> list[list[Any]]:
 
 
 def trace_rows(events: Sequence[InboundEvent], codec: AvroCodec, now: datetime) -> Batch:
-    """Decode traces.valid events into `traces` columns; undecodable ones become dead letters."""
+    """Decode traces.valid events into `traces` columns (as ``schemas.trace_fields`` maps them); undecodable
+    ones become dead letters."""
     batch = Batch("traces", _empty("traces"))
-    (trace_id, trace_version, schema_version, prompt, step_index, step_type, step_content, final_answer,
-     meta, source, created_at, score, model, topic, partition, offset, ingested_at) = batch.columns
+    columns = dict(zip(column_names("traces"), batch.columns))
+    from_record = [(columns[column.name], column.value) for column in TRACE_FIELD_COLUMNS]
+    schema_version, topic, partition, offset, ingested_at = (
+        columns[name] for name in ("schema_version", "topic", "partition", "offset", "ingested_at"))
     for event, record, writer in _decoded(events, codec, TRACE, batch):
-        steps = record["steps"]
-        trace_id.append(record["trace_id"])
-        trace_version.append(record["trace_version"])
+        for column, value in from_record:
+            column.append(value(record))
         schema_version.append(event.writer_version or writer.version)
-        prompt.append(record["prompt"])
-        step_index.append([s["i"] for s in steps])
-        step_type.append([s["type"] for s in steps])
-        step_content.append([s["content"] for s in steps])
-        final_answer.append(record["final_answer"])
-        meta.append(record["meta"])
-        source.append(record["source"])
-        created_at.append(record["created_at"])
-        score.append(record.get("score"))
-        model.append(record.get("model"))
         topic.append(event.at.topic)
         partition.append(event.at.partition)
         offset.append(event.at.offset)

@@ -5,20 +5,11 @@ event collapse into the row it already wrote, so at-least-once delivery from
 Kafka gives effectively-once rows; readers count with FINAL.
 """
 
+from schemas.trace_fields import TRACE_FIELD_COLUMNS
+
 TRACE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("trace_id", "String"),
-    ("trace_version", "Int32"),
-    ("schema_version", "UInt16"),
-    ("prompt", "String"),
-    ("step_index", "Array(Int32)"),
-    ("step_type", "Array(LowCardinality(String))"),
-    ("step_content", "Array(String)"),
-    ("final_answer", "String"),
-    ("meta", "Map(String, String)"),
-    ("source", "LowCardinality(String)"),
-    ("created_at", "DateTime64(3, 'UTC')"),
-    ("score", "Nullable(Float64)"),
-    ("model", "Nullable(String)"),
+    *((column.name, column.type) for column in TRACE_FIELD_COLUMNS),  # the record's fields (schemas.trace_fields)
+    ("schema_version", "UInt16"),  # the Trace schema version the producer wrote
     ("topic", "LowCardinality(String)"),
     ("partition", "UInt32"),
     ("offset", "UInt64"),

@@ -28,16 +28,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from schemas.trace_fields import TRACE_FIELDS
+
 if TYPE_CHECKING:
     from warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
 
-TRACE_ANSWER_COLUMNS = (
-    "trace_id, trace_version, schema_version, prompt, "
-    "CAST(arrayZip(step_index, step_type, step_content), 'Array(Tuple(i Int32, type String, content String))') "
-    "AS steps, final_answer, meta, source, created_at, score, model, topic, partition, offset, ingested_at"
-)
+TRACE_ANSWER_COLUMNS = ", ".join(
+    (*(field.answer for field in TRACE_FIELDS), "schema_version", "topic", "partition", "offset", "ingested_at"))
 """The columns of one trace as the API answers it (``trace_id`` first: the index reads it from the line)."""
 
 _CHUNK_ROWS = 20_000

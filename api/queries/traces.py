@@ -13,14 +13,16 @@ from typing import Any
 
 from api.cursor import Cursor
 from api.queries import keyset
+from schemas.trace_fields import TRACE_FIELDS
 from warehouse.client import Warehouse
 from warehouse.trace_index import TRACE_ANSWER_COLUMNS
 
-# The key first: ``keyset.Run.parse`` reads it from the start of each JSON line. No step bodies, no answer.
-_LIST_COLUMNS = (
-    f"{keyset.KEY_COLUMNS}, topic, trace_id, trace_version, schema_version, source, created_at, score, model, meta, "
-    "length(step_index) AS steps, substringUTF8(prompt, 1, 200) AS prompt_preview"
-)
+# The key first: ``keyset.Run.parse`` reads it from the start of each JSON line. The fields as
+# ``schemas.trace_fields`` lists them: no step bodies, no answer, the prompt's start only.
+_LIST_COLUMNS = ", ".join((
+    keyset.KEY_COLUMNS, "topic", *(field.listed for field in TRACE_FIELDS if field.listed), "schema_version",
+    "substringUTF8(prompt, 1, 200) AS prompt_preview",
+))
 
 
 @dataclass(frozen=True)
