@@ -1,4 +1,4 @@
-"""Stream a dataset export over HTTP: ``consumers.export.export_dataset``'s bytes, chunk by chunk.
+"""Stream a dataset export over HTTP: ``dataset.export.export_dataset``'s bytes, chunk by chunk.
 
 ``export_dataset`` writes to a file object, so it runs on a thread of its own
 (with its own event loop) writing into a bounded queue: a slow client slows
@@ -14,8 +14,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from consumers.export import export_dataset
-from schemas.dataset import Manifest
+from dataset.export import export_dataset
+from dataset.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The API's way into the warehouse: one thread for its calls, and a cache of answers.
 
-Warehouse calls block, so handlers run them here, off the event loop. The
-cache keeps finished response bodies keyed by the query; it is used only when
-the warehouse says when it changes (``Warehouse.generation``: an embedded
+Warehouse calls block, so handlers run them on the API's own
+``WarehouseThread``, off the event loop. The cache keeps finished response
+bodies keyed by the query; it is used only when the warehouse says when it changes (``Warehouse.generation``: an embedded
 warehouse, whose only writer is this process) and is dropped at every write,
 so an answer is never older than the last write. With a ClickHouse server
 (other writers), every read goes to the server.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from warehouse.client import Warehouse
+from warehouse.executor import WarehouseThread
 from warehouse.trace_index import TraceIndex
 
 T = TypeVar("T")
@@ -30,9 +30,7 @@ class WarehouseReader:
     """
 
     def __init__(self, warehouse_factory: Callable[[], Warehouse], *, cache_entries: int = 4096) -> None:
-        self._factory = warehouse_factory
-        self._warehouse: Warehouse | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-warehouse")
+        self._thread = WarehouseThread(warehouse_factory, name="api-warehouse")
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._cache_entries = cache_entries
         self._cache_generation: int | None = None
@@ -40,28 +38,23 @@ class WarehouseReader:
         self.hits = 0
         self.misses = 0
 
-    def _call(self, fn: Callable[[Warehouse], T]) -> T:
-        if self._warehouse is None:
-            self._warehouse = self._factory()
-        return fn(self._warehouse)
-
     @property
     def generation(self) -> int | None:
         """The warehouse's write generation (None: unknown, or another process may write)."""
-        return self._warehouse.generation if self._warehouse is not None else None
+        return self._thread.warehouse.generation if self._thread.warehouse is not None else None
 
     @property
     def trace_index(self) -> TraceIndex | None:
         """The warehouse's trace index, once the warehouse is open (None with a server)."""
-        return self._warehouse.trace_index if self._warehouse is not None else None
+        return self._thread.warehouse.trace_index if self._thread.warehouse is not None else None
 
     async def run(self, fn: Callable[[Warehouse], T]) -> T:
         """``fn(warehouse)`` on the reader's thread (the warehouse opens on first use)."""
-        return await asyncio.wrap_future(self.executor.submit(self._call, fn))
+        return await self._thread.run(fn)
 
     async def cached(self, key: Hashable, fn: Callable[[Warehouse], T]) -> T:
         """Like ``run``, but an answer for ``key`` is reused until the warehouse is written to."""
-        generation = self._warehouse.generation if self._warehouse is not None else None
+        generation = self.generation
         if generation is not None and self._cache_entries:
             if generation != self._cache_generation:
                 self._cache.clear()
@@ -85,7 +78,7 @@ class WarehouseReader:
         finally:
             self._in_flight.pop((generation, key), None)
         # A write during the query may or may not be in the answer: keep it only if none happened.
-        if self._warehouse.generation == generation == self._cache_generation:
+        if self.generation == generation == self._cache_generation:
             self._cache[key] = value
             if len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)
@@ -93,7 +86,7 @@ class WarehouseReader:
 
     def runner(self) -> Callable[[Callable[[Warehouse], Any]], Any]:
         """A warehouse runner usable from any event loop (dataset export runs on its own)."""
-        return lambda fn: asyncio.wrap_future(self.executor.submit(self._call, fn))
+        return self._thread.run
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        self._thread.close()

@@ -27,7 +27,7 @@ from typing import Any
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.topics import STAGES
+from kafkalog.groups import STAGES
 
 SHARED_MACHINE_NOTE = (
     "the Kafka broker JVM, the producer and the processors (and chDB, in-process) all share "

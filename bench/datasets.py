@@ -11,7 +11,7 @@ them as one dataset, then time, each over the whole dataset:
 2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
    checked) and decoded (``read_ranges``: dataset records, Avro decoded; and with ``--workers``,
    ``dataset_batches(..., workers=N)``: decoded in N processes, sent back pickled);
-3. replay from ClickHouse (``consumers.warehouse_reader``, on the warehouse thread);
+3. replay from ClickHouse (``dataset.warehouse_reader``, on the warehouse thread);
 4. export of every format (JSON Lines and Parquet) from Kafka, in this process and (``--workers``, the CPU
    count by default) decoding and formatting in worker processes, and ``trace`` and ``parquet`` from
    ClickHouse, to /dev/null.
@@ -49,14 +49,14 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.ingest import publish
-from consumers.export import EXPORT_FORMATS, dataset_batches, dataset_records, export_dataset, start_workers
+from dataset.export import EXPORT_FORMATS, dataset_batches, dataset_records, export_dataset, start_workers
 from kafkalog.ranges import read_ranges, read_ranges_raw
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.snapshot import DatasetRequest, create_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 
 

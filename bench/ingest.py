@@ -71,7 +71,8 @@ from deploy.settings import Settings
 from streams.app import MAX_MESSAGE_BYTES
 from streams.processes import ValidateProcesses, default_validate_processes
 from ingest.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
-from streams.topics import STAGES, TOPIC_CONFIG, ensure_pipeline_topics, validate_group
+from kafkalog.groups import STAGES, validate_group
+from streams.topics import TOPIC_CONFIG, ensure_pipeline_topics
 from streams.transactions import RETRY_BACKOFF_MS
 
 POLL_S = 0.1

@@ -54,7 +54,7 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.snapshot import DatasetRequest, create_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 
 

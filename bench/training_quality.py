@@ -4,7 +4,7 @@
         [--preset arith] [--steps N] [--set train.learning_rate=0.003 ...]
 
 Generates ``--count`` arithmetic traces (``generate_events(kind="arith")``),
-splits them as a dataset would (``schemas.dataset.Split`` by trace id), trains
+splits them as a dataset would (``dataset.split.Split`` by trace id), trains
 the preset with ``trainer.loop.train_and_evaluate`` in this process on the CPU
 (or whatever JAX finds), and prints the scorecard next to its baseline: the
 commonest train answer given for every eval item. No broker is involved (the
@@ -21,7 +21,9 @@ import time
 from typing import Any
 
 from bench.common import emit_json, load_average, machine
-from schemas.dataset import Split, TraceFilter, select
+from dataset.filter import TraceFilter
+from dataset.select import select
+from dataset.split import Split
 from devtools.generator import generate_events
 from trainer.config import from_mapping
 from trainer.data import examples_from_records, tokenize

@@ -38,14 +38,15 @@ from deploy.running import registered, running_processes
 from deploy.settings import Settings
 from deploy.stack import stack_status, stack_up
 from schemas.codec import AvroCodec
-from schemas.dataset import Manifest, Split
+from dataset.manifest import Manifest
+from dataset.split import Split
 from schemas.registry import default_registry
 from devtools.base import GeneratedEvent
 from devtools.generator import generate_events
 from devtools.output import publish_generated
 from streams.processes import die_with_parent
 from ingest.producer import TraceProducer
-from streams.snapshot import DatasetRequest, create_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 
 # The demo's policy: its dataset trains the tiny model briefly (a real run, not a meaningful score;

@@ -15,7 +15,7 @@ from cli.worker import run_processors
 from deploy.running import registered
 from deploy.stack import kafka_clients
 from streams.processes import default_validate_processes
-from streams.topics import STAGES
+from kafkalog.groups import STAGES
 
 
 def serve(

@@ -55,7 +55,7 @@ def _read_space(path: Path) -> Any:
 
 async def _ready_dataset(settings, kafka, name: str, version: int | None) -> None:
     """UnknownDataset unless ``name`` (at ``version``) is ready on datasets.events."""
-    from streams.catalog import load_catalog
+    from dataset.catalog import load_catalog
     from streams.topics import ensure_pipeline_topics
 
     await ensure_pipeline_topics(settings, kafka)

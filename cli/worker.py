@@ -25,7 +25,7 @@ from deploy.settings import Settings
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.stage import StageFailed
 from streams.stats import lag_stats, warehouse_stats
-from streams.topics import STAGES
+from kafkalog.groups import STAGES
 from streams.worker import run_worker
 from warehouse.client import Warehouse
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from schemas.dataset import DatasetRef, Manifest
-from streams.errors import UnknownDataset
+from dataset.manifest import DatasetRef, Manifest
+from dataset.errors import UnknownDataset
 
 DATASET_EVENT = "DatasetEvent"
 

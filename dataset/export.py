@@ -2,10 +2,10 @@
 
 Both sources yield the same records in (partition, offset) order and go
 through the same filter, split and formatter, so the bytes are the same.
-Each record is serialized once (``schemas.dataset.canonical``): those bytes
+Each record is serialized once (``dataset.hashing.canonical``): those bytes
 are hashed to check the manifest's ``content_sha256``, and the JSON Lines line
-is cut from them (``schemas.exports.line_writer``) or the Parquet columns
-filled from the same values (``schemas.parquet_export.ParquetColumns``).
+is cut from them (``dataset.formats.line_writer``) or the Parquet columns
+filled from the same values (``dataset.parquet.ParquetColumns``).
 
 From Kafka, decoding and formatting can run in worker processes
 (``workers=N``): each worker turns a raw batch into bytes (the canonical lines
@@ -30,14 +30,16 @@ import pyarrow.parquet as pq
 
 from kafkalog.log import paused_gc
 from kafkalog.ranges import decode_batch, read_range_batches, read_range_batches_raw
-from consumers.warehouse_reader import read_range_pages_from_warehouse
+from dataset.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from schemas.dataset import Canonical, CanonicalLines, ContentHasher, LineCollector, Manifest, selector
+from dataset.hashing import Canonical, CanonicalLines, ContentHasher, LineCollector
+from dataset.manifest import Manifest
+from dataset.select import selector
 from schemas.errors import DecodeError, InvalidDatasetRequest
-from schemas.exports import FORMATS, line_writer
-from schemas.parquet_export import PARQUET, ROW_GROUP_ROWS, ParquetColumns
-from schemas.parquet_export import SCHEMA as PARQUET_SCHEMA
+from dataset.formats import FORMATS, line_writer
+from dataset.parquet import PARQUET, ROW_GROUP_ROWS, ParquetColumns
+from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from schemas.registry import SchemaRegistry, default_registry
 from warehouse.client import Warehouse
 

@@ -1,10 +1,10 @@
 """Deterministic export formats for dataset records: one JSON object per line.
 
 Each format is a function ``(record, split) -> dict`` over a dataset record
-(see ``schemas.dataset``); lines are ``json.dumps`` with sorted keys, no
+(see ``dataset.hashing``); lines are ``json.dumps`` with sorted keys, no
 spaces and UTF-8 text, plus ``\\n``. Nothing depends on time, randomness or
 dict order, so the same manifest gives byte-identical files. Lines are
-assembled from the record's canonical form (``schemas.dataset.Canonical``),
+assembled from the record's canonical form (``dataset.hashing.Canonical``),
 whose values were serialized once for the content hash: no value is
 serialized twice, and the bytes are those of ``json.dumps`` of the format's
 dict (``as_trace`` and the others define each format). Every format
@@ -29,7 +29,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from schemas.dataset import Canonical, canonical, canonical_record, json_bytes
+from dataset.hashing import Canonical, canonical, canonical_record, json_bytes
 from schemas.errors import InvalidDatasetRequest
 
 FORMATS = ("trace", "tunix_sft", "training_example")
@@ -225,7 +225,7 @@ def export_line(format: str, split: str, record: Mapping[str, Any]) -> bytes:
 def export_lines(
     format: str, selected: Iterable[tuple[str, Mapping[str, Any]]]
 ) -> Iterator[bytes]:
-    """Lines for ``(split, record)`` pairs, e.g. straight from ``schemas.dataset.select``.
+    """Lines for ``(split, record)`` pairs, e.g. straight from ``dataset.select.select``.
 
     An unknown format is refused here, not at the first record.
     """

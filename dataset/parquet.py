@@ -7,7 +7,7 @@ groups are a fixed number of rows and nothing depends on time, so the same
 manifest (and pyarrow version) gives byte-identical files.
 
 ``ParquetColumns`` builds the batches: each row's canonical values
-(``schemas.dataset.Canonical``, the ones hashed) are appended to one Python
+(``dataset.hashing.Canonical``, the ones hashed) are appended to one Python
 list per column (steps and meta flattened, with offsets), and each batch is
 made of whole Arrow arrays at once, not of row dicts. ``parquet_row`` and
 ``record_batch`` are the row-wise definition the columns are tested against.
@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.dataset import Canonical
-from schemas.exports import as_trace, record_id
+from dataset.hashing import Canonical
+from dataset.formats import as_trace, record_id
 
 PARQUET = "parquet"
 ROW_GROUP_ROWS = 10_000

@@ -27,20 +27,16 @@ from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import (
-    ContentHasher,
-    DatasetRef,
-    Manifest,
-    OffsetRange,
-    Split,
-    TraceFilter,
-    plan_ranges,
-    selector,
-)
-from schemas.exports import FORMATS
-from streams.catalog import DATASET_EVENT, load_catalog
-from streams.errors import DatasetExists, SnapshotTimeout, UnknownDataset
-from streams.topics import materialize_group
+from dataset.filter import TraceFilter
+from dataset.hashing import ContentHasher
+from dataset.manifest import DatasetRef, Manifest
+from dataset.ranges import OffsetRange, plan_ranges
+from dataset.select import selector
+from dataset.split import Split
+from dataset.formats import FORMATS
+from dataset.catalog import DATASET_EVENT, load_catalog
+from dataset.errors import DatasetExists, SnapshotTimeout, UnknownDataset
+from kafkalog.groups import materialize_group
 
 log = logging.getLogger(__name__)
 

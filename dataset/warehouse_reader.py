@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from kafkalog.ranges import ordered_ranges
 
 if TYPE_CHECKING:
-    from schemas.dataset import OffsetRange
+    from dataset.ranges import OffsetRange
     from warehouse.client import Warehouse
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

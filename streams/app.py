@@ -25,7 +25,7 @@ from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
 from streams.materialize import BatchWriter, MaterializeStage
 from streams.stage import MAX_MESSAGE_BYTES, StageFailed, StageRunner
-from streams.topics import STAGES, materialize_group, validate_group
+from kafkalog.groups import STAGES, materialize_group, validate_group
 from streams.transactions import PartitionTransactions
 from streams.validate import ValidateStage, Validator
 from warehouse.client import Warehouse

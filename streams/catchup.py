@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.topics import STAGES, materialize_group, validate_group
+from kafkalog.groups import STAGES, materialize_group, validate_group
 
 log = logging.getLogger(__name__)
 

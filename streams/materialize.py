@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -38,7 +37,12 @@ DATASET_EVENT = "DatasetEvent"
 RUN_EVENT = "RunEvent"
 MODEL_EVENT = "ModelEvent"
 from warehouse.client import Warehouse
-from warehouse.errors import WarehouseRejected, WarehouseSchemaMismatch, WarehouseUnavailable
+from warehouse.errors import (
+    WarehouseRejected,
+    WarehouseSchemaMismatch,
+    WarehouseUnavailable,
+)
+from warehouse.executor import WarehouseThread
 from warehouse.tables import column_names
 
 log = logging.getLogger(__name__)
@@ -307,10 +311,8 @@ class BatchWriter:
         retry_max_seconds: float,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        self._warehouse_factory = warehouse_factory
-        self._warehouse: Warehouse | None = None
+        self._thread = WarehouseThread(warehouse_factory)
         self._codec = codec
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warehouse")
         self._retry_max_seconds = retry_max_seconds
         self._sleep = sleep
         self.rows_written = 0
@@ -318,13 +320,7 @@ class BatchWriter:
 
     async def run(self, fn: Callable[[Warehouse], Any]) -> Any:
         """Run ``fn(warehouse)`` on the warehouse thread (opening the warehouse on first use)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn)
-
-    def _call(self, fn: Callable[[Warehouse], Any]) -> Any:
-        if self._warehouse is None:
-            self._warehouse = self._warehouse_factory()
-        return fn(self._warehouse)
+        return await self._thread.run(fn)
 
     async def write(self, batch: Batch) -> list[Rejected]:
         """Make the batch durable; returns the rows the warehouse refused, as dead letters."""
@@ -392,15 +388,15 @@ class BatchWriter:
                 return result
             except WarehouseUnavailable as exc:
                 self.outage_retries += 1
-                if self._warehouse is not None and not self._warehouse.embedded:
-                    self._warehouse = None  # reconnect to a server on the next try
+                if self._thread.warehouse is not None and not self._thread.warehouse.embedded:
+                    self._thread.reopen()  # reconnect to a server on the next try
                 log.warning("warehouse unavailable while writing %s (%s); retrying in %.1fs",
                             what, exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_seconds)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._thread.close()
 
 
 def utc_now() -> datetime:

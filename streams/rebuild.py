@@ -5,7 +5,7 @@ from __future__ import annotations
 from kafkalog.lag import topic_partitions
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.topics import materialize_group
+from kafkalog.groups import materialize_group
 from warehouse.client import Warehouse
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.topics import materialize_group, validate_group
+from kafkalog.groups import materialize_group, validate_group
 from warehouse.client import Warehouse
 
 

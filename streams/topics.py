@@ -44,17 +44,3 @@ async def ensure_pipeline_topics(settings: Settings, kafka: KafkaClients) -> Non
             "trace in the partition it arrived in, so these topics need the same partition count. "
             "Add partitions to the smaller ones (kafka-topics --alter --partitions N)."
         )
-
-
-STAGES = ("validate", "materialize")
-"""The processing stages, in pipeline order; a worker runs any of them (``--stages``)."""
-
-
-def validate_group(settings: Settings) -> str:
-    """Consumer group of the validate stage (reads traces.raw)."""
-    return f"{settings.app_id}.validate"
-
-
-def materialize_group(settings: Settings) -> str:
-    """Consumer group of the materialize stage (reads traces.valid and traces.dlq)."""
-    return f"{settings.app_id}.materialize"

@@ -19,7 +19,8 @@ from deploy.settings import Settings
 from streams.app import Processors, build_app
 from streams.catchup import wait_until_caught_up
 from streams.stats import lag_stats, warehouse_stats
-from streams.topics import STAGES, ensure_pipeline_topics
+from kafkalog.groups import STAGES
+from streams.topics import ensure_pipeline_topics
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,10 @@ import numpy as np
 from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, Manifest, selector
-from schemas.exports import record_id, render_completion
+from dataset.hashing import ContentHasher
+from dataset.manifest import Manifest
+from dataset.select import selector
+from dataset.formats import record_id, render_completion
 from trainer.config import ConfigError
 from trainer.tokenizer import ByteTokenizer
 
@@ -27,7 +29,7 @@ class Example(NamedTuple):
 
 
 def example_from_record(record: Mapping[str, Any]) -> Example:
-    """A dataset record (``schemas.dataset``) → Example, completion as ``tunix_sft`` renders it."""
+    """A dataset record (``dataset.hashing``) → Example, completion as ``tunix_sft`` renders it."""
     steps = sorted(record["steps"], key=lambda s: int(s["i"]))
     rid = record_id(record) if {"topic", "partition", "offset"} <= set(record) else ""
     return Example(

@@ -35,7 +35,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from schemas.dataset import Manifest
+from dataset.manifest import Manifest
 from schemas.errors import TracestreamError
 from trainer.config import ConfigError, Preset
 from trainer.loop import CheckpointHook, MetricsHook, Result

@@ -26,7 +26,9 @@ from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, Manifest, selector
+from dataset.hashing import ContentHasher
+from dataset.manifest import Manifest
+from dataset.select import selector
 from schemas.model_registry import (
     MODEL_EVENT,
     GateOutcome,
@@ -39,7 +41,7 @@ from schemas.model_registry import (
     compare,
 )
 from schemas.registry import default_registry
-from streams.catalog import load_catalog
+from dataset.catalog import load_catalog
 from trainer.runlog import run_histories
 
 REGISTER_TRIES = 5

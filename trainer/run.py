@@ -43,7 +43,7 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
-from streams.catalog import load_catalog
+from dataset.catalog import load_catalog
 from trainer.config import ConfigError, Preset, from_mapping
 from trainer.data import no_train_split, read_examples
 from trainer.loop import train_and_evaluate

@@ -19,7 +19,13 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from deploy.settings import Settings
 from schemas.errors import ConfigurationError
 from warehouse.errors import WarehouseRejected, WarehouseUnavailable
-from warehouse.tables import TABLES, add_missing_columns_sql, column_names, create_table_sql, schema_differences
+from warehouse.tables import (
+    TABLES,
+    add_missing_columns_sql,
+    column_names,
+    create_table_sql,
+    schema_differences,
+)
 from warehouse.trace_index import TraceIndex
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.export import stream_export
 from api.models import DatasetDetail, DatasetVersion
 from api.queries import datasets as q
-from consumers.export import EXPORT_FORMATS
+from dataset.export import EXPORT_FORMATS
 from schemas.codec import AvroCodec
-from schemas.parquet_export import PARQUET
+from dataset.parquet import PARQUET
 from schemas.registry import default_registry
-from streams.catalog import load_catalog
-from streams.errors import UnknownDataset
+from dataset.catalog import load_catalog
+from dataset.errors import UnknownDataset
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"], dependencies=[Readable])
 

@@ -18,14 +18,15 @@ import httpx
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Manifest
+from dataset.manifest import Manifest
 from schemas.registry import default_registry
 from streams.app import Processors, build_app
 from devtools.base import GeneratedEvent
 from devtools.output import publish_generated
 from ingest.producer import DeliveryReport, TraceProducer
-from streams.snapshot import DatasetRequest, create_dataset
-from streams.topics import STAGES, ensure_pipeline_topics
+from dataset.snapshot import DatasetRequest, create_dataset
+from kafkalog.groups import STAGES
+from streams.topics import ensure_pipeline_topics
 from warehouse.client import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]

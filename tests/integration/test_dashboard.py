@@ -22,11 +22,11 @@ from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Split
+from dataset.split import Split
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from tests.integration.browser import (
     chromium,
     console_errors,

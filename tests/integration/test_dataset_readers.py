@@ -18,12 +18,12 @@ from aiokafka.admin import RecordsToDelete
 from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from kafkalog.lag import end_offsets
 from kafkalog.ranges import read_ranges
-from consumers.warehouse_reader import count_rows, read_ranges_from_warehouse
+from dataset.warehouse_reader import count_rows, read_ranges_from_warehouse
 from deploy.kafka import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import OffsetRange
+from dataset.ranges import OffsetRange
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events

@@ -18,10 +18,11 @@ import ray
 
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Manifest, Split
+from dataset.manifest import Manifest
+from dataset.split import Split
 from schemas.registry import default_registry
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from tests.integration.test_train_run import run_events
 from trainer.config import ConfigError, from_mapping

@@ -24,7 +24,8 @@ from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up, wait_until_committed
 from streams.coordinates import source_offset
 from devtools.generator import generate_events
-from streams.topics import ensure_pipeline_topics, validate_group
+from kafkalog.groups import validate_group
+from streams.topics import ensure_pipeline_topics
 from streams.transactions import PartitionTransactions
 from tests.conftest import free_port
 from tests.integration.support import (

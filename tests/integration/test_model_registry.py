@@ -28,13 +28,16 @@ from kafkalog.log import read_to_end
 from kafkalog.ranges import read_range_batches
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import OffsetRange, Split, content_sha256, select
+from dataset.hashing import content_sha256
+from dataset.ranges import OffsetRange
+from dataset.select import select
+from dataset.split import Split
 from schemas.model_registry import ModelRef, ModelRegistryError
 from schemas.registry import default_registry
-from streams.catalog import load_catalog
+from dataset.catalog import load_catalog
 from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from tests.conftest import free_port
 from tests.integration.support import cli, dataset_of, kafka_of, running_processors
 from tests.integration.test_trainer_service import serve_until

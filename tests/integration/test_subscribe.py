@@ -13,12 +13,15 @@ from consumers.records import Record, Undecodable
 from consumers.subscribe import subscribe
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import ContentHasher, Manifest, OffsetRange, select
+from dataset.hashing import ContentHasher
+from dataset.manifest import Manifest
+from dataset.ranges import OffsetRange
+from dataset.select import select
 from schemas.registry import default_registry
-from streams.catalog import load_catalog
+from dataset.catalog import load_catalog
 from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest, create_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 from tests.integration.support import kafka_of, publish, running_processors
 

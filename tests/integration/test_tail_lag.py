@@ -15,7 +15,7 @@ from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from devtools.breakage import PAYLOAD_KINDS
 from devtools.generator import generate_events
-from streams.topics import materialize_group, validate_group
+from kafkalog.groups import materialize_group, validate_group
 from tests.integration.support import REPO, cli, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from deploy.settings import Settings
-from schemas.dataset import Split
-from streams.catalog import load_catalog
+from dataset.split import Split
+from dataset.catalog import load_catalog
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.hf_checkpoints import read_tensors, write_checkpoint
 from tests.integration.support import (
     cli,

@@ -14,11 +14,11 @@ import pytest
 
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Split
+from dataset.split import Split
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.integration.support import (
     cli,
     dataset_of,

@@ -20,7 +20,7 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.integration.support import (
     REPO,
     cli,

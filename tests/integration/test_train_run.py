@@ -17,11 +17,11 @@ from kafkalog.lag import end_offsets, topic_partitions
 from deploy.kafka import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Split
+from dataset.split import Split
 from schemas.registry import default_registry
-from streams.errors import UnknownDataset
+from dataset.errors import UnknownDataset
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.config import ConfigError
 from trainer.run import run_training

@@ -19,10 +19,10 @@ import pytest
 
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Split
+from dataset.split import Split
 from schemas.registry import default_registry
 from devtools.generator import generate_events
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.run import run_training
 

@@ -15,10 +15,10 @@ import pytest
 from api.app import create_app
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Split
+from dataset.split import Split
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from streams.snapshot import DatasetRequest
+from dataset.snapshot import DatasetRequest
 from tests.integration.browser import (
     chromium,
     console_errors,

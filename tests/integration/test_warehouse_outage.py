@@ -17,7 +17,7 @@ from kafkalog.log import read_to_end
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
-from streams.topics import materialize_group
+from kafkalog.groups import materialize_group
 from tests.integration.support import (
     expected_outcome,
     kafka_of,

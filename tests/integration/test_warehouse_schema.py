@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kafkalog.log import read_to_end
 from deploy.settings import Settings
+from ingest.producer import TraceProducer
+from kafkalog.log import read_to_end
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.coordinates import Coordinates
 from streams.materialize import BatchWriter, InboundEvent, trace_rows
-from ingest.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
 from tests.integration.support import REPO, cli, kafka_of, running_processors
 from warehouse.client import Warehouse

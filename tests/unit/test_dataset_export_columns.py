@@ -1,6 +1,6 @@
 """The export loop without a broker: batches in, JSON Lines and Parquet out.
 
-``consumers.export.dataset_batches`` is replaced by batches of awkward records
+``dataset.export.dataset_batches`` is replaced by batches of awkward records
 (the reader is tested against Kafka and ClickHouse in
 ``tests/integration/test_datasets.py``); what is checked here is everything
 after it: one serialization per record, the hash, the Parquet columns and the
@@ -17,10 +17,15 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 
-import consumers.export as export
-from schemas.dataset import Manifest, OffsetRange, Split, TraceFilter, canonical, content_sha256, select
-from schemas.exports import EXPORTERS, FORMATS, _line
-from schemas.parquet_export import ParquetColumns, parquet_row, record_batch
+import dataset.export as export
+from dataset.filter import TraceFilter
+from dataset.hashing import canonical, content_sha256
+from dataset.manifest import Manifest
+from dataset.ranges import OffsetRange
+from dataset.select import select
+from dataset.split import Split
+from dataset.formats import EXPORTERS, FORMATS, _line
+from dataset.parquet import ParquetColumns, parquet_row, record_batch
 from tests.unit.test_dataset_serialization import awkward_record
 
 pytestmark = pytest.mark.unit

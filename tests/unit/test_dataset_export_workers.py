@@ -10,10 +10,13 @@ import io
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-import consumers.export as export
+import dataset.export as export
 from kafkalog.ranges import decode_batch
 from schemas.codec import AvroCodec
-from schemas.dataset import Manifest, OffsetRange, Split, TraceFilter
+from dataset.filter import TraceFilter
+from dataset.manifest import Manifest
+from dataset.ranges import OffsetRange
+from dataset.split import Split
 from schemas.errors import CorruptAvroError
 from schemas.registry import default_registry
 from devtools.generator import generate_events

@@ -6,16 +6,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from schemas.dataset import Split, TraceFilter, select
+from dataset.filter import TraceFilter
+from dataset.select import select
+from dataset.split import Split
 from schemas.errors import InvalidDatasetRequest
-from schemas.exports import (
-    FORMATS,
-    export_line,
-    export_lines,
-    record_id,
-    render_completion,
-    write_export,
-)
+from dataset.formats import FORMATS, export_line, export_lines, record_id, render_completion, write_export
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schemas.dataset import TraceFilter, parse_filter
+from dataset.filter import TraceFilter, parse_filter
 from schemas.errors import InvalidDatasetRequest, TracestreamError
 
 pytestmark = pytest.mark.unit

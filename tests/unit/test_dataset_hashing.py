@@ -6,16 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schemas.dataset import (
-    RECORD_KEYS,
-    ContentHasher,
-    Split,
-    TraceFilter,
-    canonical_json,
-    content_sha256,
-    iso_millis,
-    select,
-)
+from dataset.checks import iso_millis
+from dataset.filter import TraceFilter
+from dataset.hashing import RECORD_KEYS, ContentHasher, canonical_json, content_sha256
+from dataset.select import select
+from dataset.split import Split
 from schemas.errors import DatasetIntegrityError
 
 pytestmark = pytest.mark.unit

@@ -6,16 +6,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from schemas.codec import AvroCodec
-from schemas.dataset import (
-    DatasetEvent,
-    DatasetRef,
-    Manifest,
-    OffsetRange,
-    Split,
-    TraceFilter,
-    parse_offsets_json,
-    plan_ranges,
-)
+from dataset.events import DatasetEvent
+from dataset.filter import TraceFilter
+from dataset.manifest import DatasetRef, Manifest
+from dataset.ranges import OffsetRange, parse_offsets_json, plan_ranges
+from dataset.split import Split
 from schemas.errors import EncodeError, InvalidDatasetRequest
 from schemas.registry import default_registry
 

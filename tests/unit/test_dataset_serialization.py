@@ -16,15 +16,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schemas.dataset import (
-    ContentHasher,
-    canonical,
-    canonical_json,
-    canonical_record,
-    float_json,
-    json_bytes,
-)
-from schemas.exports import EXPORTERS, FORMATS, _line, export_line, line_writer
+from dataset.hashing import ContentHasher, canonical, canonical_json, canonical_record, float_json, json_bytes
+from dataset.formats import EXPORTERS, FORMATS, _line, export_line, line_writer
 
 pytestmark = pytest.mark.unit
 
@@ -42,7 +35,7 @@ def awkward_text(rnd: random.Random) -> str:
         lambda: chr(rnd.randrange(0x20, 0x7F)),
         lambda: chr(rnd.randrange(0x80, 0xD800)),
         lambda: chr(rnd.randrange(0xE000, 0x110000)),
-        # what the export lines are cut at (schemas.exports): must never be found inside a value
+        # what the export lines are cut at (dataset.formats): must never be found inside a value
         lambda: rnd.choice([',"meta":{', '},"model":', ',"steps":[', '],"topic":', ',"prompt":', ',"score":',
                             ',"source":', ',"trace_id":', ',"final_answer":', ',"', '",', '}', ']', ',']),
     ]

@@ -5,7 +5,9 @@ import random
 
 import pytest
 
-from schemas.dataset import Split, TraceFilter, parse_split, select
+from dataset.filter import TraceFilter
+from dataset.select import select
+from dataset.split import Split, parse_split
 from schemas.errors import InvalidDatasetRequest
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,8 @@ from consumers.records import Record, decode_record, topic_name, undecodable
 from consumers.subscribe import subscribe
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.dataset import Manifest, OffsetRange
+from dataset.manifest import Manifest
+from dataset.ranges import OffsetRange
 from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
 
