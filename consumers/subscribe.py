@@ -69,7 +69,7 @@ from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
 
 if TYPE_CHECKING:
-    from schemas.dataset import Manifest
+    from dataset.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

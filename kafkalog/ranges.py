@@ -15,7 +15,7 @@ whose start was deleted by retention raises ``RangeExpiredError``, one that
 ends past the high watermark raises ``RangeBeyondEndError``. So a caller
 gets either the whole dataset or an error, never a silently shorter one.
 
-Each yielded record is the "dataset record" (see ``schemas.dataset``): the
+Each yielded record is the "dataset record" (see ``dataset.hashing``): the
 trace as decoded to the latest ``Trace`` schema, plus ``topic``,
 ``partition`` and ``offset``.
 """
@@ -36,7 +36,7 @@ from deploy.kafka_clients import KafkaClients
 
 if TYPE_CHECKING:
     from schemas.codec import AvroCodec
-    from schemas.dataset import OffsetRange
+    from dataset.ranges import OffsetRange
 
 TRACE = "Trace"
 """The record type of traces.valid (``streams.validate.TRACE``; consumers do not import streams)."""
@@ -218,7 +218,7 @@ async def read_ranges(
 
     Args:
         kafka: the cluster (``KafkaClients``).
-        ranges: ``[start, end)`` offset ranges (``schemas.dataset.OffsetRange``), in any order.
+        ranges: ``[start, end)`` offset ranges (``dataset.ranges.OffsetRange``), in any order.
         codec: decodes the values; one on the default registry when None.
         batch_records: most records fetched per poll.
         stall_timeout_s: give up when the broker returns nothing for this long mid-range.
