@@ -245,12 +245,13 @@ def fill(settings: Settings, count: int, seed: int, next_offset: list[int]) -> t
     """
     from datetime import datetime
 
+    from devtools.generator import generate_events
+    from ingest.producer import murmur2
     from schemas.codec import AvroCodec
+    from schemas.contracts import TRACE
     from schemas.registry import default_registry
     from streams.coordinates import Coordinates
-    from devtools.generator import generate_events
     from streams.materialize import InboundEvent, trace_rows
-    from ingest.producer import murmur2
     from warehouse.client import Warehouse
 
     codec = AvroCodec(default_registry())
@@ -261,7 +262,7 @@ def fill(settings: Settings, count: int, seed: int, next_offset: list[int]) -> t
     for event in generate_events(count, seed, broken_share=0.0):
         key = event.trace_id.encode()
         partition = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
-        value = codec.encode(event.record, "Trace", event.schema_version)
+        value = codec.encode(event.record, TRACE, event.schema_version)
         chunk.append(InboundEvent(Coordinates(settings.topics.valid, partition, next_offset[partition]), key, value))
         next_offset[partition] += 1
         ids.append(event.trace_id)

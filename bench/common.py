@@ -240,15 +240,16 @@ class EncodedEvents:
 
 def encode_events(count: int, seed: int) -> EncodedEvents:
     """``count`` valid traces of stream ``seed``, encoded as the producer SDK encodes them."""
-    from schemas.codec import AvroCodec
-    from schemas.registry import default_registry
     from devtools.generator import generate_events
+    from schemas.codec import AvroCodec
+    from schemas.contracts import TRACE
+    from schemas.registry import default_registry
 
     codec = AvroCodec(default_registry())
     started = time.perf_counter()
     events = list(generate_events(count, seed, broken_share=0.0))
     generated = time.perf_counter()
-    items = [(e.trace_id.encode(), codec.encode(e.record, "Trace", e.schema_version)) for e in events]
+    items = [(e.trace_id.encode(), codec.encode(e.record, TRACE, e.schema_version)) for e in events]
     encoded = time.perf_counter()
     return EncodedEvents(items, generated - started, encoded - generated)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kafkalog.log import read_to_end
-from deploy.kafka_clients import KafkaClients
-from schemas.codec import AvroCodec
-from dataset.manifest import DatasetRef, Manifest
 from dataset.errors import UnknownDataset
-
-DATASET_EVENT = "DatasetEvent"
+from dataset.manifest import DatasetRef, Manifest
+from deploy.kafka_clients import KafkaClients
+from kafkalog.log import read_to_end
+from schemas.codec import AvroCodec
+from schemas.contracts import DATASET_EVENT
 
 
 @dataclass(frozen=True)

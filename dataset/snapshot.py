@@ -14,29 +14,28 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
-from kafkalog.lag import ClusterOffsets
-from kafkalog.log import paused_gc
-from kafkalog.ranges import read_range_batches
-from deploy.kafka_clients import KafkaClients
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
+from dataset.catalog import load_catalog
+from dataset.errors import DatasetExists, SnapshotTimeout, UnknownDataset
 from dataset.filter import TraceFilter
-from dataset.hashing import ContentHasher
+from dataset.formats import FORMATS
+from dataset.events import DatasetEvent
 from dataset.manifest import DatasetRef, Manifest
 from dataset.ranges import OffsetRange, plan_ranges
-from dataset.select import selector
+from dataset.reader import DatasetRead, replay
 from dataset.split import Split
-from dataset.formats import FORMATS
-from dataset.catalog import DATASET_EVENT, load_catalog
-from dataset.errors import DatasetExists, SnapshotTimeout, UnknownDataset
+from deploy.kafka_clients import KafkaClients
+from deploy.settings import Settings
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from kafkalog.groups import materialize_group
+from kafkalog.lag import ClusterOffsets
+from schemas.codec import AvroCodec
+from schemas.contracts import DATASET_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +172,10 @@ async def _wait_materialized(
 
 
 async def _count_and_hash(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec) -> Manifest:
-    hasher = ContentHasher()
-    counts = {"train": 0, "eval": 0}
-    which = selector(manifest.filter, manifest.split)  # select(), one record at a time
-    async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
-        with paused_gc():  # acyclic values only, no await
-            for record in batch:
-                split = which(record)
-                if split is not None:
-                    hasher.add(record)
-                    counts[split] += 1
-    return replace(
-        manifest, record_count=hasher.count, train_count=counts["train"], eval_count=counts["eval"],
-        content_sha256=hasher.hexdigest(),
-    )
+    read = DatasetRead(manifest)
+    async for _ in replay(read, kafka, codec):  # the dataset reader counts and hashes as it selects
+        pass
+    return read.counted()
 
 
 class _Announcer:
@@ -206,7 +195,7 @@ class _Announcer:
         await self.producer.stop()
 
     async def __call__(self, event_type: str, manifest: Manifest, *, error: str | None = None) -> None:
-        event = {"event_type": event_type, "manifest": manifest.to_avro(), "error": error, "at": _now()}
+        event = DatasetEvent(event_type, manifest, _now(), error).to_avro()  # type: ignore[arg-type]
         await self.producer.send_and_wait(self.topic, self.codec.encode(event, DATASET_EVENT), key=manifest.name.encode())
 
 

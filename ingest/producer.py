@@ -67,11 +67,11 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.contracts import TRACE
 from schemas.errors import ConfigurationError, TracestreamError
 
 log = logging.getLogger(__name__)
 
-TRACE = "Trace"
 DEFAULT_MAX_REQUEST_SIZE = 2 * 1024 * 1024
 """Above the validator's 1 MiB event limit, so an oversized trace still reaches
 ``traces.raw`` and is dead-lettered there (with its reason) instead of being

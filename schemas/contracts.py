@@ -22,6 +22,13 @@ from schemas.validation import Reason
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "topics.md"
 REGENERATE = ".venv/bin/python -m schemas.contracts"
 
+# The record names of the registered value schemas; code names a schema by these, never by a literal.
+TRACE = "Trace"
+DEAD_LETTER = "DeadLetter"
+DATASET_EVENT = "DatasetEvent"
+RUN_EVENT = "RunEvent"
+MODEL_EVENT = "ModelEvent"
+
 
 @dataclass(frozen=True)
 class TopicContract:
@@ -53,7 +60,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
     TopicContract(
         topic="traces.raw",
         key="trace_id, or none when the producer sent none",
-        value="Trace",
+        value=TRACE,
         value_note="any registered version, as the producer wrote it; may also hold bytes that are not a valid "
                    "Trace at all (validate dead-letters them)",
         partitions="`TRACESTREAM_PARTITIONS` (default 4)",
@@ -66,7 +73,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
     TopicContract(
         topic="traces.valid",
         key="trace_id",
-        value="Trace",
+        value=TRACE,
         value_note="the latest version, valid and normalized (steps sorted by index); raw partition p goes to "
                    "partition p, in raw-offset order, each raw record exactly once (committed in Kafka "
                    "transactions with the consumed offset: read it with isolation.level=read_committed)",
@@ -81,7 +88,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
     TopicContract(
         topic="traces.dlq",
         key="trace_id when it could be read, else none",
-        value="DeadLetter",
+        value=DEAD_LETTER,
         value_note="the original bytes with a machine-readable reason; validate writes raw partition p to "
                    "partition p. Reasons: " + ", ".join(
                        f"`{r.value}`" for r in Reason if r not in (Reason.NOT_JSON, Reason.INVALID_SHAPE)),
@@ -94,7 +101,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
     TopicContract(
         topic="datasets.events",
         key="dataset name",
-        value="DatasetEvent",
+        value=DATASET_EVENT,
         value_note="created, then ready or failed, per dataset version; the manifest names exact offset "
                    "ranges of traces.valid",
         partitions="1 (one ordered history, so a name+version is announced once)",
@@ -107,7 +114,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
     TopicContract(
         topic="runs.events",
         key="run_id",
-        value="RunEvent",
+        value=RUN_EVENT,
         value_note="a run's events in order: queued, started, metrics, checkpoint, evaluated, then completed, "
                    "failed or cancelled, or stopped (a tune's scheduler ended the trial early); cancel_requested "
                    "asks the run's driver to stop; a tune's trials share a tune_id (v4)",
@@ -121,7 +128,7 @@ CONTRACTS: tuple[TopicContract, ...] = (
     TopicContract(
         topic="models.events",
         key="model name",
-        value="ModelEvent",
+        value=MODEL_EVENT,
         value_note="the model registry: registered (a completed run as the next version of a name, with its "
                    "dataset, eval split hash, artifacts with every file's sha256, and scorecard), promoted (to a "
                    "stage), archived, gated (a regression gate's numbers and pass/fail). The key puts a name's "

@@ -25,7 +25,6 @@ from typing import Any
 
 from schemas.errors import TracestreamError
 
-MODEL_EVENT = "ModelEvent"
 EVENT_TYPES = ("registered", "promoted", "archived", "gated")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -288,5 +287,5 @@ def _dataset_text(version: ModelVersion) -> str:
     return f"{d.get('name')}@{d.get('version')}" if d else "no dataset"
 
 
-__all__ = ["ARCHIVED", "HIGHER_IS_BETTER", "MODEL_EVENT", "GateOutcome", "Model", "ModelRef", "ModelRegistryError",
+__all__ = ["ARCHIVED", "HIGHER_IS_BETTER", "GateOutcome", "Model", "ModelRef", "ModelRegistryError",
            "ModelVersion", "Registry", "UnknownModel", "check_model_name", "check_stage", "compare", "parse_ref"]

@@ -175,9 +175,10 @@ def _check_columns(record: dict) -> Violation | None:
 
 @functools.cache
 def _latest_trace_defaults() -> tuple[tuple[str, object], ...]:
+    from schemas.contracts import TRACE  # contracts imports this module's Reason
     from schemas.registry import default_registry
 
-    fields = default_registry().latest("Trace").definition["fields"]
+    fields = default_registry().latest(TRACE).definition["fields"]
     return tuple((f["name"], f["default"]) for f in fields if "default" in f)
 
 

@@ -27,13 +27,13 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from kafkalog.log import read_to_end
 from schemas.codec import AvroCodec
+from schemas.contracts import DEAD_LETTER
 from schemas.errors import DecodeError, TracestreamError
 
-DEAD_LETTER = "DeadLetter"
 REPLAYED_FROM_HEADER = "tracestream-replayed-from"
 _CLOCK_SKEW = timedelta(hours=1)
 

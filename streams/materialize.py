@@ -20,22 +20,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.codec import AvroCodec
+from schemas.contracts import DATASET_EVENT, DEAD_LETTER, MODEL_EVENT, RUN_EVENT, TRACE
 from schemas.errors import DecodeError
 from schemas.registry import RegisteredSchema
 from schemas.trace_fields import TRACE_FIELD_COLUMNS
 from streams.coordinates import Coordinates, source_headers
 from streams.stage import Batches, Outputs
-from streams.validate import (
-    DEAD_LETTER,
-    TRACE,
-    WRITER_VERSION_HEADER,
-    Rejected,
-    dead_letter,
-)
-
-DATASET_EVENT = "DatasetEvent"
-RUN_EVENT = "RunEvent"
-MODEL_EVENT = "ModelEvent"
+from streams.validate import WRITER_VERSION_HEADER, Rejected, dead_letter
 from warehouse.client import Warehouse
 from warehouse.errors import (
     WarehouseRejected,

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.codec import AvroCodec
+from schemas.contracts import DEAD_LETTER, TRACE
 from schemas.errors import DecodeError
 from schemas.validation import Violation, check_event_size, check_trace, normalize
 from streams.coordinates import Coordinates, source_headers
@@ -24,8 +25,6 @@ from streams.transactions import Output, PartitionTransactions
 
 log = logging.getLogger(__name__)
 
-TRACE = "Trace"
-DEAD_LETTER = "DeadLetter"
 WRITER_VERSION_HEADER = "tracestream-writer-version"
 
 

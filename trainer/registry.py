@@ -21,16 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kafkalog.log import paused_gc, read_to_end
-from kafkalog.ranges import read_range_batches
-from deploy.kafka_clients import KafkaClients
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
+from dataset.catalog import load_catalog
 from dataset.hashing import ContentHasher
 from dataset.manifest import Manifest
 from dataset.select import selector
+from deploy.kafka_clients import KafkaClients
+from deploy.settings import Settings
+from kafkalog.log import paused_gc, read_to_end
+from kafkalog.ranges import read_range_batches
+from schemas.codec import AvroCodec
+from schemas.contracts import MODEL_EVENT
 from schemas.model_registry import (
-    MODEL_EVENT,
     GateOutcome,
     ModelRef,
     ModelRegistryError,
@@ -41,7 +42,6 @@ from schemas.model_registry import (
     compare,
 )
 from schemas.registry import default_registry
-from dataset.catalog import load_catalog
 from trainer.runlog import run_histories
 
 REGISTER_TRIES = 5

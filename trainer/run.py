@@ -38,12 +38,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dataset.catalog import load_catalog
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.contracts import RUN_EVENT
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
-from dataset.catalog import load_catalog
 from trainer.config import ConfigError, Preset, from_mapping
 from trainer.data import no_train_split, read_examples
 from trainer.loop import train_and_evaluate
@@ -51,7 +52,6 @@ from trainer.runlog import Published, RunLog
 
 log = logging.getLogger(__name__)
 
-RUN_EVENT = "RunEvent"
 
 
 class RunFailed(TracestreamError):

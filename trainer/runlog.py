@@ -21,13 +21,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from deploy.kafka_clients import KafkaClients
 from kafkalog.lag import topic_partitions
 from kafkalog.log import read_range, read_to_end
-from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
+from schemas.contracts import RUN_EVENT
 from schemas.errors import TracestreamError
 
-RUN_EVENT = "RunEvent"
 CANCEL_REQUESTED = "cancel_requested"
 FINISHED = frozenset({"completed", "failed", "cancelled", "stopped"})
 """Event types that end a run (``stopped``: a tune's scheduler ended a trial early); ``cancel_requested`` does not

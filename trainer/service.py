@@ -43,6 +43,7 @@ from aiokafka.structs import ConsumerRecord
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.contracts import DATASET_EVENT
 from schemas.errors import TracestreamError
 from schemas.model_registry import ModelRef
 from schemas.registry import default_registry
@@ -140,7 +141,7 @@ class TrainerService:
     async def handle(self, record: ConsumerRecord) -> Decision:
         where = (record.topic, record.partition, record.offset)
         try:
-            event, _ = self.codec.decode_latest(record.value, "DatasetEvent")
+            event, _ = self.codec.decode_latest(record.value, DATASET_EVENT)
         except TracestreamError as exc:
             log.error("skipping undecodable dataset event at %s[%d]@%d: %s", *where, exc)
             return self._decided(Decision(*where, "skipped", f"undecodable: {exc}"))

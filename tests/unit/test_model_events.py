@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas.codec import AvroCodec
+from schemas.contracts import MODEL_EVENT
 from schemas.model_registry import (
-    MODEL_EVENT,
     ModelRef,
     ModelRegistryError,
     Registry,
