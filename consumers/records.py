@@ -10,15 +10,16 @@ which version wrote it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from kafkalog.errors import UndecodableRecordError
 from deploy.settings import Settings, Topics
+from kafkalog.errors import UndecodableRecordError
 from schemas.codec import AvroCodec, peek_fingerprint
 from schemas.errors import DecodeError
+from schemas.timeutil import from_millis
 
 _LOGICAL = {name: field for field, name in Topics().model_dump().items()}
 """Logical topic name (``traces.valid``) → field of ``settings.topics``."""
@@ -37,10 +38,6 @@ def topic_name(settings: Settings, name: str) -> str:
 def logical_names() -> list[str]:
     """The topics tracestream owns, by their logical names."""
     return sorted(_LOGICAL)
-
-
-def _timestamp(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def _key(raw: bytes | None) -> str | None:
@@ -119,7 +116,7 @@ def decode_record(message: ConsumerRecord, codec: AvroCodec) -> Record:
             original=bytes(data),
         ) from exc
     return Record(
-        message.topic, message.partition, message.offset, _timestamp(message.timestamp), _key(message.key),
+        message.topic, message.partition, message.offset, from_millis(message.timestamp), _key(message.key),
         writer.name, writer.version, value, tuple(message.headers or ()),
     )
 
@@ -127,6 +124,6 @@ def decode_record(message: ConsumerRecord, codec: AvroCodec) -> Record:
 def undecodable(message: ConsumerRecord, error: UndecodableRecordError) -> Undecodable:
     """The error item for ``message``."""
     return Undecodable(
-        message.topic, message.partition, message.offset, _timestamp(message.timestamp), _key(message.key),
+        message.topic, message.partition, message.offset, from_millis(message.timestamp), _key(message.key),
         error.reason, str(error), error.original, tuple(message.headers or ()),
     )

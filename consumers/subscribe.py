@@ -51,10 +51,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
-from kafkalog.errors import SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.handled import HandledOffsets
-from kafkalog.lag import topic_partitions
-from kafkalog.ranges import read_range_batches_raw
 from consumers.records import (
     Record,
     Undecodable,
@@ -64,9 +61,13 @@ from consumers.records import (
 )
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from kafkalog.errors import SubscriptionError, UndecodableRecordError, UnknownTopicError
+from kafkalog.lag import topic_partitions
+from kafkalog.ranges import read_range_batches_raw
 from schemas.codec import AvroCodec
 from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
+from schemas.timeutil import to_millis
 
 if TYPE_CHECKING:
     from dataset.manifest import Manifest
@@ -424,7 +425,7 @@ async def _offsets_at(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition], at: datetime
 ) -> dict[TopicPartition, int]:
     """Per partition, the first offset whose timestamp is at or after ``at`` (the end when none is)."""
-    at_ms = int(at.timestamp() * 1000)
+    at_ms = to_millis(at)
     found = await consumer.offsets_for_times({tp: at_ms for tp in partitions})
     ends = await consumer.end_offsets(partitions)
     return {tp: found[tp].offset if found[tp] is not None else ends[tp] for tp in partitions}

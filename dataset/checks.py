@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 from schemas.errors import DatasetIntegrityError, InvalidDatasetRequest
+from schemas.timeutil import iso_millis as _iso_millis
+from schemas.timeutil import utc_millis
 
 DEFAULT_TOPIC = "traces.valid"
 EVENT_TYPES = ("created", "ready", "failed")
@@ -54,23 +56,17 @@ def _utc_millis(what: str, value: Any) -> datetime:
             f"{what} is a naive datetime ({value.isoformat()}); pass a timezone-aware one, "
             "e.g. datetime(..., tzinfo=timezone.utc)"
         )
-    value = value.astimezone(timezone.utc)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return utc_millis(value)
 
 
 def iso_millis(value: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC: how dataset records and filters render instants."""
-    if value.tzinfo is timezone.utc:  # what both readers return: no conversion needed
-        v = value
-    elif value.tzinfo is None or value.utcoffset() is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise DatasetIntegrityError(
             f"created_at {value.isoformat()} has no timezone; dataset readers must return "
             "timezone-aware UTC datetimes (attach timezone.utc to warehouse values)"
         )
-    else:
-        v = value.astimezone(timezone.utc)
-    # isoformat truncates to milliseconds and pads the year to 4 digits; a UTC datetime ends in "+00:00".
-    return v.isoformat(timespec="milliseconds")[:-6] + "Z"
+    return _iso_millis(value)
 
 
 def check_name(name: Any) -> str:

@@ -8,26 +8,16 @@ JSON producer and an Avro producer meet exactly the same rules.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import InvalidTraceShape
+from schemas.timeutil import utc_millis
 from schemas.validation import CREATED_AT_MAX, CREATED_AT_MIN
 
 # Avro "int" bounds; fastavro would write larger ints that other readers reject.
 _INT32 = {"ge": -(2**31), "le": 2**31 - 1}
-
-
-def utc_millis(value: datetime) -> datetime:
-    """``value`` in UTC, truncated to milliseconds (what Avro timestamp-millis keeps).
-
-    A naive datetime is taken to be UTC already.
-    """
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 class StepIn(BaseModel):

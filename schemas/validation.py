@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from operator import itemgetter
 
+from schemas.timeutil import to_millis
+
 MAX_STEPS = 1000
 MAX_PROMPT_CHARS = 50_000
 MAX_ANSWER_CHARS = 50_000
@@ -94,7 +96,7 @@ def _in_created_at_range(value: datetime | int) -> bool:
     if isinstance(value, datetime):
         value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         return CREATED_AT_MIN <= value <= CREATED_AT_MAX
-    return CREATED_AT_MIN.timestamp() * 1000 <= value <= CREATED_AT_MAX.timestamp() * 1000
+    return to_millis(CREATED_AT_MIN) <= value <= to_millis(CREATED_AT_MAX)
 
 
 def check_trace(record: dict) -> Violation | None:

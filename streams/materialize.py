@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,6 +23,7 @@ from schemas.codec import AvroCodec
 from schemas.contracts import DATASET_EVENT, DEAD_LETTER, MODEL_EVENT, RUN_EVENT, TRACE
 from schemas.errors import DecodeError
 from schemas.registry import RegisteredSchema
+from schemas.timeutil import iso_millis, utc_now
 from schemas.trace_fields import TRACE_FIELD_COLUMNS
 from streams.coordinates import Coordinates, source_headers
 from streams.stage import Batches, Outputs
@@ -177,7 +178,7 @@ def _append_row(columns: dict[str, list[Any]], values: dict[str, Any], event: In
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_millis(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -389,6 +390,3 @@ class BatchWriter:
     def close(self) -> None:
         self._thread.close()
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from schemas.timeutil import iso_millis
 from warehouse.client import Warehouse
 
 TERMINAL = ("completed", "failed", "cancelled", "stopped")
@@ -70,10 +71,7 @@ def status_of(terminal: str, active: int) -> str:
 
 
 def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z") if value.tzinfo else text + "Z"
+    return None if value is None else iso_millis(value)
 
 
 def summaries(warehouse: Warehouse, run_id: str | None = None, *, tune_id: str | None = None) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from api.cursor import Cursor
 from api.queries import keyset
+from schemas.timeutil import to_millis
 from schemas.trace_fields import TRACE_FIELDS
 from warehouse.client import Warehouse
 from warehouse.trace_index import TRACE_ANSWER_COLUMNS
@@ -50,15 +51,11 @@ class TraceFilter:
             params[f"mk{n}"], params[f"mv{n}"] = key, value
         if self.created_from is not None:
             conditions.append("created_at >= fromUnixTimestamp64Milli({created_from:Int64}, 'UTC')")
-            params["created_from"] = _millis(self.created_from)
+            params["created_from"] = to_millis(self.created_from)
         if self.created_until is not None:
             conditions.append("created_at < fromUnixTimestamp64Milli({created_until:Int64}, 'UTC')")
-            params["created_until"] = _millis(self.created_until)
+            params["created_until"] = to_millis(self.created_until)
         return conditions, params
-
-
-def _millis(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 def list_page(warehouse: Warehouse, topic: str, after: Cursor, limit: int, where: TraceFilter) -> keyset.Run:
