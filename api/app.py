@@ -1,8 +1,10 @@
 """Build the FastAPI application: the read API, the ingest door and the dashboard page.
 
-Nothing happens at import time: ``create_app`` takes the settings (and, in
-``tracestream serve``, the warehouse the processors already opened, since
-chDB lets one process own its folder) and wires one router per resource.
+Nothing happens at import time: ``create_app`` takes the settings and wires
+one router per resource. The API opens its own ``Warehouse`` on first use; in
+``tracestream serve`` that is the processors' process, where the embedded
+chDB client is opened once and shared (``warehouse.client``), so the API and
+the materializer use one client and their calls take turns.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ def create_app(
 
     Args:
         settings: the process's settings.
-        warehouse: an open warehouse to share (``tracestream serve`` passes the
-            processors'); otherwise ``warehouse_factory`` (default:
-            ``Warehouse.connect(settings)``) opens one on first use.
+        warehouse: an open warehouse to use (tests pass one); otherwise
+            ``warehouse_factory`` (default: ``Warehouse.connect(settings)``, which
+            in ``tracestream serve`` shares the process's chDB client with the
+            processors) opens one on first use.
         kafka: the Kafka cluster; defaults to ``settings.kafka_bootstrap`` with the settings' security.
         ingest: start the ingest door's producer (needs Kafka at start-up).
     """
