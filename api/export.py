@@ -16,6 +16,7 @@ from typing import Any
 
 from dataset.export import export_dataset
 from dataset.manifest import Manifest
+from dataset.reader import content_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,8 @@ async def stream_export(manifest: Manifest, fmt: str, split: str, **sources: Any
         try:
             summary = asyncio.run(export_dataset(manifest, fmt, split, sink, **sources))
             sink.flush()
-            if summary.content_sha256 != manifest.content_sha256:
-                log.error("export of %s@%s from %s: content_sha256 %s, the manifest says %s",
-                          manifest.name, manifest.version, sources.get("source"), summary.content_sha256,
-                          manifest.content_sha256)
+            if (why := content_mismatch(manifest, summary.content_sha256, sources.get("source", "kafka"))) is not None:
+                log.error("export: %s", why)
             sink.put(_DONE)
         except _Cancelled:
             pass

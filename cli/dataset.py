@@ -11,6 +11,7 @@ import typer
 
 from cli.common import Column, console, fit_table, load_settings, out, require_kafka
 from dataset.export import EXPORT_FORMATS, dataset_records, export_dataset, own_thread
+from dataset.reader import content_mismatch
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
 from dataset.filter import parse_filter
@@ -161,9 +162,8 @@ def export(
                 sink.close()
     except TracestreamError as exc:
         raise _fail(exc) from exc
-    if summary.content_sha256 != manifest.content_sha256:
-        console.print(f"[red]error:[/red] {source} gave content_sha256 {summary.content_sha256}, the manifest says "
-                      f"{manifest.content_sha256}: the {source} copy differs from the log")
+    if (why := content_mismatch(manifest, summary.content_sha256, source)) is not None:
+        console.print(f"[red]error:[/red] {why}")
         raise typer.Exit(1)
     console.print(f"{summary.records} records, {summary.bytes_written} bytes, sha256 {summary.file_sha256}"
                   f"{f' → {out_file}' if out_file else ''}")

@@ -33,11 +33,11 @@ from kafkalog.ranges import decode_batch, read_range_batches, read_range_batches
 from dataset.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from dataset.hashing import Canonical, CanonicalLines, ContentHasher, LineCollector
+from dataset.hashing import Canonical, CanonicalLines, LineCollector
 from dataset.manifest import Manifest
-from dataset.select import selector
 from schemas.errors import DecodeError, InvalidDatasetRequest
 from dataset.formats import FORMATS, line_writer
+from dataset.reader import DatasetRead
 from dataset.parquet import PARQUET, ROW_GROUP_ROWS, ParquetColumns
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from schemas.registry import SchemaRegistry, default_registry
@@ -146,13 +146,13 @@ async def export_dataset(
     """
     if fmt not in EXPORT_FORMATS:
         raise InvalidDatasetRequest(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    hasher, sink = ContentHasher(), _CountingSink(out)
+    read, sink = DatasetRead(manifest), _CountingSink(out)
     parquet = _ParquetRows(sink) if fmt == PARQUET else None
     records = 0
     try:
         if workers > 0 and source == "kafka":
             async for chunk in _pooled(manifest, kafka, codec, workers, _work, fmt, split):
-                hasher.add_lines(chunk.hashed)
+                read.hasher.add_lines(chunk.hashed)
                 if parquet is not None:
                     if chunk.written:
                         parquet.add_batch(pa.ipc.open_stream(chunk.out).read_next_batch())
@@ -161,10 +161,10 @@ async def export_dataset(
                     sink.write(chunk.out)
                 records += chunk.written
         else:
-            formatter = _Formatter(fmt, split, manifest)
+            formatter = _Formatter(fmt, split, read)
             add_row = parquet.add if parquet is not None else None
             async for batch in dataset_batches(manifest, source=source, kafka=kafka, codec=codec, warehouse=warehouse):
-                lines, written = formatter.run(batch, hasher, add_row)
+                lines, written = formatter.run(batch, add_row)
                 records += written
                 if parquet is not None:
                     parquet.flush()
@@ -173,30 +173,25 @@ async def export_dataset(
     finally:
         if parquet is not None:
             parquet.close()
-    return ExportSummary(records, sink.position, sink.sha256.hexdigest(), hasher.hexdigest())
+    return ExportSummary(records, sink.position, sink.sha256.hexdigest(), read.content_sha256)
 
 
 class _Formatter:
-    """One batch of dataset records: selected, hashed (serialized once), then cut into lines or columns."""
+    """One batch of dataset records: selected and hashed by the dataset reader (serialized once), then cut
+    into lines or columns."""
 
-    def __init__(self, fmt: str, split: str, manifest: Manifest) -> None:
-        self.which = selector(manifest.filter, manifest.split)
+    def __init__(self, fmt: str, split: str, read: DatasetRead) -> None:
+        self.read = read
         self.split = split
         self.line = None if fmt == PARQUET else line_writer(fmt)
 
-    def run(
-        self, batch: list[dict], hasher: ContentHasher, add_row: Callable[[Canonical, str], None] | None,
-    ) -> tuple[list[bytes], int]:
+    def run(self, batch: list[dict], add_row: Callable[[Canonical, str], None] | None) -> tuple[list[bytes], int]:
         """The lines (none for Parquet: rows go to ``add_row``) and how many records were written."""
-        which, split, line = self.which, self.split, self.line
+        split, line = self.split, self.line
         lines: list[bytes] = []
         written = 0
         with paused_gc():  # builds acyclic values only; writing (which may block) is the caller's
-            for record in batch:
-                record_split = which(record)
-                if record_split is None:
-                    continue
-                c = hasher.add(record)  # serialized once: hashed, then cut into the line or the columns
+            for record_split, c, _ in self.read.select(batch):
                 if split != "all" and record_split != split:
                     continue
                 if add_row is not None:
@@ -311,8 +306,8 @@ def _work(job: _Job) -> _Chunk | None:
         return None
     collector = LineCollector()
     columns = ParquetColumns() if job.fmt == PARQUET else None
-    lines, written = _Formatter(job.fmt, job.split, job.manifest).run(
-        records, collector, columns.add if columns is not None else None)
+    lines, written = _Formatter(job.fmt, job.split, DatasetRead(job.manifest, collector)).run(
+        records, columns.add if columns is not None else None)
     if columns is None:
         return _Chunk(collector.lines(), b"".join(lines), written)
     if not written:

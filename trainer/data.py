@@ -7,12 +7,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kafkalog.ranges import read_range_batches
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from dataset.hashing import ContentHasher
+from dataset.reader import DatasetRead, replay
 from dataset.manifest import Manifest
-from dataset.select import selector
 from dataset.formats import record_id, render_completion
 from trainer.config import ConfigError
 from trainer.tokenizer import ByteTokenizer
@@ -75,21 +73,13 @@ async def read_examples(kafka: KafkaClients, manifest: Manifest, codec: AvroCode
     Raises:
         ConfigError: the replay does not hash to the manifest's ``content_sha256``.
     """
-    hasher = ContentHasher()
+    read = DatasetRead(manifest)
     split: dict[str, list[Mapping[str, Any]]] = {"train": [], "eval": []}
-    which = selector(manifest.filter, manifest.split)  # select(), one record at a time
-    async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
-        for record in batch:
-            name = which(record)
-            if name is not None:
-                hasher.add(record)
-                split[name].append(record)
-    if manifest.content_sha256 and hasher.hexdigest() != manifest.content_sha256:
-        raise ConfigError(
-            f"dataset {manifest.name}@{manifest.version} replayed to content_sha256 {hasher.hexdigest()}, "
-            f"its manifest says {manifest.content_sha256}; the log under its ranges changed, "
-            "create a new dataset version"
-        )
+    async for selected in replay(read, kafka, codec):
+        for name, _, record in selected:
+            split[name].append(record)
+    if (why := read.mismatch("Kafka")) is not None:
+        raise ConfigError(why)
     return examples_from_records(split["train"]), examples_from_records(split["eval"])
 
 
