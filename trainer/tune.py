@@ -134,6 +134,7 @@ class _Job:
     kafka: KafkaClients
     request: TuneRequest
     control: Any  # the _Control actor's handle
+    gpu_share: float = 0.0  # of one GPU per trial (0: the CPU)
 
 
 class _Trial(FunctionTrainable):
@@ -141,6 +142,8 @@ class _Trial(FunctionTrainable):
 
     def setup(self, config: dict[str, Any], job: _Job | None = None) -> None:
         self._job = job
+        if 0 < job.gpu_share < 1:  # trials share a GPU: JAX must not take most of its memory, as it does alone
+            os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 * job.gpu_share:.2f}")
         self._ended = threading.Event()
         self._stopped_by_tune = False
         super().setup(config)
@@ -316,8 +319,9 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
             time_attr="training_iteration", metric="loss", mode="min", max_t=horizon + 1,
             grace_period=request.grace_period or max(1, horizon // 10), reduction_factor=request.reduction_factor,
         )
-        trainable = tune.with_resources(tune.with_parameters(_Trial, job=_Job(settings, kafka, request, control)),
-                                        {"cpu": 1})
+        resources, share = _trial_resources(request)
+        trainable = tune.with_resources(
+            tune.with_parameters(_Trial, job=_Job(settings, kafka, request, control, share)), resources)
         tuner = tune.Tuner(
             trainable,
             param_space={dim.path: _domain(dim) for dim in request.space.dimensions},
@@ -341,6 +345,17 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
     status = "cancelled" if cancelled.is_set() else "completed"
     return TuneOutcome(request.tune_id, status, request.metric, request.mode, trials,
                        best_trial(trials, request.metric, request.mode))
+
+
+def _trial_resources(request: TuneRequest) -> tuple[dict[str, float], float]:
+    """One CPU per trial; where the cluster has GPUs, an equal share of them among the trials that run at once."""
+    cluster = ray.cluster_resources()
+    gpus = float(cluster.get("GPU", 0.0))
+    if gpus <= 0:
+        return {"cpu": 1}, 0.0
+    at_once = min(request.samples, request.max_concurrent or max(1, int(cluster.get("CPU", 1))))
+    share = min(1.0, gpus / at_once)
+    return {"cpu": 1, "gpu": share}, share
 
 
 def _domain(dim) -> Any:

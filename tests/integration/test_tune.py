@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from api.app import create_app
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
+from dataset.snapshot import DatasetRequest
 from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from dataset.snapshot import DatasetRequest
 from tests.integration.browser import (
     chromium,
     console_errors,
@@ -31,11 +32,6 @@ from tests.integration.browser import (
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.tune_space import parse_space
 from warehouse.client import Warehouse
-
-try:
-    from devtools.generator import generate_events
-except ImportError:  # until the generator's move from streams/ to devtools/ is committed
-    from devtools.generator import generate_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(400)]
 
