@@ -84,8 +84,9 @@ def canonical_record(record: Mapping[str, Any]) -> dict:
         ) from None
 
 
-def _reference_json(value: Any) -> bytes:
-    """The definition of the canonical JSON text: what the content hashes of stored manifests were made with."""
+def canonical_bytes(value: Any) -> bytes:
+    """The one canonical JSON rule (sorted keys, no spaces, UTF-8, not ASCII-escaped): what the content
+    hashes of stored manifests were made with, and what run events carry (``trainer.run.event_json``)."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -104,7 +105,7 @@ def json_bytes(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=_ORJSON_SORTED)
     except orjson.JSONEncodeError:
-        return _reference_json(value)
+        return canonical_bytes(value)
 
 
 def _plain_float(value: float | None) -> bool:
@@ -119,7 +120,7 @@ def _plain_float(value: float | None) -> bool:
 
 def float_json(value: float | None) -> bytes:
     """A float (or None) as ``json.dumps`` writes it (``repr``; ``NaN``, ``Infinity``)."""
-    return orjson.dumps(value) if _plain_float(value) else _reference_json(value)
+    return orjson.dumps(value) if _plain_float(value) else canonical_bytes(value)
 
 
 class Canonical(NamedTuple):
@@ -142,7 +143,7 @@ def canonical(record: Mapping[str, Any]) -> Canonical:
     if _plain_float(c["score"]):  # the one float of a record
         data = json_bytes(c)
     else:
-        data = _reference_json(c)
+        data = canonical_bytes(c)
     return Canonical(c, data)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset.catalog import load_catalog
+from dataset.hashing import canonical_bytes
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
@@ -81,9 +81,9 @@ class RunOutcome:
     outputs: tuple[dict[str, str], ...] = ()  # a base model run's exports (adapter, merged / model): kind, path, sha256
 
 
-def canonical_json(value: Any) -> str:
-    """Sorted keys, compact, non-finite floats as null (so it is valid JSON)."""
-    return json.dumps(_finite(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+def event_json(value: Any) -> str:
+    """``value`` as the canonical JSON text (``dataset.hashing.canonical_bytes``), non-finite floats as null."""
+    return canonical_bytes(_finite(value)).decode("utf-8")
 
 
 def _finite(value: Any) -> Any:
@@ -101,8 +101,8 @@ def _finite(value: Any) -> Any:
 def config_json(preset: Preset) -> str:
     """The run's config as canonical JSON: ``model`` and ``train``, or ``base_model``, ``lora`` and ``train``."""
     if preset.base is None:
-        return canonical_json({"model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(preset.train)})
-    return canonical_json({"base_model": dataclasses.asdict(preset.base), "train": dataclasses.asdict(preset.train),
+        return event_json({"model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(preset.train)})
+    return event_json({"base_model": dataclasses.asdict(preset.base), "train": dataclasses.asdict(preset.train),
                            "lora": None if preset.lora is None else dataclasses.asdict(preset.lora),
                            "max_len": preset.max_len})
 
@@ -262,7 +262,7 @@ async def run_training(
                     f"dataset {manifest.name}@{manifest.version} has an empty eval split; nothing was scored. "
                     "Create the dataset with --split eval=0.1 (or similar) to get a scorecard."
                 )
-            publisher.put(event("evaluated", scorecard=canonical_json(scorecard)))
+            publisher.put(event("evaluated", scorecard=event_json(scorecard)))
             publisher.put(event("completed", outputs=list(result.outputs) or None))
             await publisher.close()
         except BaseException as exc:
@@ -359,4 +359,4 @@ class _Hooks:
         self.put(self.event("checkpoint", checkpoint={"step": int(step), "path": str(path), "sha256": sha256}))
 
 
-__all__ = ["RunCancelled", "RunFailed", "RunOutcome", "RunStopped", "canonical_json", "run_training"]
+__all__ = ["RunCancelled", "RunFailed", "RunOutcome", "RunStopped", "event_json", "run_training"]

@@ -44,7 +44,7 @@ from tests.integration.test_trainer_service import serve_until
 from trainer import registry as models
 from trainer.checkpoint import sha256_dir
 from trainer.policy import parse_policy
-from trainer.run import canonical_json, run_training
+from trainer.run import event_json, run_training
 from trainer.service import TrainerService
 from warehouse.client import Warehouse
 
@@ -60,13 +60,13 @@ async def publish_run(settings: Settings, run_id: str, dataset: Any, checkpoint:
                       last: str = "completed") -> None:
     """A run's events on runs.events, published as the trainer's producer publishes them (idempotent, acks=all)."""
     base = {"run_id": run_id, "dataset_name": dataset.name, "dataset_version": dataset.version,
-            "dataset_sha256": dataset.content_sha256, "config": canonical_json(RUN_A), "seed": 0, "workers": 1,
+            "dataset_sha256": dataset.content_sha256, "config": event_json(RUN_A), "seed": 0, "workers": 1,
             "metrics": None, "checkpoint": None, "scorecard": None, "error": None, "truncated_examples": None,
             "outputs": None}
     events = [{**base, "event_type": "queued"}, {**base, "event_type": "started"},
               {**base, "event_type": "checkpoint",
                "checkpoint": {"step": 6, "path": str(checkpoint), "sha256": sha256_dir(checkpoint)}},
-              {**base, "event_type": "evaluated", "scorecard": canonical_json(scorecard)},
+              {**base, "event_type": "evaluated", "scorecard": event_json(scorecard)},
               {**base, "event_type": last}]
     producer = await kafka_of(settings).start(kafka_of(settings).producer(acks="all", enable_idempotence=True))
     try:
