@@ -108,7 +108,7 @@ def kafka(settings: Settings, workdir: Path) -> Iterator[KafkaTarget]:
         yield KafkaTarget(KafkaClients.from_settings(settings, settings.kafka_bootstrap),
                           f"existing cluster at {settings.kafka_bootstrap} (TRACESTREAM_KAFKA_BOOTSTRAP)", None)
         return
-    from deploy.kafka import LocalKafkaBroker
+    from deploy.kafka_broker import LocalKafkaBroker
 
     broker = LocalKafkaBroker(settings, data_dir=workdir / "kafka")
     started = time.perf_counter()

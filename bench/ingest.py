@@ -65,7 +65,7 @@ from bench.common import (
 )
 from bench.common import kafka as kafka_target
 from kafkalog.lag import ClusterOffsets
-from deploy.kafka import ensure_topics_async
+from deploy.kafka_admin import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.app import MAX_MESSAGE_BYTES

@@ -32,21 +32,21 @@ import typer
 from rich.table import Table
 
 from cli.common import command_line, console, load_settings, out, require_kafka
-from deploy.kafka import LocalKafkaBroker
+from dataset.manifest import Manifest
+from dataset.snapshot import DatasetRequest, create_dataset
+from dataset.split import Split
+from deploy.kafka_broker import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.running import registered, running_processes
 from deploy.settings import Settings
 from deploy.stack import stack_status, stack_up
-from schemas.codec import AvroCodec
-from dataset.manifest import Manifest
-from dataset.split import Split
-from schemas.registry import default_registry
 from devtools.base import GeneratedEvent
 from devtools.generator import generate_events
 from devtools.output import publish_generated
-from streams.processes import die_with_parent
 from ingest.producer import TraceProducer
-from dataset.snapshot import DatasetRequest, create_dataset
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+from streams.processes import die_with_parent
 from streams.topics import ensure_pipeline_topics
 
 # The demo's policy: its dataset trains the tiny model briefly (a real run, not a meaningful score;

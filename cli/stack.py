@@ -17,7 +17,7 @@ from cli.common import (
     out,
     require_kafka,
 )
-from deploy.kafka import fetch_broker_jars
+from deploy.kafka_jars import fetch_broker_jars
 from deploy.settings import Settings
 from deploy.stack import (
     NotRunningHere,

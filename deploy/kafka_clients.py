@@ -134,9 +134,7 @@ class KafkaClients:
 
     async def connection_error(self, exc: BaseException) -> Exception:
         """The clearest error for a failed connection: an authentication problem if a probe finds one."""
-        from deploy.kafka import (
-            BrokerUnreachableError,  # deploy.kafka builds its clients here
-        )
+        from deploy.kafka_errors import BrokerUnreachableError
 
         where = f"Kafka at {self.bootstrap} ({self.describe()})"
         refused = await self._probe()

@@ -1,7 +1,7 @@
 """What a home has running: one record per long-lived tracestream process (serve, worker, trainer, demo).
 
 The local broker records itself (``broker.json`` in its data folder, see
-``deploy.kafka``); these records do the same for the other processes, so that
+``deploy.kafka_broker``); these records do the same for the other processes, so that
 ``tracestream stack status`` and ``stack stop|down``, run from another shell,
 can find them. A record holds the pid and that process's start time: a record
 whose process died without removing it (SIGKILL, a reboot), or whose pid now

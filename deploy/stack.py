@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from deploy.kafka import BrokerError, LocalKafkaBroker, read_broker_state
+from deploy.kafka_broker import LocalKafkaBroker, read_broker_state
 from deploy.kafka_clients import KafkaClients
+from deploy.kafka_errors import BrokerError
 from deploy.running import RunningProcess, running_processes, stop_processes
 from deploy.settings import Settings
 from schemas.errors import TracestreamError
@@ -80,7 +81,7 @@ def stack_up(settings: Settings, timeout_s: float = 60) -> StackStatus:
     broker runs changes nothing.
 
     Raises:
-        deploy.kafka.BrokerError: the broker could not be fetched or started.
+        deploy.kafka_errors.BrokerError: the broker could not be fetched or started.
     """
     if not settings.kafka_bootstrap:
         _start_local_broker(settings, timeout_s)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from kafkalog.lag import topic_partitions
-from deploy.kafka import ensure_topics_async
+from deploy.kafka_admin import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from kafkalog.lag import topic_partitions
 from schemas.errors import ConfigurationError
 from streams.stage import MAX_MESSAGE_BYTES
 

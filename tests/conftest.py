@@ -26,7 +26,7 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from deploy.kafka import LocalKafkaBroker
+    from deploy.kafka_broker import LocalKafkaBroker
 
     settings = Settings()
     if settings.kafka_bootstrap:

@@ -146,7 +146,7 @@ async def dataset_of(settings: Settings, events: Iterable[GeneratedEvent], reque
 
     Also creates ``runs.events`` (one partition), which a training run publishes to: the set-up of a run.
     """
-    from deploy.kafka import ensure_topics_async
+    from deploy.kafka_admin import ensure_topics_async
     from streams.catchup import wait_until_caught_up
 
     await ensure_topics_async(kafka_of(settings), {settings.topics.runs: 1})

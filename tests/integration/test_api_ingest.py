@@ -19,7 +19,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from api.app import create_app
 from api.server import serving
 from kafkalog.lag import end_offsets
-from deploy.kafka import LocalKafkaBroker
+from deploy.kafka_broker import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.catchup import wait_until_caught_up

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from deploy.kafka import LocalKafkaBroker
+from deploy.kafka_broker import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from streams.coordinates import source_offset

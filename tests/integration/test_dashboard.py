@@ -19,7 +19,7 @@ from selenium.webdriver.common.by import By
 
 from api.app import create_app
 from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S
-from deploy.kafka import ensure_topics_async
+from deploy.kafka_admin import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from dataset.split import Split

@@ -19,7 +19,7 @@ from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from kafkalog.lag import end_offsets
 from kafkalog.ranges import read_ranges
 from dataset.warehouse_reader import count_rows, read_ranges_from_warehouse
-from deploy.kafka import ensure_topics_async
+from deploy.kafka_admin import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec

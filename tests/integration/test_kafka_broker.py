@@ -21,15 +21,11 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from deploy import stack
-from deploy.kafka import (
-    BrokerError,
-    LocalKafkaBroker,
-    ensure_topics,
-    ensure_topics_async,
-    fetch_broker_jars,
-    read_broker_state,
-)
+from deploy.kafka_admin import ensure_topics, ensure_topics_async
+from deploy.kafka_broker import LocalKafkaBroker, read_broker_state
 from deploy.kafka_clients import KafkaClients
+from deploy.kafka_errors import BrokerError
+from deploy.kafka_jars import fetch_broker_jars
 from deploy.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from deploy.kafka import LocalKafkaBroker
+from deploy.kafka_broker import LocalKafkaBroker
 from deploy.kafka_clients import KafkaAuthenticationError
 from deploy.settings import Settings
 from devtools.generator import generate_events

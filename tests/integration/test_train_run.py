@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kafkalog.lag import end_offsets, topic_partitions
-from deploy.kafka import ensure_topics_async
+from deploy.kafka_admin import ensure_topics_async
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from dataset.split import Split

@@ -230,7 +230,7 @@ def said(done) -> str:
 ])
 async def test_bad_input_is_refused_before_anything_is_published(settings: Settings, tmp_path: Path, space, args,
                                                                  message):
-    from deploy.kafka import ensure_topics_async
+    from deploy.kafka_admin import ensure_topics_async
     from streams.topics import ensure_pipeline_topics
     from tests.integration.support import cli
 
