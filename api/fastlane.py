@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl
 
 from api.cursor import Order, decode_cursor
 from api.errors import InvalidRequest
-from api.queries.traces import TraceFilter
 from api.routers.traces import MAX_LIMIT, read_page, read_trace
+from dataset.filter import TraceFilter
 
 _LIST = SimpleNamespace(path="/api/traces")
 _ONE = SimpleNamespace(path="/api/traces/{trace_id}")

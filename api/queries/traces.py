@@ -7,12 +7,12 @@ partition, offset) from the cursor's position and stops at LIMIT
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from api.cursor import Cursor
 from api.queries import keyset
+from dataset.filter import TraceFilter
+from schemas.errors import InvalidDatasetRequest
 from schemas.timeutil import to_millis
 from schemas.trace_fields import TRACE_FIELDS
 from warehouse.client import Warehouse
@@ -26,41 +26,38 @@ _LIST_COLUMNS = ", ".join((
 ))
 
 
-@dataclass(frozen=True)
-class TraceFilter:
-    """Conditions of the list; every one that is set must hold."""
+def where_sql(where: TraceFilter) -> tuple[list[str], dict[str, Any]]:
+    """The one trace filter (``dataset.filter``) as SQL conditions and their parameters.
 
-    sources: tuple[str, ...] = ()
-    trace_versions: tuple[int, ...] = ()
-    meta: tuple[tuple[str, str], ...] = ()
-    created_from: datetime | None = None
-    created_until: datetime | None = None
-
-    def where(self) -> tuple[list[str], dict[str, Any]]:
-        """SQL conditions and their parameters; parameter names never come from input."""
-        conditions: list[str] = []
-        params: dict[str, Any] = {}
-        if self.sources:
-            conditions.append("source IN {sources:Array(String)}")
-            params["sources"] = list(self.sources)
-        if self.trace_versions:
-            conditions.append("trace_version IN {trace_versions:Array(Int32)}")
-            params["trace_versions"] = list(self.trace_versions)
-        for n, (key, value) in enumerate(self.meta):
-            conditions.append(f"mapContains(meta, {{mk{n}:String}}) AND meta[{{mk{n}:String}}] = {{mv{n}:String}}")
-            params[f"mk{n}"], params[f"mv{n}"] = key, value
-        if self.created_from is not None:
-            conditions.append("created_at >= fromUnixTimestamp64Milli({created_from:Int64}, 'UTC')")
-            params["created_from"] = to_millis(self.created_from)
-        if self.created_until is not None:
-            conditions.append("created_at < fromUnixTimestamp64Milli({created_until:Int64}, 'UTC')")
-            params["created_until"] = to_millis(self.created_until)
-        return conditions, params
+    Parameter names never come from input. The list's query sets sources,
+    versions, meta and the created window; the dataset-only bounds (steps,
+    score) are refused rather than ignored.
+    """
+    if (where.min_steps, where.max_steps, where.min_score, where.max_score) != (None, None, None, None):
+        raise InvalidDatasetRequest("the trace list filters by source, trace_version, meta and created time only")
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    if where.sources:
+        conditions.append("source IN {sources:Array(String)}")
+        params["sources"] = list(where.sources)
+    if where.trace_versions:
+        conditions.append("trace_version IN {trace_versions:Array(Int32)}")
+        params["trace_versions"] = list(where.trace_versions)
+    for n, (key, value) in enumerate(where.meta):
+        conditions.append(f"mapContains(meta, {{mk{n}:String}}) AND meta[{{mk{n}:String}}] = {{mv{n}:String}}")
+        params[f"mk{n}"], params[f"mv{n}"] = key, value
+    if where.created_from is not None:
+        conditions.append("created_at >= fromUnixTimestamp64Milli({created_from:Int64}, 'UTC')")
+        params["created_from"] = to_millis(where.created_from)
+    if where.created_until is not None:
+        conditions.append("created_at < fromUnixTimestamp64Milli({created_until:Int64}, 'UTC')")
+        params["created_until"] = to_millis(where.created_until)
+    return conditions, params
 
 
 def list_page(warehouse: Warehouse, topic: str, after: Cursor, limit: int, where: TraceFilter) -> keyset.Run:
     """The first ``limit`` traces after ``after`` in its order that meet ``where``, without step bodies."""
-    conditions, params = where.where()
+    conditions, params = where_sql(where)
     return keyset.run(warehouse, "traces", _LIST_COLUMNS, topic, after, limit, conditions, params)
 
 

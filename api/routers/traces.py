@@ -16,6 +16,8 @@ from api.models import Trace, TraceComparison, TracePage
 from api.queries import traces as q
 from api.readahead import ReadAhead, page_json
 from api.reader import WarehouseReader
+from dataset.filter import TraceFilter
+from schemas.errors import InvalidDatasetRequest
 from schemas.validation import CREATED_AT_MAX, CREATED_AT_MIN
 
 router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Readable])
@@ -82,13 +84,26 @@ async def list_traces(
     created_until: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
 ) -> Response:
     """A page of traces in the walk's order (``WALK_RULE`` says what a walk serves)."""
-    where = q.TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta),
-                          check_instant("created_from", created_from), check_instant("created_until", created_until))
+    where = list_filter(source, trace_version, meta, created_from, created_until)
     after = decode_cursor(cursor, order)
     return json_response(await read_page(state.pages, state.topics.valid, after, limit, where))
 
 
-async def read_page(pages: ReadAhead, topic: str, after: Cursor, limit: int, where: q.TraceFilter) -> bytes:
+def list_filter(source: list[str], trace_version: list[int], meta: list[str], created_from: datetime | None,
+                created_until: datetime | None) -> TraceFilter:
+    """The list's query as the one trace filter (``dataset.filter``, as datasets use); what it refuses is a 422."""
+    def utc(value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    try:
+        return TraceFilter(tuple(source), tuple(trace_version), parse_meta(meta),
+                           utc(check_instant("created_from", created_from)),
+                           utc(check_instant("created_until", created_until)))
+    except InvalidDatasetRequest as exc:
+        raise InvalidRequest(f"{exc}", [{"field": "query", "message": str(exc)}]) from exc
+
+
+async def read_page(pages: ReadAhead, topic: str, after: Cursor, limit: int, where: TraceFilter) -> bytes:
     """One page's JSON (``api.fastlane`` serves unfiltered pages through here too)."""
     lines, next_cursor = await pages.page(
         ("traces", topic, where, after.order), after, limit, lambda w, start, n: q.list_page(w, topic, start, n, where))
