@@ -152,15 +152,28 @@ def canonical_json(record: Mapping[str, Any]) -> bytes:
     return canonical(record).data
 
 
+HASH_FORMAT = 1
+"""The rule new manifests' ``content_sha256`` is made with (the manifest's ``hash_format``)."""
+HASH_FORMATS = (1,)
+"""Every rule this code can verify. 1: sha256 over ``canonical_json(record) + b"\\n"`` per record. A change
+to the canonical bytes gets a new number here, and manifests written before it keep verifying by theirs."""
+
+
 class ContentHasher:
-    """``content_sha256``: sha256 over ``canonical_json(record) + b"\\n"`` per record.
+    """``content_sha256``: sha256 over ``canonical_json(record) + b"\\n"`` per record (hash format 1).
 
     Records must come in strictly increasing (partition, offset) order, the
     order the manifest defines; going backwards or repeating an offset means
     the reader re-delivered or reordered, and the hash would not be stable.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hash_format: int = HASH_FORMAT) -> None:
+        if hash_format not in HASH_FORMATS:
+            raise DatasetIntegrityError(
+                f"hash format {hash_format} is not one this version knows ({list(HASH_FORMATS)}); "
+                "read this dataset with the tracestream version that created it, or a later one"
+            )
+        self.hash_format = hash_format
         self._sha = hashlib.sha256()
         self._last: tuple[int, int] | None = None
         self.count = 0

@@ -10,6 +10,7 @@ from typing import Any
 
 from dataset.checks import _SHA256_HEX, _int, _utc_millis, check_name
 from dataset.filter import TraceFilter
+from dataset.hashing import HASH_FORMAT
 from dataset.ranges import OffsetRange, _check_range
 from dataset.split import Split
 from schemas.errors import InvalidDatasetRequest
@@ -64,9 +65,11 @@ class Manifest:
     eval_count: int = 0
     content_sha256: str = ""
     formats: tuple[str, ...] = ()
+    hash_format: int = HASH_FORMAT
 
     def __post_init__(self) -> None:
         check_name(self.name)
+        _int("hash_format", self.hash_format, 1)
         _int("dataset version", self.version, 1)
         if not isinstance(self.topic, str) or not self.topic:
             raise InvalidDatasetRequest(f"manifest topic must be a topic name, got {self.topic!r}")
@@ -178,6 +181,7 @@ class Manifest:
             "eval_count": self.eval_count,
             "content_sha256": self.content_sha256,
             "formats": list(self.formats),
+            "hash_format": self.hash_format,
         }
 
     @classmethod
@@ -200,4 +204,5 @@ class Manifest:
             eval_count=record["eval_count"],
             content_sha256=record["content_sha256"],
             formats=tuple(record["formats"]),
+            hash_format=record.get("hash_format", 1),  # events written before the field: format 1
         )

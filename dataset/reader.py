@@ -30,7 +30,7 @@ class DatasetRead:
 
     def __init__(self, manifest: Manifest, hasher: ContentHasher | None = None) -> None:
         self.manifest = manifest
-        self.hasher = hasher or ContentHasher()
+        self.hasher = hasher or ContentHasher(manifest.hash_format)  # the rule the manifest was hashed by
         self.counts = {"train": 0, "eval": 0}
         self._which = selector(manifest.filter, manifest.split)
 

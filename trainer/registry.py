@@ -24,11 +24,10 @@ from typing import Any
 from dataset.catalog import load_catalog
 from dataset.hashing import ContentHasher
 from dataset.manifest import Manifest
-from dataset.select import selector
+from dataset.reader import DatasetRead, replay
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from kafkalog.log import paused_gc, read_to_end
-from kafkalog.ranges import read_range_batches
+from kafkalog.log import read_to_end
 from schemas.codec import AvroCodec
 from schemas.contracts import MODEL_EVENT
 from schemas.model_registry import (
@@ -135,17 +134,12 @@ def _run_artifacts(run_id: str, events: list[dict[str, Any]]) -> list[dict[str, 
 
 async def split_hashes(kafka: KafkaClients, manifest: Manifest, codec: AvroCodec) -> tuple[str, str, int]:
     """Replay the manifest: (content_sha256 of every record, eval_sha256 of the eval split, eval count)."""
-    every, evals = ContentHasher(), ContentHasher()
-    which = selector(manifest.filter, manifest.split)
-    async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
-        with paused_gc():
-            for record in batch:
-                split = which(record)
-                if split is not None:
-                    every.add(record)
-                    if split == "eval":
-                        evals.add(record)
-    return every.hexdigest(), evals.hexdigest(), evals.count
+    read, evals = DatasetRead(manifest), ContentHasher(manifest.hash_format)
+    async for selected in replay(read, kafka, codec):
+        for split, canonical, _ in selected:
+            if split == "eval":
+                evals.add_canonical(canonical)
+    return read.content_sha256, evals.hexdigest(), evals.count
 
 
 def dataset_lineage(manifest: Manifest) -> dict[str, Any]:

@@ -8,10 +8,11 @@ import pytest
 from schemas.codec import AvroCodec
 from dataset.events import DatasetEvent
 from dataset.filter import TraceFilter
+from dataset.hashing import HASH_FORMAT, ContentHasher
 from dataset.manifest import DatasetRef, Manifest
 from dataset.ranges import OffsetRange, parse_offsets_json, plan_ranges
 from dataset.split import Split
-from schemas.errors import EncodeError, InvalidDatasetRequest
+from schemas.errors import DatasetIntegrityError, EncodeError, InvalidDatasetRequest
 from schemas.registry import default_registry
 
 pytestmark = pytest.mark.unit
@@ -131,7 +132,7 @@ def test_manifest_avro_dict_round_trip():
 def test_dataset_event_round_trips_through_the_codec(codec, event):
     data = codec.encode(event.to_avro(), "DatasetEvent")
     record, writer = codec.decode_latest(data, "DatasetEvent")
-    assert (writer.name, writer.version) == ("DatasetEvent", 1)
+    assert (writer.name, writer.version) == ("DatasetEvent", 2)
     assert DatasetEvent.from_avro(record) == event
     assert record["manifest"]["ranges"] == [
         {"partition": 0, "start": 0, "end": 100},
@@ -142,7 +143,7 @@ def test_dataset_event_round_trips_through_the_codec(codec, event):
 
 def test_default_registry_has_dataset_event():
     reg = default_registry()
-    assert [s.version for s in reg.versions("DatasetEvent")] == [1]
+    assert [s.version for s in reg.versions("DatasetEvent")] == [1, 2]
     fields = [f["name"] for f in reg.latest("DatasetEvent").definition["fields"]]
     assert fields == ["event_type", "manifest", "error", "at"]
 
@@ -244,3 +245,23 @@ def test_plan_ranges_refuses_what_cannot_be_rebuilt(ends, starts, fragment):
 def test_plan_ranges_refuses_a_parent_on_another_topic():
     with pytest.raises(InvalidDatasetRequest, match="parent's topic"):
         plan_ranges("other", {0: 1}, parent=manifest())
+
+
+def test_a_manifest_written_before_the_hash_format_reads_as_format_1_and_verifies(codec):
+    """Events of DatasetEvent v1 carry no hash_format: they read as format 1, the rule they were hashed by."""
+    ready = DatasetEvent("ready", manifest().with_counts(train_count=1, eval_count=0, content_sha256="a" * 64), T0)
+    old = ready.to_avro()
+    del old["manifest"]["hash_format"]
+    record, writer = codec.decode_latest(codec.encode(old, "DatasetEvent", 1), "DatasetEvent")
+    assert writer.version == 1
+    read_back = DatasetEvent.from_avro(record)
+    assert read_back.manifest.hash_format == HASH_FORMAT == 1
+    assert read_back == ready
+    assert ContentHasher(read_back.manifest.hash_format).hash_format == 1
+
+
+def test_a_hash_format_this_version_does_not_know_is_refused_naming_it():
+    with pytest.raises(DatasetIntegrityError, match=r"hash format 2 is not one this version knows \(\[1\]\)"):
+        ContentHasher(2)
+    with pytest.raises(InvalidDatasetRequest, match="hash_format"):
+        manifest(hash_format=0)
