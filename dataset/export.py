@@ -28,18 +28,18 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kafkalog.log import paused_gc
-from kafkalog.ranges import decode_batch, read_range_batches, read_range_batches_raw
-from dataset.warehouse_reader import read_range_pages_from_warehouse
-from deploy.kafka_clients import KafkaClients
-from schemas.codec import AvroCodec
+from dataset.formats import FORMATS, line_writer
 from dataset.hashing import Canonical, CanonicalLines, LineCollector
 from dataset.manifest import Manifest
-from schemas.errors import DecodeError, InvalidDatasetRequest
-from dataset.formats import FORMATS, line_writer
-from dataset.reader import DatasetRead
 from dataset.parquet import PARQUET, ROW_GROUP_ROWS, ParquetColumns
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
+from dataset.reader import DatasetRead
+from dataset.warehouse_reader import read_range_pages_from_warehouse
+from deploy.kafka_clients import KafkaClients
+from kafkalog.log import paused_gc
+from kafkalog.ranges import decode_batch, read_range_batches, read_range_batches_raw
+from schemas.codec import AvroCodec
+from schemas.errors import DecodeError, InvalidDatasetRequest
 from schemas.registry import SchemaRegistry, default_registry
 from warehouse.client import Warehouse
 

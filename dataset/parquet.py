@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dataset.hashing import Canonical
 from dataset.formats import as_trace, record_id
+from dataset.hashing import Canonical
 
 PARQUET = "parquet"
 ROW_GROUP_ROWS = 10_000

@@ -22,9 +22,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from dataset.catalog import load_catalog
 from dataset.errors import DatasetExists, SnapshotTimeout, UnknownDataset
+from dataset.events import DatasetEvent
 from dataset.filter import TraceFilter
 from dataset.formats import FORMATS
-from dataset.events import DatasetEvent
 from dataset.manifest import DatasetRef, Manifest
 from dataset.ranges import OffsetRange, plan_ranges
 from dataset.reader import DatasetRead, replay

@@ -21,9 +21,9 @@ from pathlib import Path
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from ingest.producer import DeliveryFailure, TraceProducer
 from schemas.errors import EncodeError, InvalidTraceShape, TracestreamError
 from schemas.models import TraceIn, parse_trace_json
-from ingest.producer import DeliveryFailure, TraceProducer
 
 PROGRESS_EVERY = 1000
 """``on_progress`` is called after every this many lines, and once at the end."""

@@ -18,8 +18,8 @@ from aiokafka.errors import KafkaError
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from schemas.errors import TracestreamError
 from ingest.producer import DeliveryFailure, DeliveryReport, TraceProducer
+from schemas.errors import TracestreamError
 
 LINGER_MS = 2
 """How long a batch waits for other requests' events. Measured 2026-11-30 on the shared 2-core dev machine

@@ -14,8 +14,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from kafkalog.errors import UnknownGroupError, UnknownTopicError
 from deploy.kafka_clients import KafkaClients
+from kafkalog.errors import UnknownGroupError, UnknownTopicError
 
 _COORDINATOR_ATTEMPTS = 20
 

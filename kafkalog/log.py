@@ -27,9 +27,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
+from deploy.kafka_clients import KafkaClients
 from kafkalog.errors import RangeExpiredError, RangeReadStalled
 from kafkalog.lag import topic_partitions
-from deploy.kafka_clients import KafkaClients
 from schemas.errors import DecodeError
 
 T = TypeVar("T")

@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from deploy.kafka_clients import KafkaClients
 from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from kafkalog.lag import topic_partitions
 from kafkalog.log import decode_records, start_range_consumer
 from kafkalog.log import read_range_batches as read_partition_range
-from deploy.kafka_clients import KafkaClients
 
 if TYPE_CHECKING:
-    from schemas.codec import AvroCodec
     from dataset.ranges import OffsetRange
+    from schemas.codec import AvroCodec
 
 TRACE = "Trace"
 """The record type of traces.valid (``streams.validate.TRACE``; consumers do not import streams)."""
