@@ -10,6 +10,7 @@ from typing import Any
 
 from dataset.checks import _SHA256_HEX, _int, _utc_millis, check_name
 from dataset.filter import TraceFilter
+from dataset.formats import FORMATS
 from dataset.hashing import HASH_FORMAT
 from dataset.ranges import OffsetRange, _check_range
 from dataset.split import Split
@@ -117,8 +118,6 @@ class Manifest:
             raise InvalidDatasetRequest(
                 f"content_sha256 {self.content_sha256!r} is not 64 lowercase hex digits"
             )
-        from dataset.formats import FORMATS
-
         formats = tuple(self.formats)
         unknown = [f for f in formats if f not in FORMATS]
         if unknown or len(set(formats)) != len(formats):
