@@ -168,3 +168,34 @@ def test_the_checker_sees_lazy_imports_and_skips_type_checking_ones():
     assert layer_of("warehouse.client") < layer_of("streams.app")
     assert layer_of("deploy.settings") < layer_of("kafkalog.log") < layer_of("dataset.manifest") < layer_of("streams.app")
     assert layer_of("deploy.stack") > layer_of("api.app") and layer_of("devtools.generator") is None
+
+
+def _load_time_imports(module: str) -> set[str]:
+    """Modules of ours that ``module`` imports while it loads: top-level statements only."""
+    tree = ast.parse(modules()[module].read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found & modules().keys()
+
+
+def test_no_import_circle_at_load_time():
+    """No module needs itself to load (a circle hidden by import order, as schemas.dataset and exports had)."""
+    graph = {module: _load_time_imports(module) for module in modules()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError("import circle: " + " → ".join([*path[path.index(module):], module]))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
