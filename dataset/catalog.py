@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dataset.errors import UnknownDataset
+from dataset.events import DatasetEvent
 from dataset.manifest import DatasetRef, Manifest
 from deploy.kafka_clients import KafkaClients
 from kafkalog.log import read_to_end
@@ -65,6 +66,7 @@ class Catalog:
 async def load_catalog(kafka: KafkaClients, topic: str, codec: AvroCodec) -> Catalog:
     """Read datasets.events from its beginning up to its current end."""
     entries = []
-    for event in await read_to_end(kafka, topic, lambda record: codec.decode_latest(record.value, DATASET_EVENT)[0]):
-        entries.append(DatasetEntry(Manifest.from_avro(event["manifest"]), event["event_type"], event.get("error")))
+    for event in await read_to_end(
+            kafka, topic, lambda record: DatasetEvent.from_avro(codec.decode_latest(record.value, DATASET_EVENT)[0])):
+        entries.append(DatasetEntry(event.manifest, event.event_type, event.error))
     return Catalog(entries)
