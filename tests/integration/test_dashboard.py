@@ -364,7 +364,7 @@ def test_an_empty_warehouse_shows_no_data_in_every_panel_without_errors(settings
         assert all(": no data: " in m for m in messages), messages
         charts = browser.execute_script(
             "return Array.from(document.querySelectorAll('.chart')).map(c => (c.data || []).length)")
-        assert charts == [0, 0, 0, 0]
+        assert charts == [0, 0, 0, 0, 0]  # ingest, dead letters, datasets, loss, tune
         assert console_errors(browser) == []
 
 
