@@ -21,7 +21,7 @@ import hashlib
 import multiprocessing
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NamedTuple
 
@@ -42,6 +42,7 @@ from schemas.codec import AvroCodec
 from schemas.errors import DecodeError, InvalidDatasetRequest
 from schemas.registry import SchemaRegistry, default_registry
 from warehouse.client import Warehouse
+from warehouse.executor import WarehouseThread
 
 Source = Literal["kafka", "warehouse"]
 EXPORT_FORMATS = (*FORMATS, PARQUET)
@@ -66,8 +67,7 @@ WarehouseRunner = Callable[[Callable[[Warehouse], Any]], Awaitable[Any]]
 
 def own_thread(warehouse: Warehouse) -> WarehouseRunner:
     """A runner for a process with no worker: one dedicated thread for the warehouse."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warehouse")
-    return lambda fn: asyncio.get_running_loop().run_in_executor(executor, fn, warehouse)
+    return WarehouseThread(lambda: warehouse).run
 
 
 async def dataset_batches(

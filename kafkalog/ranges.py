@@ -33,12 +33,12 @@ from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from kafkalog.lag import topic_partitions
 from kafkalog.log import decode_records, start_range_consumer
 from kafkalog.log import read_range_batches as read_partition_range
+from schemas.contracts import TRACE
 
 if TYPE_CHECKING:
     from dataset.ranges import OffsetRange
     from schemas.codec import AvroCodec
 
-TRACE = "Trace"
 """The record type of traces.valid (``streams.validate.TRACE``; consumers do not import streams)."""
 
 

@@ -50,6 +50,7 @@ from ray.tune.trainable.function_trainable import FunctionTrainable
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.contracts import RUN_EVENT
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
 from trainer.run import RunCancelled, RunStopped, run_training
@@ -64,7 +65,6 @@ from trainer.tune_space import Space, best_trial, varied_fields
 
 log = logging.getLogger(__name__)
 
-RUN_EVENT = "RunEvent"
 STOP_GRACE_S = 120.0
 """How long a stopped trial's process waits for its run to publish its last event before it goes."""
 LAST_EVENT_WAIT_S = 30.0
