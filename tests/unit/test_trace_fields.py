@@ -39,3 +39,9 @@ def test_column_values_of_one_record():
                       "step_type": ["thought", "tool"], "step_content": ["x", "y"], "final_answer": "a",
                       "meta": {"k": "v"}, "source": "s", "created_at": datetime(2026, 1, 1, tzinfo=UTC),
                       "score": None, "model": None}
+
+
+def test_a_dataset_record_is_its_kafka_coordinates_then_the_trace_fields():
+    from dataset.hashing import RECORD_KEYS
+
+    assert RECORD_KEYS == ("topic", "partition", "offset", *TRACE_RECORD_KEYS)
