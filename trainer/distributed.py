@@ -140,8 +140,7 @@ class Worker:
         if not train:
             return info
         self.session = session = Session(self.preset, train, evals if self.rank == 0 else [], self.workdir)
-        started = session.started_info()
-        return {**info, "truncated": session.truncated, "max_len": started["max_len"], "model": session.lm.info,
+        return {**info, "truncated": session.truncated, "max_len": session.lm.max_len, "model": session.lm.info,
                 "checkpoint": session.checkpoint, "next_batch": session.micro}
 
     def step(self) -> tuple[dict[str, Any], Any, float]:

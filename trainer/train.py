@@ -1,16 +1,13 @@
 """Optimizer, the pure jitted train step, and deterministic batching.
 
-``train_step = apply_grads ∘ compute_grads``. The split is the seam for data
-parallelism (``trainer.distributed``): each worker runs ``compute_grad_sums``
-on its shard of the micro-batch (the gradient of the *summed* masked loss,
-and the token count), the driver adds them and divides by the total count,
-which is the gradient of the whole micro-batch's mean loss exactly however
-the masked tokens fall across the shards, and every worker runs the same
-``apply_grads`` on it, so the replicas stay identical. Loss is the mean over
-the micro-batch's masked tokens; accumulation (``optax.MultiSteps``) averages
-per-micro-batch means, which equals one big batch exactly when the
-micro-batches hold equally many masked tokens (always true for full
-sequences), and is the usual approximation otherwise.
+``train_step = apply_grads ∘ compute_grads``. Loss is the mean over the
+micro-batch's masked tokens: the summed cross-entropy over the global
+count, so a step over a batch split across devices (``trainer.mesh``) is
+the step over the whole batch, however the response tokens fall across the
+shards. Accumulation (``optax.MultiSteps``) averages per-micro-batch means,
+which equals one big batch exactly when the micro-batches hold equally many
+masked tokens (always true for full sequences), and is the usual
+approximation otherwise.
 
 Step counting: ``TrainState.step`` counts micro-batches (train_step calls), so
 it is also the index of the next batch to read; an optimizer update happens
@@ -96,7 +93,6 @@ class TrainFns:
 
     - ``init(params) -> TrainState``
     - ``compute_grads(params, batch, frozen=None) -> (grads, {"loss", "tokens"})``
-    - ``compute_grad_sums(params, batch, frozen=None) -> (grads of the summed loss, {"loss_sum", "tokens"})``
     - ``apply_grads(state, grads) -> (state, {"grad_norm", "learning_rate"})``
     - ``train_step(state, batch, frozen=None) -> (state, {"loss", "grad_norm", "learning_rate", "tokens"})``
     - ``eval_loss(params, batch, frozen=None) -> (mean loss, tokens)``
@@ -107,7 +103,6 @@ class TrainFns:
 
     init: Any
     compute_grads: Any
-    compute_grad_sums: Any
     apply_grads: Any
     train_step: Any
     eval_loss: Any
@@ -129,12 +124,6 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
         )(params)
         return grads, {"loss": loss, "tokens": count}
 
-    def compute_grad_sums(params: Params, batch: Batch, frozen: Params | None = None):
-        (total, count), grads = jax.value_and_grad(
-            lambda p: masked_loss_sum(apply, p, batch, frozen), has_aux=True
-        )(params)
-        return grads, {"loss_sum": total, "tokens": count}
-
     def apply_grads(state: TrainState, grads: Params):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -152,7 +141,6 @@ def make_train_fns(apply: Apply, cfg: TrainConfig) -> TrainFns:
     return TrainFns(
         init=init,  # eager: cheaper than compiling it
         compute_grads=jax.jit(compute_grads),
-        compute_grad_sums=jax.jit(compute_grad_sums),
         apply_grads=jax.jit(apply_grads),
         train_step=jax.jit(train_step),
         eval_loss=jax.jit(lambda p, b, frozen=None: masked_loss(apply, p, b, frozen)),
