@@ -160,7 +160,7 @@ class RunSummary(BaseModel):
         "started_at": "2026-11-22T05:00:00.000Z", "updated_at": "2026-11-22T05:01:00.000Z"}})
 
     run_id: str
-    status: str = Field(description="queued | running | completed | failed | cancelled | stopped")
+    status: str = Field(description="queued | running | cancelling | completed | failed | cancelled | stopped")
     last_event: str
     dataset: dict[str, Any]
     steps: int

@@ -29,7 +29,7 @@ from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
-from trainer.runlog import CANCEL_REQUESTED, request_cancel, run_histories
+from trainer.runlog import request_cancel, run_histories, status_of_events
 
 app = typer.Typer(no_args_is_help=True, help="Training runs and their events.")
 
@@ -40,7 +40,7 @@ async def _runs(kafka: KafkaClients, topic: str) -> dict[str, list[dict[str, Any
 
 def _summary(events: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = events[0], events[-1]
-    status = "cancelling" if last["event_type"] == CANCEL_REQUESTED else last["event_type"]
+    status = status_of_events(e["event_type"] for e in events)
     metrics = [e["metrics"] for e in events if e.get("metrics")]
     scorecard = next((json.loads(e["scorecard"]) for e in reversed(events) if e.get("scorecard")), None)
     return {

@@ -14,7 +14,7 @@ step or a checkpoint twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,31 @@ from schemas.errors import TracestreamError
 CANCEL_REQUESTED = "cancel_requested"
 FINISHED = frozenset({"completed", "failed", "cancelled", "stopped"})
 """Event types that end a run (``stopped``: a tune's scheduler ended a trial early); ``cancel_requested`` does not
-(the driver answers it with ``cancelled``). ``api.queries.runs.TERMINAL`` is the same set: keep them equal."""
+(the driver answers it with ``cancelled``)."""
+ACTIVE = frozenset({"started", "metrics", "checkpoint", "evaluated"})
+"""Event types of a run that is under way."""
+STATUSES = ("queued", "running", "cancelling", "completed", "failed", "cancelled", "stopped")
+
+
+def run_status(terminal: str | None, cancel_requested: bool, active: bool) -> str:
+    """The one rule for a run's status, from three facts about its events: the last event in ``FINISHED``
+    (if any came), whether a ``cancel_requested`` came, whether an ``ACTIVE`` event came.
+
+    The CLI and the tuner fold the log with it (``status_of_events``); the API computes the three facts in
+    SQL from the materialized ``runs`` table (``api.queries.runs``) and applies the same function.
+    """
+    if terminal:
+        return terminal
+    if cancel_requested:
+        return "cancelling"
+    return "running" if active else "queued"
+
+
+def status_of_events(event_types: Iterable[str]) -> str:
+    """``run_status`` of a run's event types in log order."""
+    types = list(event_types)
+    terminal = next((t for t in reversed(types) if t in FINISHED), None)
+    return run_status(terminal, CANCEL_REQUESTED in types, any(t in ACTIVE for t in types))
 
 
 @dataclass(frozen=True)

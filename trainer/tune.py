@@ -55,11 +55,11 @@ from schemas.errors import TracestreamError
 from schemas.registry import default_registry
 from trainer.run import RunCancelled, RunStopped, run_training
 from trainer.runlog import (
-    CANCEL_REQUESTED,
     FINISHED,
     RunLog,
     request_cancel,
     run_histories,
+    status_of_events,
 )
 from trainer.tune_space import Space, best_trial, varied_fields
 
@@ -406,9 +406,7 @@ def trial_summaries(histories: Mapping[str, list[dict[str, Any]]]) -> list[dict[
     rows = []
     for run_id in sorted(histories):
         events = histories[run_id]
-        last = events[-1]["event_type"]
-        status = (last if last in FINISHED else "cancelling" if last == CANCEL_REQUESTED
-                  else "running" if any(e["event_type"] != "queued" for e in events) else "queued")
+        status = status_of_events(e["event_type"] for e in events)
         metrics = [e["metrics"] for e in events if e.get("metrics")]
         card = next((json.loads(e["scorecard"]) for e in reversed(events) if e.get("scorecard")), None) or {}
         checkpoint = next((e["checkpoint"] for e in reversed(events) if e.get("checkpoint")), None)

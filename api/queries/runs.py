@@ -11,16 +11,13 @@ import json
 from typing import Any
 
 from schemas.timeutil import iso_millis
+from trainer.runlog import ACTIVE, CANCEL_REQUESTED, FINISHED, run_status
 from warehouse.client import Warehouse
-
-TERMINAL = ("completed", "failed", "cancelled", "stopped")
-"""Event types that end a run: the same set as ``trainer.runlog.FINISHED`` (``stopped``: a tune stopped a trial early)."""
-ACTIVE = ("started", "metrics", "checkpoint", "evaluated")
 
 _SUMMARY_SQL = """
 SELECT r.run_id AS run_id, r.dataset_name AS dataset_name, r.dataset_version AS dataset_version,
        r.dataset_sha256 AS dataset_sha256, r.workers AS workers, r.seed AS seed, r.started_at AS started_at,
-       r.updated_at AS updated_at, r.terminal AS terminal, r.active AS active, r.last_event AS last_event,
+       r.updated_at AS updated_at, r.terminal AS terminal, r.active AS active, r.cancel_requested AS cancel_requested, r.last_event AS last_event,
        r.scorecard AS scorecard, r.error AS error, m.steps AS steps, m.loss AS loss
 FROM (
     SELECT run_id, argMin(dataset_name, offset) AS dataset_name, argMin(dataset_version, offset) AS dataset_version,
@@ -28,6 +25,7 @@ FROM (
            min(at) AS started_at, max(at) AS updated_at,
            argMaxIf(event_type, offset, event_type IN {terminal:Array(String)}) AS terminal,
            countIf(event_type IN {active:Array(String)}) AS active,
+           countIf(event_type = {cancel:String}) AS cancel_requested,
            argMax(event_type, offset) AS last_event,
            argMaxIf(scorecard, offset, scorecard IS NOT NULL) AS scorecard,
            argMaxIf(error, offset, error IS NOT NULL) AS error
@@ -63,20 +61,14 @@ _METRICS_SQL = (
 )
 
 
-def status_of(terminal: str, active: int) -> str:
-    """completed/failed/cancelled/stopped once a terminal event came; else running after a start; else queued."""
-    if terminal:
-        return terminal
-    return "running" if active else "queued"
-
-
 def _iso(value: Any) -> str | None:
     return None if value is None else iso_millis(value)
 
 
 def summaries(warehouse: Warehouse, run_id: str | None = None, *, tune_id: str | None = None) -> list[dict[str, Any]]:
     """One summary per run (or just ``run_id``, or the trials of ``tune_id``), oldest first."""
-    params: dict[str, Any] = {"db": warehouse.database, "terminal": list(TERMINAL), "active": list(ACTIVE)}
+    params: dict[str, Any] = {"db": warehouse.database, "terminal": sorted(FINISHED), "active": sorted(ACTIVE),
+                              "cancel": CANCEL_REQUESTED}
     where = "1"
     if run_id is not None:
         where, params["run_id"] = "run_id = {run_id:String}", run_id
@@ -85,11 +77,11 @@ def summaries(warehouse: Warehouse, run_id: str | None = None, *, tune_id: str |
         params["tune_id"] = tune_id
     rows = warehouse.query(_SUMMARY_SQL.replace("{where}", where), params)
     out = []
-    for (rid, ds_name, ds_version, ds_sha, workers, seed, started, updated, terminal, active, last_event,
+    for (rid, ds_name, ds_version, ds_sha, workers, seed, started, updated, terminal, active, cancel, last_event,
          scorecard, error, steps, loss) in rows:
         card = json.loads(scorecard) if scorecard else None
         out.append({
-            "run_id": rid, "status": status_of(terminal, active), "last_event": last_event,
+            "run_id": rid, "status": run_status(terminal, bool(cancel), bool(active)), "last_event": last_event,
             "dataset": {"name": ds_name, "version": ds_version, "content_sha256": ds_sha},
             "workers": workers, "seed": seed, "steps": steps or 0, "loss": loss if steps else None,
             "exact_match": card.get("exact_match") if card else None, "scorecard": card,

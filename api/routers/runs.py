@@ -14,12 +14,12 @@ from api.deps import Readable, ReaderDep
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.models import RunDetail, RunMetrics, RunSummary
 from api.queries import runs as q
+from trainer.runlog import FINISHED, STATUSES
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[Readable])
 
 _ERRORS = {code: {"content": {"application/json": {"schema": ERROR_SCHEMA}}} for code in (401, 404, 422)}
 _RUN_ID = Path(min_length=1, max_length=200, description="The run's id.")
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "stopped")
 POLL_S = 0.25
 METRICS_WAIT_S = 5.0
 
@@ -107,7 +107,7 @@ async def stream_events(
             incomplete_since = None
             after = (event["partition"], event["offset"])
             yield ServerSentEvent(data=event, event=event["event_type"], id=f"{after[0]}:{after[1]}")
-            if event["event_type"] in q.TERMINAL:
+            if event["event_type"] in FINISHED:
                 return
         else:
             if batch:

@@ -11,11 +11,11 @@ from api.cursor import MAX_PARTITIONS, Cursor, Order, decode_cursor, encode_curs
 from api.errors import InvalidRequest
 from api.queries.jsonrows import last_row, row_count, rows_array
 from api.queries.keyset import Run
-from api.queries.runs import status_of
 from api.readahead import page_json
 from api.routers.evaluations import rank
 from api.routers.runs import dataset_matches
 from api.routers.traces import parse_meta
+from trainer.runlog import ACTIVE, FINISHED, STATUSES, run_status, status_of_events
 
 pytestmark = pytest.mark.unit
 
@@ -129,11 +129,19 @@ def test_meta_filters_are_key_value_pairs_and_anything_else_is_named():
     assert caught.value.details[0]["field"] == "query.meta.1"
 
 
-@pytest.mark.parametrize(("terminal", "active", "status"), [
-    ("", 0, "queued"), ("", 3, "running"), ("completed", 5, "completed"), ("cancelled", 0, "cancelled"),
+@pytest.mark.parametrize(("events", "status"), [
+    (["queued"], "queued"), (["queued", "started", "metrics"], "running"),
+    (["queued", "started", "cancel_requested", "metrics"], "cancelling"),
+    (["queued", "started", "cancel_requested", "cancelled"], "cancelled"),
+    (["queued", "started", "evaluated", "completed"], "completed"), (["queued", "failed"], "failed"),
+    (["queued", "started", "metrics", "stopped"], "stopped"),
 ])
-def test_run_status_comes_from_its_events(terminal, active, status):
-    assert status_of(terminal, active) == status
+def test_run_status_comes_from_its_events_by_one_rule(events, status):
+    """The CLI's fold of the log and the API's three facts from SQL give the same status."""
+    terminal = next((t for t in reversed(events) if t in FINISHED), "")
+    from_sql_facts = run_status(terminal, "cancel_requested" in events, any(t in ACTIVE for t in events))
+    assert status_of_events(events) == from_sql_facts == status
+    assert status in STATUSES
 
 
 def _run(run_id: str, score, loss=None, started="2026-01-01T00:00:00.000Z", dataset=("arith", 1)):
