@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.validation import MAX_EVENT_BYTES
+
 
 class Topics(BaseModel):
     """Topic names; a prefix lets tests and tenants share one cluster (derived from Settings, never from the environment)."""
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
     app_id: str = Field(default="tracestream", description="faust app id; also the processors' consumer group.")
     web_host: str = Field(default="127.0.0.1", description="Interface of the worker's HTTP endpoint.")
     web_port: int = Field(default=6066, description="Port of the worker's HTTP endpoint (stats while chDB is owned).")
-    max_event_bytes: int = Field(default=1024 * 1024, description="Largest trace event accepted, in bytes.")
+    max_event_bytes: int = Field(default=MAX_EVENT_BYTES, description="Largest trace event accepted, in bytes.")
     materialize_batch_size: int = Field(default=2000, description="Rows per ClickHouse insert.")
     materialize_batch_seconds: float = Field(default=0.2, description="Longest wait to fill an insert batch.")
     warehouse_retry_max_seconds: float = Field(default=5.0, description="Ceiling of the backoff while the warehouse is down.")

@@ -35,11 +35,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from dataset.events import DatasetEvent
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
@@ -141,14 +141,13 @@ class TrainerService:
     async def handle(self, record: ConsumerRecord) -> Decision:
         where = (record.topic, record.partition, record.offset)
         try:
-            event, _ = self.codec.decode_latest(record.value, DATASET_EVENT)
+            event = DatasetEvent.from_avro(self.codec.decode_latest(record.value, DATASET_EVENT)[0])
         except TracestreamError as exc:
             log.error("skipping undecodable dataset event at %s[%d]@%d: %s", *where, exc)
             return self._decided(Decision(*where, "skipped", f"undecodable: {exc}"))
-        manifest: dict[str, Any] = event["manifest"]
-        name, version = manifest["name"], manifest["version"]
-        if event["event_type"] != "ready":
-            return self._decided(Decision(*where, "skipped", f"{name}@{version} is {event['event_type']}, not ready"))
+        name, version = event.manifest.name, event.manifest.version
+        if event.event_type != "ready":
+            return self._decided(Decision(*where, "skipped", f"{name}@{version} is {event.event_type}, not ready"))
         rule = self.policy.rule_for(name)
         if rule is None:
             return self._decided(Decision(*where, "skipped", f"no policy rule matches dataset {name}"))
