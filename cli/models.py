@@ -14,9 +14,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from cli.common import console, load_settings, out, require_kafka
+from cli.common import Column, console, fit_table, load_settings, out, require_kafka
 from schemas.errors import TracestreamError
 from schemas.model_registry import HIGHER_IS_BETTER, ModelVersion, parse_ref
 from trainer import registry as models
@@ -54,13 +53,22 @@ def _said(version: ModelVersion, as_json: bool, line: str) -> None:
 
 @app.command()
 def register(
-    run_id: str = typer.Argument(..., help="A completed run (`tracestream runs list`)."),
+    run_id: str = typer.Argument(..., help="A completed run (`tracestream runs list`): its id, a unique prefix, "
+                                               "or the shortened id the table shows."),
     name: str = typer.Option(..., "--name", help="Model name; the run becomes its next version."),
     as_json: bool = _JSON,
 ) -> None:
     """Register a completed run as the next version of NAME (its dataset and artifacts are checked first)."""
+    from cli.runs import resolve_run
+    from schemas.codec import AvroCodec
+    from schemas.registry import default_registry
+    from trainer.runlog import run_histories
+
     settings = load_settings()
-    version = _run(models.register(settings, require_kafka(settings), run_id, name))
+    kafka = require_kafka(settings)
+    run_id = resolve_run(settings, run_id, _run(run_histories(kafka, settings.topics.runs,
+                                                              AvroCodec(default_registry()))))
+    version = _run(models.register(settings, kafka, run_id, name))
     _said(version, as_json, f"registered run {run_id} as {version.name}@{version.version}")
 
 
@@ -74,13 +82,11 @@ def list_models(as_json: bool = _JSON) -> None:
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table(title="models")
-    for column in ("name", "latest", "versions", "stages"):
-        table.add_column(column)
-    for row in rows:
-        stages = ", ".join(f"{stage}: v{v}" for stage, v in row["stages"].items())
-        table.add_row(row["name"], f"v{row['latest_version']}", str(row["versions"]), stages)
-    out.print(table)
+    columns = (Column("name", "text"), Column("latest"), Column("versions", justify="right"),
+               Column("stages", "text"))
+    out.print(fit_table("models", columns, (
+        [row["name"], f"v{row['latest_version']}", str(row["versions"]),
+         ", ".join(f"{stage}: v{v}" for stage, v in row["stages"].items())] for row in rows)))
 
 
 @app.command()

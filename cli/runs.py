@@ -87,7 +87,7 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return str(value)
 
 
-def _resolve(settings: Settings, given: str, runs: dict[str, Any]) -> str:
+def resolve_run(settings: Settings, given: str, runs: dict[str, Any]) -> str:
     """The run a full id, a unique prefix or a table's shortened ``head…tail`` names; exit 2 naming why not."""
     try:
         return resolve_id(given, runs, "run")
@@ -103,7 +103,7 @@ def show(run_id: str = typer.Argument(..., help="The run's id, a unique prefix o
     """A run's summary (with its exported adapter and merged model, if any) and every event it published, in order."""
     settings = load_settings()
     runs = asyncio.run(_runs(require_kafka(settings), settings.topics.runs))
-    events = runs[_resolve(settings, run_id, runs)]
+    events = runs[resolve_run(settings, run_id, runs)]
     outputs = next((e["outputs"] for e in reversed(events) if e.get("outputs")), None)
     out.print_json(json.dumps({**_summary(events), "outputs": outputs}))
     for event in events:
@@ -118,7 +118,7 @@ def cancel(run_id: str = typer.Argument(..., help="The run's id, a unique prefix
     """Ask a running run to stop: publishes cancel_requested; the run answers with cancelled."""
     settings = load_settings()
     kafka = require_kafka(settings)
-    run_id = _resolve(settings, run_id, asyncio.run(_runs(kafka, settings.topics.runs)))
+    run_id = resolve_run(settings, run_id, asyncio.run(_runs(kafka, settings.topics.runs)))
     try:
         asyncio.run(request_cancel(kafka, settings.topics.runs, run_id, AvroCodec(default_registry())))
     except TracestreamError as exc:
