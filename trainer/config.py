@@ -105,7 +105,8 @@ class TrainConfig:
     eval_max_new_tokens: int = 64  # greedy decoding budget per eval prompt
     dtype: str = "float32"  # compute dtype ("float32" | "bfloat16"); parameters stay float32
     max_len: int | None = None  # tokens per training sequence; None: the byte model's max_len, 512 for a base model
-    fsdp: bool = False  # shard parameters and optimizer state across the run's devices (models that fit none alone)
+    fsdp: bool | None = None  # shard parameters and optimizer state across the run's devices; None: when they would
+    # take over half of one device's memory (GPUs report it; on CPUs None means replicated)
 
     def __post_init__(self) -> None:
         c = "TrainConfig"
@@ -124,8 +125,8 @@ class TrainConfig:
         _float(c, "learning_rate", self.learning_rate, 0.0, 10.0, low_open=True)
         _float(c, "weight_decay", self.weight_decay, 0.0, 1.0, low_open=False)
         _float(c, "clip_norm", self.clip_norm, 0.0, math.inf, low_open=True)
-        if not isinstance(self.fsdp, bool):
-            raise ConfigError(f"{c}.fsdp must be true or false, got {self.fsdp!r}")
+        if self.fsdp is not None and not isinstance(self.fsdp, bool):
+            raise ConfigError(f"{c}.fsdp must be true, false or null (shard when needed), got {self.fsdp!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"{c}.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 

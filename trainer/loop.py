@@ -36,6 +36,7 @@ from trainer.mesh import (
     global_batch,
     is_primary,
     layout,
+    needs_fsdp,
     place,
     run_mesh,
     time_all_reduce,
@@ -147,9 +148,10 @@ class Session:
         fns = make_train_fns(lm.apply, self.cfg)
         self.arrays, self.truncated = tokenize_counted(train_examples, lm.max_len, lm.tokenizer)
         state = fns.init(lm.params)
-        state_layout = layout(state, self.mesh, self.cfg.fsdp)
+        self.fsdp = needs_fsdp(self.cfg.fsdp, self.mesh, state, lm.params, lm.frozen)
+        state_layout = layout(state, self.mesh, self.fsdp)
         self.state = place(state, state_layout)
-        frozen = None if lm.frozen is None else place(lm.frozen, layout(lm.frozen, self.mesh, self.cfg.fsdp))
+        frozen = None if lm.frozen is None else place(lm.frozen, layout(lm.frozen, self.mesh, self.fsdp))
         self.lm = dataclasses.replace(lm, frozen=frozen)  # the process keeps one copy of the frozen weights
         self._train_step = jax.jit(fns.train_step, out_shardings=(state_layout, None))
         self.workdir = workdir

@@ -74,6 +74,20 @@ def layout(tree: Any, mesh: Mesh, fsdp: bool) -> Any:
     return jax.tree.map(one, tree)
 
 
+def needs_fsdp(setting: bool | None, mesh: Mesh, *trees: Any) -> bool:
+    """``setting`` when given; else shard when ``trees`` (what a step holds: the state, the frozen weights) and a
+    gradient as large as the parameters would take over half of one device's memory. CPUs report no limit."""
+    if setting is not None:
+        return setting
+    if mesh.shape[AXIS] == 1:
+        return False
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    if not limit:
+        return False
+    held = sum(leaf.nbytes for tree in trees for leaf in jax.tree.leaves(tree))
+    return held > limit / 2
+
+
 def place(tree: Any, shardings: Any) -> Any:
     """Lay out a pytree that every process holds whole (same values everywhere) on the mesh."""
     def one(leaf: Any, sharding: NamedSharding) -> jax.Array:
@@ -145,5 +159,5 @@ def time_all_reduce(tree: Any, mesh: Mesh, repeats: int = 5) -> float:
     return best
 
 
-__all__ = ["AXIS", "free_address", "global_batch", "is_primary", "join", "layout", "place", "run_mesh",
+__all__ = ["AXIS", "free_address", "global_batch", "is_primary", "join", "layout", "needs_fsdp", "place", "run_mesh",
            "time_all_reduce", "to_host"]

@@ -17,7 +17,7 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from trainer.mesh import layout, run_mesh, global_batch
+    from trainer.mesh import layout, needs_fsdp, run_mesh, global_batch
     from trainer.config import from_mapping
     from trainer.data import Example
     from trainer.loop import train_and_evaluate
@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent("""
     mesh = run_mesh()
     tree = {"rows": np.zeros((8, 6)), "cols": np.zeros((6, 12)), "odd": np.zeros((3, 5)), "scalar": np.zeros(())}
     specs = {fsdp: {k: list(s.spec) for k, s in layout(tree, mesh, fsdp).items()} for fsdp in (True, False)}
+    auto = [needs_fsdp(None, mesh, tree), needs_fsdp(True, mesh, tree), needs_fsdp(False, mesh, tree)]
     arrays = {"tokens": np.arange(6 * 4).reshape(6, 4), "loss_mask": np.ones((6, 4), np.int32)}
     batch = global_batch(arrays, np.arange(6), mesh)
     examples = [Example(f"What is {i} + {i}?", f"<answer>{2 * i}</answer>", str(2 * i), "arith") for i in range(20)]
@@ -32,7 +33,7 @@ SCRIPT = textwrap.dedent("""
                                                        "fsdp": True}})
     result = train_and_evaluate(preset.model, preset.train, examples, [], None)
     print(json.dumps({"devices": mesh.shape["data"], "specs": {str(k): v for k, v in specs.items()},
-                      "batch_rows": int(batch["tokens"].shape[0]),
+                      "batch_rows": int(batch["tokens"].shape[0]), "auto": auto,
                       "mask_rows": np.asarray(batch["loss_mask"]).sum(1).tolist(),
                       "losses": [m["loss"] for m in result.history]}))
 """)
@@ -52,10 +53,12 @@ def one_and_four() -> tuple[dict, dict]:
 
 
 def test_fsdp_splits_each_array_on_its_largest_divisible_dimension(one_and_four):
-    _, four = one_and_four
+    one, four = one_and_four
     assert four["devices"] == 4
     assert four["specs"]["True"] == {"rows": ["data", None], "cols": [None, "data"], "odd": [], "scalar": []}
     assert four["specs"]["False"] == {"rows": [], "cols": [], "odd": [], "scalar": []}
+    # fsdp null: shard only when a device reports too little memory; CPUs report no limit, so replicated
+    assert four["auto"] == [False, True, False] and one["auto"] == [False, True, False]
 
 
 def test_a_batch_is_padded_to_the_device_count_with_masked_rows(one_and_four):
