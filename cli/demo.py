@@ -71,6 +71,9 @@ def demo(
     broker_ran = bool(base.kafka_bootstrap) or stack_status(base).kafka_pid is not None
     started: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` or `stack stop demo`: clean up as for Ctrl-C
+    # Ctrl-C raises KeyboardInterrupt wherever the demo is, also inside asyncio.run: asyncio's own handler only
+    # cancels the running task, and a task that handles its cancellation would let the demo carry on.
+    signal.signal(signal.SIGINT, _interrupt)
     with registered(base, "demo", detail="tracestream demo" + (" --keep" if keep else "")):
         lifetime = "--keep: what it starts keeps running afterwards" if keep else \
             "Ctrl-C stops it and everything it started"
