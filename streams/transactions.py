@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    IllegalOperation,
     IllegalStateError,
     InvalidProducerEpoch,
     KafkaError,
@@ -123,7 +124,9 @@ class PartitionTransactions:
                         await producer.send(topic, value, key=key, partition=tp.partition, headers=headers)
                     )
                 await producer.send_offsets_to_transaction({tp: offset}, self.group)
-        except (KafkaError, asyncio.TimeoutError) as exc:
+        except (KafkaError, IllegalOperation, asyncio.TimeoutError) as exc:
+            # IllegalOperation ("not in transaction", not a KafkaError): the producer's transaction was aborted
+            # under it, e.g. fenced by the partition's new owner while this batch was being sent.
             # These fail with the transaction, whose error is reported once, below. aiokafka leaves its own
             # transaction waiter unretrieved when the error is fatal (fenced); asyncio would print it at exit.
             for delivery in (*deliveries, producer._txn_manager.wait_for_transaction_end()):
