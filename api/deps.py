@@ -44,7 +44,7 @@ class ApiState:
         self.offsets = ClusterOffsets(self.kafka) if self.kafka is not None else None
         # ``settings.topics`` builds a settings object (it reads the environment): once, not per request.
         self.topics = self.settings.topics
-        self.pages = ReadAhead(self.reader, runs=512 if self.settings.api_cache_entries else 0)
+        self.pages = ReadAhead(self.reader, kept_rows=256_000 if self.settings.api_cache_entries else 0)
 
 
 async def get_state(request: Request) -> ApiState:

@@ -306,7 +306,7 @@ def uncached_pages(settings: Settings, pages: int = 60) -> dict[str, Any]:
                 started = time.perf_counter()
                 run = list_page(warehouse, topic, cursor, 100, TraceFilter())
                 times.append(time.perf_counter() - started)
-                cursor = run.cursors[-1] if run.cursors else start
+                cursor = run.cursor(-1) if run.lines else start
             times.sort()
             out[f"{order.value}_{where}"] = {"p50_ms": round(percentile(times, 50) * 1000, 1),
                                              "p99_ms": round(percentile(times, 99) * 1000, 1)}
@@ -357,6 +357,12 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
     from api.server import serving
     from bench.common import free_port
 
+    import gc
+    gcs = []
+    def cb(phase, info, t=[0]):
+        if phase == "start": t[0] = time.perf_counter()
+        else: gcs.append((info["generation"], time.perf_counter() - t[0]))
+    gc.callbacks.append(cb)
     cached_port, uncached_port = free_port(), free_port()
     cached = create_app(settings)
     uncached = create_app(settings.model_copy(update={"api_cache_entries": 0}), ingest=False)
@@ -384,6 +390,7 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
         {"name": "ingest_batch_1000", "kind": "ingest", "port": cached_port, "connections": args.ingest_connections,
          "seconds": args.ingest_seconds, "bodies": 8},
     ]}
+    spec["phases"] = [phase for phase in spec["phases"] if phase["name"] in args.phases]
     spec_file = Path(args.workdir) / "client.json"
     spec_file.write_text(json.dumps(spec))
     async with serving(cached, "127.0.0.1", cached_port), serving(uncached, "127.0.0.1", uncached_port):
@@ -395,6 +402,9 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
             raise SystemExit(f"the load client failed ({client.returncode})")
         reader = cached.state.api.reader
         figures = json.loads(stdout.decode().strip().splitlines()[-1])
+        for g in (0, 1, 2):
+            d = sorted(x[1] for x in gcs if x[0] == g)
+            print("GC gen", g, len(d), "total ms %.0f" % (sum(d) * 1000), "max ms %.1f" % (max(d, default=0) * 1000), "n>10ms", sum(x > 0.01 for x in d))
         pages = cached.state.api.pages
         figures["cache"] = {"hits": reader.hits, "misses": reader.misses,
                             "list_pages": pages.pages, "list_queries": pages.queries}
@@ -410,13 +420,16 @@ def report(size: int, figures: dict[str, Any], args: argparse.Namespace) -> None
           "client's side")
     floor = figures["healthz"]["requests_per_s"]
     for name in READ_PHASES:
+        if name not in figures:
+            continue
         f = figures[name]
         print(f"  {name:<15} {f['requests_per_s']:>8,.0f} req/s  p50 {f['p50_ms']:>6.2f} ms  p99 {f['p99_ms']:>7.2f} ms"
               f"  ({f['requests_per_s'] / floor:.2f}x healthz)  statuses {f['statuses']}")
-    ingest = figures["ingest_batch_1000"]
-    print(f"  ingest (POST /api/traces/batch, 1000 traces, {args.ingest_connections} connections): "
-          f"{ingest['items'] / ingest['wall_s']:,.0f} traces/s accepted, p50 {ingest['p50_ms']:.0f} ms, "
-          f"p99 {ingest['p99_ms']:.0f} ms per batch, statuses {ingest['statuses']}")
+    ingest = figures.get("ingest_batch_1000")
+    if ingest:
+        print(f"  ingest (POST /api/traces/batch, 1000 traces, {args.ingest_connections} connections): "
+              f"{ingest['items'] / ingest['wall_s']:,.0f} traces/s accepted, p50 {ingest['p50_ms']:.0f} ms, "
+              f"p99 {ingest['p99_ms']:.0f} ms per batch, statuses {ingest['statuses']}")
     options = figures["lookup_options"]
     print("  by-id options, in this process on one thread: " + "; ".join(
         f"{name} p50 {o['p50_ms']:.3f} ms, p99 {o['p99_ms']:.3f} ms ({o['per_s_one_thread']:,.0f}/s)"
@@ -433,7 +446,7 @@ def report_scaling(runs: dict[int, dict[str, Any]]) -> None:
         return
     print("\nhow each figure changes with size (req/s, p99 ms; ratio = last size / first size):")
     print("  " + " " * 16 + "".join(f"{size:>24,}" for size in sizes) + "      ratio")
-    for name in READ_PHASES:
+    for name in (name for name in READ_PHASES if name in runs[sizes[0]]):
         cells = "".join(f"{runs[n][name]['requests_per_s']:>13,.0f} /{runs[n][name]['p99_ms']:>8.1f}" for n in sizes)
         ratio = runs[sizes[-1]][name]["requests_per_s"] / max(runs[sizes[0]][name]["requests_per_s"], 1e-9)
         print(f"  {name:<16}{cells}   {ratio:>6.2f}x")
@@ -448,9 +461,15 @@ def main() -> None:
     parser.add_argument("--ingest-seconds", type=float, default=8.0)
     parser.add_argument("--ingest-connections", type=int, default=2)
     parser.add_argument("--no-merge", action="store_true", help="Leave the inserted parts unmerged.")
+    parser.add_argument("--phases", default=",".join(("healthz", *READ_PHASES[1:], "ingest_batch_1000")),
+                        help="The load phases to run, comma-separated (healthz always runs: ratios need it).")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.phases = {"healthz", *args.phases.split(",")}
+    unknown = args.phases - {*READ_PHASES, "ingest_batch_1000"}
+    if unknown:
+        parser.error(f"unknown phases {', '.join(sorted(unknown))}; choose from {', '.join(READ_PHASES)}, ingest_batch_1000")
     if args.client:
         try:
             import uvloop

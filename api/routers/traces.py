@@ -14,7 +14,7 @@ from api.deps import Readable, ReaderDep, StateDep, json_response
 from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.models import Trace, TraceComparison, TracePage
 from api.queries import traces as q
-from api.readahead import ReadAhead, page_json
+from api.readahead import ReadAhead
 from api.reader import WarehouseReader
 from dataset.filter import TraceFilter
 from schemas.errors import InvalidDatasetRequest
@@ -105,9 +105,8 @@ def list_filter(source: list[str], trace_version: list[int], meta: list[str], cr
 
 async def read_page(pages: ReadAhead, topic: str, after: Cursor, limit: int, where: TraceFilter) -> bytes:
     """One page's JSON (``api.fastlane`` serves unfiltered pages through here too)."""
-    lines, next_cursor = await pages.page(
+    return await pages.page_body(
         ("traces", topic, where, after.order), after, limit, lambda w, start, n: q.list_page(w, topic, start, n, where))
-    return page_json(lines, next_cursor, limit)
 
 
 async def read_trace(reader: WarehouseReader, trace_id: str) -> bytes:

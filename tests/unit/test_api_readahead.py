@@ -105,6 +105,47 @@ async def test_a_walk_is_sliced_from_few_queries_and_sees_every_row_once_in_orde
     assert table.queries == 7  # the second walk: no query
 
 
+async def body_walk(pages: ReadAhead, table: Table, limit: int) -> list[bytes]:
+    """A walk through ``page_body``, as the API answers it: the page bodies, in order."""
+    bodies, after = [], Cursor.start(Order.ASC)
+    while True:
+        body = await pages.page_body(("all", Order.ASC), after, limit, table.fetch)
+        bodies.append(body)
+        next_cursor = json.loads(body)["next_cursor"]
+        if next_cursor is None:
+            return bodies
+        after = decode_cursor(next_cursor, Order.ASC)
+
+
+async def test_kept_runs_stay_within_their_row_budget_and_walks_still_see_every_row():
+    table = Table(log(2, 100))
+    pages = ReadAhead(table, rows=20, kept_rows=50)
+    kept = []
+    keep = pages._keep
+
+    def keeping(scope, run):
+        keep(scope, run)
+        kept.append(sum(len(r.lines) for r in pages._runs.values()))
+    pages._keep = keeping
+    bodies = await body_walk(pages, table, limit=10)
+    items = [item for body in bodies for item in json.loads(body)["items"]]
+    assert [(i["partition"], i["offset"], i["ms"]) for i in items] == merged(table.keys, Order.ASC)
+    assert len(kept) >= 10 and max(kept) <= 50
+
+
+async def test_a_page_cut_once_is_served_again_byte_for_byte_without_a_query():
+    table = Table(log(3, 40))
+    pages = ReadAhead(table, rows=25)
+    first = await body_walk(pages, table, limit=10)
+    queries = table.queries
+    assert await body_walk(pages, table, limit=10) == first
+    assert table.queries == queries
+    table.write((0, 10_000, 10_000))  # a write: the next walk is cut afresh and shows the new row
+    again = await body_walk(pages, table, limit=10)
+    assert table.queries > queries
+    assert b'"offset":10000' in again[-1]
+
+
 async def test_a_write_drops_every_run_so_new_rows_show_up():
     table = Table([(0, o, o) for o in range(30)])
     pages = ReadAhead(table, rows=100)
@@ -149,7 +190,7 @@ async def test_rows_arriving_mid_walk_follow_the_stated_rule(seed, cached, order
             next_offset[p] += 1
             table.write(arrived[-1])
 
-    pages = ReadAhead(table, rows=rng.choice((7, 20, 100)), runs=512 if cached else 0)
+    pages = ReadAhead(table, rows=rng.choice((7, 20, 100)), kept_rows=100_000 if cached else 0)
     seen = await walk(pages, table, limit=rng.choice((1, 3, 7)), order=order, between=arrive)
     assert len(seen) == len(set(seen)), "a row was served twice"
     assert sorted(k for k in seen if k in present) == sorted(present), "a row present at the start was skipped"
