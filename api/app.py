@@ -20,7 +20,7 @@ import api.dashboard
 from api.body_limit import BodyLimitMiddleware
 from api.deps import ApiState
 from api.errors import install_handlers
-from api.fastlane import TraceReadFastLane
+from api.fastlane import TraceFastLane
 from api.metrics import ApiMetrics, MetricsMiddleware
 from ingest.publisher import Publisher
 from api.reader import WarehouseReader
@@ -111,7 +111,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(api.dashboard.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
-    app.add_middleware(TraceReadFastLane, state=state)
+    app.add_middleware(TraceFastLane, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 

@@ -78,11 +78,14 @@ async def get_kafka(request: Request) -> KafkaClients:
 KafkaDep = Annotated[KafkaClients, Depends(get_kafka)]
 
 
-async def get_publisher(request: Request) -> Publisher:
-    publisher = request.app.state.api.publisher
-    if publisher is None:
+def publisher_of(state: ApiState) -> Publisher:
+    if state.publisher is None:
         raise Unavailable("the ingest door has no Kafka producer; set TRACESTREAM_KAFKA_BOOTSTRAP and restart")
-    return publisher
+    return state.publisher
+
+
+async def get_publisher(request: Request) -> Publisher:
+    return publisher_of(request.app.state.api)
 
 
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]

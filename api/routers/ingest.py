@@ -23,11 +23,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
 
 from api.deps import (
+    ApiState,
     Ingestible,
     PublisherDep,
     SettingsDep,
     StateDep,
-    get_publisher,
+    publisher_of,
     json_response,
 )
 from api.errors import ERROR_SCHEMA, InvalidRequest, PayloadTooLarge, Unavailable
@@ -170,12 +171,17 @@ _TRACE_SCHEMA = _trace_schema()
 )
 async def publish_trace(request: Request) -> Response:
     """Validate one trace and publish it to traces.raw; 202 once Kafka has it."""
-    # The door that takes one request per trace solves no dependency of its own (the router's token
-    # check aside) and parses its body itself, in one pass of pydantic's JSON parser: each costs
-    # more than the rest of the request.
-    publisher = await get_publisher(request)
-    trace = _parse(_TRACE, await request.body())
-    state = request.app.state.api
+    return await publish_one(request.app.state.api, await request.body())
+
+
+async def publish_one(state: ApiState, body: bytes) -> Response:
+    """The single-trace door from its body on (``api.fastlane`` calls it too, past the same token check).
+
+    It solves no dependency and parses the body itself, in one pass of pydantic's JSON parser:
+    each costs more than the rest of the request.
+    """
+    publisher = publisher_of(state)
+    trace = _parse(_TRACE, body)
     return await _publish(state, publisher, _encode(publisher, state.settings, [trace], batch=False))
 
 

@@ -147,6 +147,44 @@ async def test_ingest_needs_the_token(door: Settings):
     assert await raw_events(door) == 0
 
 
+async def test_a_single_post_gets_the_same_answer_with_or_without_a_content_length(door: Settings):
+    """With a Content-Length the fast lane answers; a chunked body goes to the route: same status, same error."""
+    await ensure_pipeline_topics(door, kafka_of(door))
+    app = create_app(door)
+    bad_shape = traces(1, seed=120)[0]
+    del bad_shape["steps"]
+    bad_rule = traces(1, seed=121)[0]
+    bad_rule["steps"] = [{"i": 0, "type": "plan", "content": "a"}, {"i": 0, "type": "plan", "content": "b"}]
+    too_big = traces(1, seed=122)[0]
+    too_big["steps"] = [{"i": k, "type": "pad", "content": "y" * 19_000} for k in range(4)]
+    cases = [
+        (bad_shape, AUTH), (bad_rule, AUTH), (too_big, AUTH), (b"{not json", AUTH),
+        (traces(1, seed=123)[0], {}), (traces(1, seed=124)[0], {"Authorization": "Bearer guess"}),
+        (traces(1, seed=125)[0], {"Authorization": f"bearer  {TOKEN}"}),  # as FastAPI parses it: any case, stripped
+    ]
+
+    async def chunked(body: bytes):
+        yield body[:10]
+        yield body[10:]
+
+    async with serving(app, door.api_host, door.api_port) as base_url, \
+            httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        published = 0
+        for trace, headers in cases:
+            body = trace if isinstance(trace, bytes) else json.dumps(trace).encode()
+            headers = {**headers, "Content-Type": "application/json"}
+            answers = []
+            for content in (body, chunked(body)):
+                response = await client.post("/api/traces", content=content, headers=headers)
+                error = response.json().get("error") if response.status_code != 202 else None
+                answers.append((response.status_code, error))
+                published += response.status_code == 202
+            assert answers[0] == answers[1], (trace if isinstance(trace, bytes) else headers, answers)
+            assert answers[0][0] in (202, 401, 413, 422), answers
+        assert [status for status, _ in answers] == [202, 202]
+    assert published == 2 and await raw_events(door) == 2
+
+
 async def _limit_topic(kafka: KafkaClients, topic: str, max_message_bytes: int) -> None:
     admin = kafka.admin()
     await admin.start()
