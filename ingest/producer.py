@@ -444,19 +444,19 @@ class TraceProducer:
                 ))
                 return refused
         delivery = asyncio.get_running_loop().create_future()
-        batch = self._open.get(partition)
-        if batch is None:
-            batch = self._open_batch(partition)
-        if batch.builder.append(timestamp=None, key=key, value=payload) is None:
-            # Full: hand it over, then start the next one with this event. If the
-            # client refused a batch, raise before this event is enqueued, so a
-            # caller that stops here knows exactly which events were taken.
+        batch = self._open.get(partition) or self._open_batch(partition)
+        while batch.builder.append(timestamp=None, key=key, value=payload) is None:
+            # Full: hand it over, then try the partition's next batch. Other publishers may have
+            # opened and filled that one while this one waited in the hand-over, so the append is
+            # tried until it takes (a fresh batch always takes one event); taking its answer on
+            # trust once lost the event while its future still reported it delivered. If the
+            # client refused a batch, raise before this event is enqueued, so a caller that stops
+            # here knows exactly which events were taken.
             self._detach(partition)
             error = await self._drain(partition)
             if error is not None:
                 raise error
             batch = self._open.get(partition) or self._open_batch(partition)
-            batch.builder.append(timestamp=None, key=key, value=payload)
         batch.events.append((key, ref, delivery))
         self._unsettled += 1
         if self._unsettled > self.max_in_flight and self._pending:

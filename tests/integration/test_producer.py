@@ -215,6 +215,32 @@ async def test_each_events_future_says_where_the_broker_put_it_without_a_flush(k
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_publishers_racing_for_one_partitions_full_batches_lose_no_event(kafka):
+    """Batches that fill while another publisher waits in the hand-over: every acknowledged event is in the log.
+
+    Small batches and one key make every few events a hand-over, and the hand-over of a partition
+    waits while its previous batch is in flight, so publishers keep finding the next batch full.
+    """
+    settings = _settings()
+    await _create_raw_topic(kafka, settings, {})
+    payloads = [f"{n:05d}".encode() * 200 for n in range(1200)]  # 1 KB each, all different
+    async with TraceProducer(settings, kafka, linger_ms=50, max_batch_size=4096) as producer:
+        async def publish_share(share):
+            return [(payload, await producer.publish_bytes(payload, b"one-key")) for payload in share]
+
+        shares = await asyncio.gather(*(publish_share(payloads[k::40]) for k in range(40)))
+        async with asyncio.timeout(30):
+            placed = {payload: await delivery for share in shares for payload, delivery in share}
+        report = await producer.flush()
+    assert (report.delivered, report.failed) == (len(payloads), 0)
+    records = await _read_all(kafka, settings.topics.raw, len(payloads))
+    assert sorted(r.value for r in records) == sorted(payloads)
+    at = {(r.partition, r.offset): r.value for r in records}
+    assert {payload: at.get(m[1:]) for payload, m in placed.items()} == {p: p for p in payloads}
+
+
+@pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_a_batch_the_broker_refuses_fails_its_events_futures_and_the_new_limit_is_learnt(kafka):
     settings = _settings()
