@@ -22,7 +22,6 @@ from api.deps import ApiState
 from api.errors import install_handlers
 from api.fastlane import TraceFastLane
 from api.metrics import ApiMetrics, MetricsMiddleware
-from ingest.publisher import Publisher
 from api.reader import WarehouseReader
 from api.routers import (
     datasets,
@@ -39,6 +38,7 @@ from api.routers import (
 from api.routers import ingest as ingest_routes
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from ingest.publisher import Publisher
 from schemas.errors import TracestreamError
 from warehouse.client import Warehouse
 

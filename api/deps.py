@@ -21,12 +21,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Unauthorized, Unavailable
 from api.metrics import ApiMetrics
-from ingest.publisher import Publisher
 from api.readahead import ReadAhead
 from api.reader import WarehouseReader
-from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from ingest.publisher import Publisher
+from kafkalog.lag import ClusterOffsets
 
 
 @dataclass

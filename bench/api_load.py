@@ -353,11 +353,11 @@ def merge(settings: Settings) -> float:
 
 
 async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
+    import gc
+
     from api.app import create_app
     from api.server import serving
     from bench.common import free_port
-
-    import gc
     gcs = []
     def cb(phase, info, t=[0]):
         if phase == "start": t[0] = time.perf_counter()

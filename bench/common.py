@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -79,13 +80,23 @@ def print_machine(info: dict[str, Any], bootstrap_kind: str, warehouse_kind: str
 # --- the things a run needs -------------------------------------------------------
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def temp_workdir() -> Iterator[Path]:
-    """A temp folder for the broker's data and TRACESTREAM_HOME, removed afterwards."""
+    """A temp folder for the broker's data and TRACESTREAM_HOME, removed afterwards.
+
+    SIGTERM (``kill``, ``timeout``) unwinds the bench like Ctrl-C does, so the local broker it started
+    is stopped and the folder removed; by default it left both behind.
+    """
     path = Path(tempfile.mkdtemp(prefix="tracestream-bench-"))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield path
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(path, ignore_errors=True)
 
 

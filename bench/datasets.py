@@ -49,16 +49,21 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.ingest import publish
-from dataset.export import EXPORT_FORMATS, dataset_batches, dataset_records, export_dataset, start_workers
-from kafkalog.ranges import read_ranges, read_ranges_raw
+from dataset.export import (
+    EXPORT_FORMATS,
+    dataset_batches,
+    dataset_records,
+    export_dataset,
+    start_workers,
+)
+from dataset.snapshot import DatasetRequest, create_dataset
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from kafkalog.ranges import read_ranges, read_ranges_raw
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
-
 
 WAREHOUSE_FORMATS = ("trace", "parquet")
 

@@ -64,14 +64,14 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.common import kafka as kafka_target
-from kafkalog.lag import ClusterOffsets
 from deploy.kafka_admin import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.app import MAX_MESSAGE_BYTES
-from streams.processes import ValidateProcesses, default_validate_processes
 from ingest.producer import DEFAULT_MAX_REQUEST_SIZE, TraceProducer
 from kafkalog.groups import STAGES, validate_group
+from kafkalog.lag import ClusterOffsets
+from streams.app import MAX_MESSAGE_BYTES
+from streams.processes import ValidateProcesses, default_validate_processes
 from streams.topics import TOPIC_CONFIG, ensure_pipeline_topics
 from streams.transactions import RETRY_BACKOFF_MS
 

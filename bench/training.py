@@ -50,11 +50,11 @@ from bench.common import (
     warehouse_kind,
 )
 from bench.ingest import publish
+from dataset.snapshot import DatasetRequest, create_dataset
 from deploy.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 
 

@@ -10,19 +10,19 @@ from pathlib import Path
 import typer
 
 from cli.common import Column, console, fit_table, load_settings, out, require_kafka
+from dataset.catalog import load_catalog
 from dataset.export import EXPORT_FORMATS, dataset_records, export_dataset, own_thread
-from dataset.reader import content_mismatch
-from deploy.kafka_clients import KafkaClients
-from schemas.codec import AvroCodec
 from dataset.filter import parse_filter
 from dataset.manifest import DatasetRef, Manifest
 from dataset.ranges import parse_offsets_json
+from dataset.reader import content_mismatch
 from dataset.select import select
+from dataset.snapshot import DatasetRequest, create_dataset
 from dataset.split import parse_split
+from deploy.kafka_clients import KafkaClients
+from schemas.codec import AvroCodec
 from schemas.errors import TracestreamError
 from schemas.registry import default_registry
-from dataset.catalog import load_catalog
-from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 from warehouse.client import Warehouse
 

@@ -21,11 +21,11 @@ from rich.progress import (
 
 from cli.common import console, load_settings, out, require_kafka
 from deploy.quiet_logs import QuietRetries
-from schemas.errors import TracestreamError
 from devtools.generator import TRACE_KINDS, generate_events
 from devtools.output import write_jsonl
 from ingest.jsonl import publish_jsonl
 from ingest.producer import TraceProducer
+from schemas.errors import TracestreamError
 from streams.topics import ensure_pipeline_topics
 
 SHOWN_LINES = 10

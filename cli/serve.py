@@ -14,8 +14,8 @@ from cli.common import (
 from cli.worker import run_processors
 from deploy.running import registered
 from deploy.stack import kafka_clients
-from streams.processes import default_validate_processes
 from kafkalog.groups import STAGES
+from streams.processes import default_validate_processes
 
 
 def serve(

@@ -12,11 +12,11 @@ from typing import Any
 import typer
 
 from cli.common import console, lag_table, load_settings, out, require_kafka
-from kafkalog.lag import known_group_lag
 from consumers.records import Record, Undecodable, topic_name
 from consumers.subscribe import subscribe
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from kafkalog.lag import known_group_lag
 from schemas.errors import TracestreamError
 from streams.stats import lag_stats
 

@@ -22,10 +22,10 @@ from cli.common import (
 from deploy.kafka_clients import KafkaClients
 from deploy.running import registered
 from deploy.settings import Settings
+from kafkalog.groups import STAGES
 from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from streams.stage import StageFailed
 from streams.stats import lag_stats, warehouse_stats
-from kafkalog.groups import STAGES
 from streams.worker import run_worker
 from warehouse.client import Warehouse
 

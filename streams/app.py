@@ -20,12 +20,12 @@ from mode import Service
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from kafkalog.groups import STAGES, materialize_group, validate_group
 from schemas.codec import AvroCodec
 from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
 from streams.materialize import BatchWriter, MaterializeStage
 from streams.stage import MAX_MESSAGE_BYTES, StageFailed, StageRunner
-from kafkalog.groups import STAGES, materialize_group, validate_group
 from streams.transactions import PartitionTransactions
 from streams.validate import ValidateStage, Validator
 from warehouse.client import Warehouse

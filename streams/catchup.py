@@ -13,10 +13,10 @@ import logging
 
 from aiokafka import TopicPartition
 
-from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from kafkalog.groups import STAGES, materialize_group, validate_group
+from kafkalog.lag import ClusterOffsets
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kafkalog.lag import topic_partitions
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from kafkalog.groups import materialize_group
+from kafkalog.lag import topic_partitions
 from warehouse.client import Warehouse
 
 

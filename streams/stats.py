@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from kafkalog.groups import materialize_group, validate_group
+from kafkalog.lag import ClusterOffsets
 from warehouse.client import Warehouse
 
 

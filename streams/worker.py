@@ -12,14 +12,14 @@ from typing import Any
 import faust
 from mode import Service
 
-from kafkalog.lag import ClusterOffsets
 from deploy.kafka_clients import KafkaClients
 from deploy.quiet_logs import quiet_kafka_retries
 from deploy.settings import Settings
+from kafkalog.groups import STAGES
+from kafkalog.lag import ClusterOffsets
 from streams.app import Processors, build_app
 from streams.catchup import wait_until_caught_up
 from streams.stats import lag_stats, warehouse_stats
-from kafkalog.groups import STAGES
 from streams.topics import ensure_pipeline_topics
 
 log = logging.getLogger(__name__)

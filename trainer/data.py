@@ -7,11 +7,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dataset.formats import record_id, render_completion
+from dataset.manifest import Manifest
+from dataset.reader import DatasetRead, replay
 from deploy.kafka_clients import KafkaClients
 from schemas.codec import AvroCodec
-from dataset.reader import DatasetRead, replay
-from dataset.manifest import Manifest
-from dataset.formats import record_id, render_completion
 from trainer.config import ConfigError
 from trainer.tokenizer import ByteTokenizer
 

@@ -33,9 +33,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from dataset.manifest import Manifest
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from dataset.manifest import Manifest
 from schemas.errors import TracestreamError
 from trainer.config import ConfigError, Preset
 from trainer.loop import CheckpointHook, MetricsHook, Result

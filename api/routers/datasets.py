@@ -13,12 +13,12 @@ from api.errors import ERROR_SCHEMA, InvalidRequest, NotFound
 from api.export import stream_export
 from api.models import DatasetDetail, DatasetVersion
 from api.queries import datasets as q
-from dataset.export import EXPORT_FORMATS
-from schemas.codec import AvroCodec
-from dataset.parquet import PARQUET
-from schemas.registry import default_registry
 from dataset.catalog import load_catalog
 from dataset.errors import UnknownDataset
+from dataset.export import EXPORT_FORMATS
+from dataset.parquet import PARQUET
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"], dependencies=[Readable])
 

@@ -28,8 +28,8 @@ from api.deps import (
     PublisherDep,
     SettingsDep,
     StateDep,
-    publisher_of,
     json_response,
+    publisher_of,
 )
 from api.errors import ERROR_SCHEMA, InvalidRequest, PayloadTooLarge, Unavailable
 from api.models import Accepted

@@ -15,17 +15,17 @@ from typing import Any
 
 import httpx
 
+from dataset.manifest import Manifest
+from dataset.snapshot import DatasetRequest, create_dataset
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from schemas.codec import AvroCodec
-from dataset.manifest import Manifest
-from schemas.registry import default_registry
-from streams.app import Processors, build_app
 from devtools.base import GeneratedEvent
 from devtools.output import publish_generated
 from ingest.producer import DeliveryReport, TraceProducer
-from dataset.snapshot import DatasetRequest, create_dataset
 from kafkalog.groups import STAGES
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+from streams.app import Processors, build_app
 from streams.topics import ensure_pipeline_topics
 from warehouse.client import Warehouse
 

@@ -12,14 +12,14 @@ from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
 from api.server import serving
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
 from dataset.filter import parse_filter
+from dataset.snapshot import DatasetRequest, create_dataset
 from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest, create_dataset
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import cli, kafka_of, publish, running_processors

@@ -30,8 +30,8 @@ from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
+from streams.catchup import wait_until_caught_up
 from tests.conftest import free_port
 from tests.integration.support import kafka_of, publish, running_processors
 

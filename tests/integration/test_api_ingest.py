@@ -18,12 +18,12 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from api.app import create_app
 from api.server import serving
-from kafkalog.lag import end_offsets
 from deploy.kafka_broker import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
+from kafkalog.lag import end_offsets
+from streams.catchup import wait_until_caught_up
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import kafka_of, running_processors

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.base import GeneratedEvent
 from devtools.generator import generate_events
+from streams.catchup import wait_until_caught_up
 from tests.integration.support import (
     api_after_ingest,
     kafka_of,

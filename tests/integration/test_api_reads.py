@@ -16,9 +16,9 @@ from api.app import create_app
 from api.server import serving
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.base import GeneratedEvent
 from devtools.generator import generate_events
+from streams.catchup import wait_until_caught_up
 from tests.conftest import free_port
 from tests.integration.support import (
     api_after_ingest,

@@ -17,8 +17,8 @@ from api.app import create_app
 from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S, issue_session, read_session
 from api.server import serving
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
+from streams.catchup import wait_until_caught_up
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import kafka_of, publish, running_processors

@@ -24,10 +24,10 @@ from aiokafka.errors import KafkaTimeoutError
 from deploy.kafka_broker import LocalKafkaBroker
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.coordinates import source_offset
 from devtools.generator import generate_events
 from devtools.output import write_jsonl
 from ingest.producer import TraceProducer
+from streams.coordinates import source_offset
 from streams.topics import ensure_pipeline_topics
 from tests.conftest import free_port
 from tests.integration.support import REPO, start_worker, stats_via_worker, wait_for

@@ -19,14 +19,14 @@ from selenium.webdriver.common.by import By
 
 from api.app import create_app
 from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S
+from dataset.snapshot import DatasetRequest, create_dataset
+from dataset.split import Split
 from deploy.kafka_admin import ensure_topics_async
 from deploy.settings import Settings
+from devtools.generator import generate_events
 from schemas.codec import AvroCodec
-from dataset.split import Split
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest, create_dataset
 from tests.integration.browser import (
     chromium,
     console_errors,

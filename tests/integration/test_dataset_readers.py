@@ -15,19 +15,24 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import RecordsToDelete
 
-from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
-from kafkalog.lag import end_offsets
-from kafkalog.ranges import read_ranges
+from dataset.ranges import OffsetRange
 from dataset.warehouse_reader import count_rows, read_ranges_from_warehouse
 from deploy.kafka_admin import ensure_topics_async
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from devtools.generator import generate_events
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
+from kafkalog.lag import end_offsets
+from kafkalog.ranges import read_ranges
 from schemas.codec import AvroCodec
-from dataset.ranges import OffsetRange
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from tests.integration.support import expected_outcome, kafka_of, publish, running_processors
+from tests.integration.support import (
+    expected_outcome,
+    kafka_of,
+    publish,
+    running_processors,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -17,26 +17,26 @@ import pytest
 from aiokafka.admin import RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
+from dataset.catalog import load_catalog
+from dataset.errors import DatasetExists, SnapshotTimeout, UnknownDataset
 from dataset.export import export_dataset
-from kafkalog.lag import end_offsets
-from kafkalog.ranges import read_ranges
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
 from dataset.filter import parse_filter
+from dataset.formats import FORMATS
 from dataset.manifest import DatasetRef
 from dataset.ranges import OffsetRange, parse_offsets_json
-from dataset.split import Split
-from schemas.errors import TracestreamError
-from dataset.formats import FORMATS
-from schemas.registry import default_registry
-from dataset.catalog import load_catalog
-from streams.catchup import wait_until_caught_up, wait_until_committed
-from dataset.errors import DatasetExists, SnapshotTimeout, UnknownDataset
-from devtools.generator import generate_events
-from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from dataset.snapshot import DatasetRequest, create_dataset
+from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from kafkalog.errors import RangeBeyondEndError, RangeExpiredError
 from kafkalog.groups import validate_group
+from kafkalog.lag import end_offsets
+from kafkalog.ranges import read_ranges
+from schemas.codec import AvroCodec
+from schemas.errors import TracestreamError
+from schemas.registry import default_registry
+from streams.catchup import wait_until_caught_up, wait_until_committed
+from streams.rebuild import drop_and_recreate_tables, rewind_materializer
 from tests.integration.support import kafka_of, publish, running_processors
 from warehouse.client import Warehouse
 from warehouse.errors import WarehouseUnavailable

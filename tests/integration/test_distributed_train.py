@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import ray
 
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
 from dataset.manifest import Manifest
-from dataset.split import Split
-from schemas.registry import default_registry
-from devtools.generator import generate_events
 from dataset.snapshot import DatasetRequest
+from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from tests.integration.test_train_run import run_events
 from trainer.config import ConfigError, from_mapping

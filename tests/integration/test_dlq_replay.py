@@ -14,16 +14,16 @@ import json
 
 import pytest
 
-from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
+from devtools.base import GeneratedEvent
+from devtools.generator import generate_events
+from kafkalog.log import read_to_end
 from schemas.codec import AvroCodec
 from schemas.registry import SchemaRegistry
 from streams import app as streams_app
 from streams.catchup import wait_until_caught_up
 from streams.dlq_replay import REPLAYED_FROM_HEADER
-from devtools.base import GeneratedEvent
-from devtools.generator import generate_events
 from tests.integration.support import cli, publish, running_processors
 from tests.registries import registry_with_trace_v3 as registry_with_field
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from kafkalog.lag import committed_offsets, end_offsets
-from kafkalog.log import read_to_end
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up, wait_until_committed
-from streams.coordinates import source_offset
 from devtools.generator import generate_events
 from kafkalog.groups import validate_group
+from kafkalog.lag import committed_offsets, end_offsets
+from kafkalog.log import read_to_end
+from streams.catchup import wait_until_caught_up, wait_until_committed
+from streams.coordinates import source_offset
 from streams.topics import ensure_pipeline_topics
 from streams.transactions import PartitionTransactions
 from tests.conftest import free_port

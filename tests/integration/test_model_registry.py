@@ -23,21 +23,21 @@ import pytest
 
 from api.app import create_app
 from api.server import serving
-from kafkalog.lag import end_offsets
-from kafkalog.log import read_to_end
-from kafkalog.ranges import read_range_batches
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
+from dataset.catalog import load_catalog
 from dataset.hashing import content_sha256
 from dataset.ranges import OffsetRange
 from dataset.select import select
+from dataset.snapshot import DatasetRequest, create_dataset
 from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from kafkalog.lag import end_offsets
+from kafkalog.log import read_to_end
+from kafkalog.ranges import read_range_batches
+from schemas.codec import AvroCodec
 from schemas.model_registry import ModelRef, ModelRegistryError
 from schemas.registry import default_registry
-from dataset.catalog import load_catalog
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest, create_dataset
 from tests.conftest import free_port
 from tests.integration.support import cli, dataset_of, kafka_of, running_processors
 from tests.integration.test_trainer_service import serve_until
@@ -236,7 +236,13 @@ async def test_train_register_promote_gate_and_lineage_from_cli_api_and_log(sett
 
 
 async def _check_dashboard(base: str, tmp_path: Path) -> None:
-    from tests.integration.browser import chromium, console_errors, require_chromium, screenshot, wait_until
+    from tests.integration.browser import (
+        chromium,
+        console_errors,
+        require_chromium,
+        screenshot,
+        wait_until,
+    )
 
     require_chromium()
 

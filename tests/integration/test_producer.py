@@ -17,13 +17,13 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
-from schemas.codec import AvroCodec
-from schemas.registry import default_registry
 from devtools.breakage import Breakage
 from devtools.generator import generate_events
 from devtools.output import write_jsonl
 from ingest.jsonl import publish_jsonl
 from ingest.producer import DeliveryFailed, EventMetadata, TraceProducer
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
 
 pytestmark = pytest.mark.integration
 

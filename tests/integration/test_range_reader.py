@@ -8,9 +8,9 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
+from deploy.kafka_clients import KafkaClients
 from kafkalog.errors import RangeReadStalled
 from kafkalog.log import read_range, read_to_end, start_range_consumer
-from deploy.kafka_clients import KafkaClients
 from schemas.errors import CorruptAvroError, DecodeError
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(120)]

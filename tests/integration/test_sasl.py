@@ -23,7 +23,14 @@ from deploy.settings import Settings
 from devtools.generator import generate_events
 from ingest.producer import TraceProducer
 from streams.topics import ensure_pipeline_topics
-from tests.integration.support import cli, expected_outcome, kafka_of, publish, reasons_of, stats_via_cli
+from tests.integration.support import (
+    cli,
+    expected_outcome,
+    kafka_of,
+    publish,
+    reasons_of,
+    stats_via_cli,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

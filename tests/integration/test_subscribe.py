@@ -8,20 +8,25 @@ from datetime import datetime, timezone
 
 import pytest
 
-from kafkalog.errors import RangeBeyondEndError, SubscriptionError, UndecodableRecordError, UnknownTopicError
 from consumers.records import Record, Undecodable
 from consumers.subscribe import subscribe
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
+from dataset.catalog import load_catalog
 from dataset.hashing import ContentHasher
 from dataset.manifest import Manifest
 from dataset.ranges import OffsetRange
 from dataset.select import select
-from schemas.registry import default_registry
-from dataset.catalog import load_catalog
-from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
 from dataset.snapshot import DatasetRequest, create_dataset
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from kafkalog.errors import (
+    RangeBeyondEndError,
+    SubscriptionError,
+    UndecodableRecordError,
+    UnknownTopicError,
+)
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+from streams.catchup import wait_until_caught_up
 from streams.topics import ensure_pipeline_topics
 from tests.integration.support import kafka_of, publish, running_processors
 

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 import pytest
 
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.breakage import PAYLOAD_KINDS
 from devtools.generator import generate_events
 from kafkalog.groups import materialize_group, validate_group
+from streams.catchup import wait_until_caught_up
 from tests.integration.support import REPO, cli, kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -15,8 +15,8 @@ from api.app import create_app
 from api.queries.traces import by_id
 from api.server import serving
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
+from streams.catchup import wait_until_caught_up
 from streams.rebuild import drop_and_recreate_tables
 from tests.conftest import free_port
 from tests.integration.support import kafka_of, publish, running_processors

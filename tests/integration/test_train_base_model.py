@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.settings import Settings
-from dataset.split import Split
 from dataset.catalog import load_catalog
-from devtools.generator import generate_events
 from dataset.snapshot import DatasetRequest
+from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
 from tests.hf_checkpoints import read_tensors, write_checkpoint
 from tests.integration.support import (
     cli,

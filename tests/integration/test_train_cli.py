@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
+from dataset.snapshot import DatasetRequest
 from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest
 from tests.integration.support import (
     cli,
     dataset_of,

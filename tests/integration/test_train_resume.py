@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataset.snapshot import DatasetRequest
 from deploy.settings import Settings
+from devtools.generator import generate_events
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest
 from tests.integration.support import (
     REPO,
     cli,

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from kafkalog.lag import end_offsets, topic_partitions
+from dataset.errors import UnknownDataset
+from dataset.snapshot import DatasetRequest
+from dataset.split import Split
 from deploy.kafka_admin import ensure_topics_async
 from deploy.settings import Settings
-from schemas.codec import AvroCodec
-from dataset.split import Split
-from schemas.registry import default_registry
-from dataset.errors import UnknownDataset
 from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest
+from kafkalog.lag import end_offsets, topic_partitions
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.config import ConfigError
 from trainer.run import run_training

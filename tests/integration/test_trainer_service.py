@@ -18,16 +18,22 @@ import pytest
 from aiokafka.admin import RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from kafkalog.lag import end_offsets
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
 from dataset.ranges import parse_offsets_json
+from dataset.snapshot import DatasetRequest, create_dataset
 from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from kafkalog.lag import end_offsets
+from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest, create_dataset
-from tests.integration.support import REPO, kafka_of, publish, running_processors, wait_for_async
+from tests.integration.support import (
+    REPO,
+    kafka_of,
+    publish,
+    running_processors,
+    wait_for_async,
+)
 from tests.integration.test_train_run import run_events
 from trainer.policy import parse_policy
 from trainer.service import TrainerService, run_id_for, trainer_group

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
-from dataset.split import Split
-from schemas.registry import default_registry
-from devtools.generator import generate_events
 from dataset.snapshot import DatasetRequest
+from dataset.split import Split
+from deploy.settings import Settings
+from devtools.generator import generate_events
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
 from tests.integration.support import dataset_of, kafka_of, running_processors
 from trainer.run import run_training
 

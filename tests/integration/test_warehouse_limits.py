@@ -13,12 +13,12 @@ import io
 import pytest
 
 from dataset.export import export_dataset
+from dataset.snapshot import DatasetRequest, create_dataset
 from deploy.settings import Settings
+from devtools.generator import generate_events
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
-from devtools.generator import generate_events
-from dataset.snapshot import DatasetRequest, create_dataset
 from tests.integration.support import kafka_of, publish, running_processors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(240)]

@@ -12,12 +12,12 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from kafkalog.lag import committed_offsets
-from kafkalog.log import read_to_end
 from deploy.settings import Settings
-from streams.catchup import wait_until_caught_up
 from devtools.generator import generate_events
 from kafkalog.groups import materialize_group
+from kafkalog.lag import committed_offsets
+from kafkalog.log import read_to_end
+from streams.catchup import wait_until_caught_up
 from tests.integration.support import (
     expected_outcome,
     kafka_of,

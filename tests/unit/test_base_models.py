@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from devtools.generator import generate_events
-from tests.hf_checkpoints import gemma3_reference_logits, read_tensors, reference_logits, write_checkpoint
+from tests.hf_checkpoints import (
+    gemma3_reference_logits,
+    read_tensors,
+    reference_logits,
+    write_checkpoint,
+)
 from trainer.config import DEFAULT_LORA_TARGETS, ConfigError, LoraConfig, from_mapping
 from trainer.data import Example, examples_from_records, tokenize_counted
 from trainer.hf import CheckpointError, inspect_checkpoint

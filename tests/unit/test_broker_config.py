@@ -4,7 +4,13 @@ from pathlib import Path
 
 import yaml
 
-from deploy.broker_config import COMPOSE_PATH, broker_config, main, properties, render_compose
+from deploy.broker_config import (
+    COMPOSE_PATH,
+    broker_config,
+    main,
+    properties,
+    render_compose,
+)
 from deploy.kafka_broker import _ClusterRecord, _server_properties
 from deploy.settings import Settings
 

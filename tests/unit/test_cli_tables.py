@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from cli.common import AmbiguousId, Column, UnknownId, fit_table, resolve_id, shorten_middle
+from cli.common import (
+    AmbiguousId,
+    Column,
+    UnknownId,
+    fit_table,
+    resolve_id,
+    shorten_middle,
+)
 
 RUN_IDS = ["demo-144b0c07-v1-p0o3", "5f0e8a1c2b3d4e5f6a7b8c9d0e1f2a3b", "5f0e8a1c99999999999999999999ffff"]
 COLUMNS = (

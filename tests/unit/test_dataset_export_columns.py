@@ -19,13 +19,13 @@ import pytest
 
 import dataset.export as export
 from dataset.filter import TraceFilter
+from dataset.formats import EXPORTERS, FORMATS, _line
 from dataset.hashing import canonical, content_sha256
 from dataset.manifest import Manifest
+from dataset.parquet import ParquetColumns, parquet_row, record_batch
 from dataset.ranges import OffsetRange
 from dataset.select import select
 from dataset.split import Split
-from dataset.formats import EXPORTERS, FORMATS, _line
-from dataset.parquet import ParquetColumns, parquet_row, record_batch
 from tests.unit.test_dataset_serialization import awkward_record
 
 pytestmark = pytest.mark.unit

@@ -11,15 +11,15 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 import dataset.export as export
-from kafkalog.ranges import decode_batch
-from schemas.codec import AvroCodec
 from dataset.filter import TraceFilter
 from dataset.manifest import Manifest
 from dataset.ranges import OffsetRange
 from dataset.split import Split
+from devtools.generator import generate_events
+from kafkalog.ranges import decode_batch
+from schemas.codec import AvroCodec
 from schemas.errors import CorruptAvroError
 from schemas.registry import default_registry
-from devtools.generator import generate_events
 
 pytestmark = pytest.mark.unit
 

@@ -7,10 +7,17 @@ from datetime import datetime, timezone
 import pytest
 
 from dataset.filter import TraceFilter
+from dataset.formats import (
+    FORMATS,
+    export_line,
+    export_lines,
+    record_id,
+    render_completion,
+    write_export,
+)
 from dataset.select import select
 from dataset.split import Split
 from schemas.errors import InvalidDatasetRequest
-from dataset.formats import FORMATS, export_line, export_lines, record_id, render_completion, write_export
 
 pytestmark = pytest.mark.unit
 

@@ -5,13 +5,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schemas.codec import AvroCodec
 from dataset.events import DatasetEvent
 from dataset.filter import TraceFilter
 from dataset.hashing import HASH_FORMAT, ContentHasher
 from dataset.manifest import DatasetRef, Manifest
 from dataset.ranges import OffsetRange, parse_offsets_json, plan_ranges
 from dataset.split import Split
+from schemas.codec import AvroCodec
 from schemas.errors import DatasetIntegrityError, EncodeError, InvalidDatasetRequest
 from schemas.registry import default_registry
 

@@ -16,8 +16,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dataset.hashing import ContentHasher, canonical, canonical_json, canonical_record, float_json, json_bytes
 from dataset.formats import EXPORTERS, FORMATS, _line, export_line, line_writer
+from dataset.hashing import (
+    ContentHasher,
+    canonical,
+    canonical_json,
+    canonical_record,
+    float_json,
+    json_bytes,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -13,16 +13,16 @@ from statistics import mean
 
 import pytest
 
-from schemas.codec import AvroCodec
-from schemas.registry import default_registry
-from schemas.validation import Reason
-from streams.coordinates import Coordinates
 from devtools.base import BASE_TIME
 from devtools.breakage import PAYLOAD_KINDS, Breakage
 from devtools.generator import generate_event, generate_events
 from devtools.output import jsonl_line, write_jsonl
 from devtools.word_problems import SOURCES, STEP_TYPES
 from ingest.jsonl import LineError, read_jsonl_records
+from schemas.codec import AvroCodec
+from schemas.registry import default_registry
+from schemas.validation import Reason
+from streams.coordinates import Coordinates
 from streams.validate import Accepted, Rejected, Validator
 
 pytestmark = pytest.mark.unit

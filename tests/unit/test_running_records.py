@@ -8,7 +8,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from deploy.running import RunningProcess, records_dir, registered, running_processes, stop_processes
+from deploy.running import (
+    RunningProcess,
+    records_dir,
+    registered,
+    running_processes,
+    stop_processes,
+)
 from deploy.settings import Settings
 
 

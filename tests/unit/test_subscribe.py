@@ -8,14 +8,14 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from kafkalog.errors import UndecodableRecordError
 from consumers.handled import HandledOffsets
 from consumers.records import Record, decode_record, topic_name, undecodable
 from consumers.subscribe import subscribe
-from deploy.settings import Settings
-from schemas.codec import AvroCodec
 from dataset.manifest import Manifest
 from dataset.ranges import OffsetRange
+from deploy.settings import Settings
+from kafkalog.errors import UndecodableRecordError
+from schemas.codec import AvroCodec
 from schemas.errors import ConfigurationError
 from schemas.registry import default_registry
 

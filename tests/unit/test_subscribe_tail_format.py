@@ -10,8 +10,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from cli.subscribe import item_json
-from kafkalog.errors import UndecodableRecordError
 from consumers.records import decode_record, undecodable
+from kafkalog.errors import UndecodableRecordError
 from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from schemas.errors import ConfigurationError
 from devtools.generator import generate_events
+from schemas.errors import ConfigurationError
 from trainer.config import (
     ARITH,
     SMALL,
