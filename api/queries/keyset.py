@@ -74,13 +74,16 @@ class Run:
         return len(self.lines) - at - 1
 
     @classmethod
-    def parse(cls, start: Cursor, rows: bytes, asked: int) -> Run:
-        """Merge JSONEachRow ``rows``, up to ``asked`` per partition in offset order, into the walk's order.
+    def parse(cls, start: Cursor, rows: bytes, asked: int, each: int | None = None) -> Run:
+        """Merge JSONEachRow ``rows``, up to ``each`` (default ``asked``) per partition in offset order, into
+        the walk's first ``asked`` rows at most.
 
-        A partition that filled its ``asked`` rows may have more: the merge stops
+        A partition that filled its ``each`` rows may have more: the merge stops
         right after that partition's last row is taken, since its unread rows
-        could come before anything later.
+        could come before anything later. So a run that stops early still holds
+        at least ``each`` rows.
         """
+        each = asked if each is None else each
         desc = start.order is Order.DESC
         groups: dict[int, list[tuple[bytes, int, int, bytes]]] = {}
         for line in rows.splitlines():
@@ -96,7 +99,7 @@ class Run:
             positions = [start.position(p) for p in range(max(partitions, len(start.positions)))]
         else:  # the first page of a desc walk pins each partition just above its newest row
             positions = [groups[p][0][2] + 1 if p in groups else 0 for p in range(partitions)]
-        left = {p: len(group) for p, group in groups.items() if len(group) >= asked}
+        left = {p: len(group) for p, group in groups.items() if len(group) >= each}
         lines: list[bytes] = []
         after: list[tuple[int, ...]] = []
         keys: list[tuple[int, int]] = []
@@ -134,6 +137,23 @@ class Run:
         return None
 
 
+PAGE_FLOOR = 1000
+"""At least this many rows per partition are read for a run (more than any list's page limit, 500), so a
+run that stops early still holds a whole page."""
+
+
+def per_partition(asked: int, partitions: int, floor: int = PAGE_FLOOR) -> int:
+    """Rows to read from each partition for a run of ``asked`` rows over ``partitions``.
+
+    Twice an even share, not ``asked`` from each: the merge takes about ``asked / partitions`` from
+    each when they fill alike, and reading ``asked`` keys from every partition read keys it never
+    used (measured: a 4,000-row run over 4 partitions at 200,000 traces, 60-62 ms against 69-70 ms).
+    A partition that fills faster ends the run early (still correct; the walk's next run goes on
+    from there).
+    """
+    return min(asked, max(-(-2 * asked // max(partitions, 1)), floor))
+
+
 def run(warehouse: Warehouse, table: str, columns: str, topic: str, start: Cursor, asked: int,
         conditions: list[str], params: dict[str, Any]) -> Run:
     """The first ``asked`` rows of ``table`` after ``start`` that meet ``conditions``, merged.
@@ -152,8 +172,9 @@ def run(warehouse: Warehouse, table: str, columns: str, topic: str, start: Curso
     partitions = _partitions.get(known, 1)
     where = {**params, "db": warehouse.database, "topic": topic}
     while True:
-        sql, values = _union(table, start, partitions, asked, conditions)
-        found = Run.parse(start, warehouse.query_json(sql, {**where, **values}), asked)
+        each = per_partition(asked, partitions)
+        sql, values = _union(table, start, partitions, each, conditions)
+        found = Run.parse(start, warehouse.query_json(sql, {**where, **values}), asked, each)
         if found.partitions <= partitions:
             break
         partitions = _partitions[known] = max(found.partitions, _partitions.get(known, 1))

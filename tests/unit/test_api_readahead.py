@@ -13,7 +13,7 @@ import random
 import pytest
 
 from api.cursor import Cursor, Order, decode_cursor, encode_cursor
-from api.queries.keyset import Run
+from api.queries.keyset import Run, per_partition
 from api.readahead import ReadAhead
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -37,13 +37,17 @@ class Table:
         self.starts.append(after)
         desc = after.order is Order.DESC
         lines = []
-        for p in sorted({k[0] for k in self.keys}):
+        partitions = sorted({k[0] for k in self.keys})
+        # As keyset.run reads: twice an even share of the run from each partition, at least a page
+        # (10 rows here, the largest page these tests ask for).
+        each = per_partition(n, len(partitions), floor=10)
+        for p in partitions:
             position = after.position(p)
             rows = sorted((k for k in self.keys if k[0] == p and (
                 position is None or (k[1] < position if desc else k[1] > position))), reverse=desc)
-            lines += [_line(*k) for k in rows[:n]]
+            lines += [_line(*k) for k in rows[:each]]
         random.Random(len(lines)).shuffle(lines)  # UNION ALL interleaves its subqueries' blocks
-        return Run.parse(after, b"".join(lines), n)
+        return Run.parse(after, b"".join(lines), n, each)
 
     def write(self, *keys: tuple[int, int, int]) -> None:
         self.keys += keys
