@@ -88,7 +88,7 @@ class TraceFastLane:
                 length = value
             elif name == b"authorization" and token is None:  # the first, as Starlette reads it
                 token = value
-        if length is None or not length.isdigit() or int(length) > settings.api_max_body_bytes:
+        if length is None or not (length.isdigit() and len(length) <= 18) or int(length) > settings.api_max_body_bytes:
             return False
         if not settings.api_token:
             return True
