@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi.exceptions import RequestValidationError
+from fastapi.security.utils import get_authorization_scheme_param
 
 from api.cursor import Order, decode_cursor
 from api.deps import token_matches
@@ -92,8 +93,8 @@ class TraceFastLane:
             return False
         if not settings.api_token:
             return True
-        scheme, _, given = (token or b"").decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and token_matches(settings, given.strip())
+        scheme, given = get_authorization_scheme_param((token or b"").decode("latin-1"))
+        return scheme.lower() == "bearer" and token_matches(settings, given)
 
 
 _ORDERS = {order.value: order for order in Order}
