@@ -304,8 +304,6 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
 
     codec = AvroCodec(default_registry())
     cancelled = cancelled or threading.Event()
-    # Tune's own Ctrl-C handler would stop the trials as if the scheduler had: ours tells them why first.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Trials run in their own processes and folders: every path they get must be absolute.
     settings = settings.model_copy(update={"home": Path(settings.home).absolute()})
     connect(settings)
@@ -313,7 +311,11 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
     watcher.start()
     previous = _on_sigint(cancelled)
     control = _Control.remote()
+    # Tune's own Ctrl-C handler would stop the trials as if the scheduler had: ours tells them why first.
+    # Tune reads this knob only from the environment; it is set for this tune and restored after it.
+    sigint_knob = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     try:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         horizon = request.space.largest_total_steps()
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric="loss", mode="min", max_t=horizon + 1,
@@ -339,6 +341,10 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        if sigint_knob is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = sigint_knob
         watcher.stop()
         ray.kill(control)
     trials = asyncio.run(_close_trials(settings, kafka, codec, request.tune_id))
