@@ -34,6 +34,7 @@ from dataset.manifest import Manifest
 from dataset.parquet import PARQUET, ROW_GROUP_ROWS, ParquetColumns
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from dataset.reader import DatasetRead
+from dataset.warehouse_columns import ColumnPage, ColumnPages
 from dataset.warehouse_reader import read_range_pages_from_warehouse
 from deploy.kafka_clients import KafkaClients
 from kafkalog.log import paused_gc
@@ -46,6 +47,8 @@ from warehouse.executor import WarehouseThread
 
 Source = Literal["kafka", "warehouse"]
 EXPORT_FORMATS = (*FORMATS, PARQUET)
+COLUMN_FORMATS = ("trace", PARQUET)
+"""Formats the warehouse writes as columns (``dataset.warehouse_columns``); the others go record by record."""
 _PAGE = 10_000
 _LINES_PER_WRITE = 128  # ~250 KB a write: few calls, and chunks the HTTP stream can pass on at once
 
@@ -160,6 +163,8 @@ async def export_dataset(
                 else:
                     sink.write(chunk.out)
                 records += chunk.written
+        elif source == "warehouse" and fmt in COLUMN_FORMATS:
+            records = await _export_columns(manifest, split, read, sink, parquet, warehouse)
         else:
             formatter = _Formatter(fmt, split, read)
             add_row = parquet.add if parquet is not None else None
@@ -174,6 +179,49 @@ async def export_dataset(
         if parquet is not None:
             parquet.close()
     return ExportSummary(records, sink.position, sink.sha256.hexdigest(), read.content_sha256)
+
+
+async def _export_columns(
+    manifest: Manifest, split: str, read: DatasetRead, sink: _CountingSink, parquet: _ParquetRows | None,
+    warehouse: WarehouseRunner | None,
+) -> int:
+    """From the warehouse as columns, the next page read while this one is hashed and written; records written."""
+    if warehouse is None:
+        raise InvalidDatasetRequest("an export from the warehouse needs a warehouse")
+    pages, formatter = ColumnPages(manifest, lines=parquet is None), _Formatter("trace", split, read)
+    written = 0
+    reading = asyncio.ensure_future(warehouse(pages.next))
+    try:
+        while (page := await reading) is not None:
+            reading = asyncio.ensure_future(warehouse(pages.next))
+            if page.records is not None:  # steps out of order: the per-record path puts them in order
+                columns = ParquetColumns() if parquet is not None else None
+                lines, n = formatter.run(page.records, columns.add if columns is not None else None)
+                out: Any = columns.batch() if columns is not None else b"".join(lines)
+            else:
+                hashed, splits, out, n = await asyncio.to_thread(_finish, page, split, parquet is not None)
+                read.hasher.add_lines(hashed)
+                for name, count in splits.items():
+                    read.counts[name] += count
+            if parquet is not None:
+                parquet.add_batch(out)
+                parquet.flush()
+            else:
+                sink.write(out)
+            written += n
+    finally:
+        if not reading.cancel() and not reading.cancelled():
+            reading.exception()  # read ahead and not wanted: its error, if any, is the one already raised
+    return written
+
+
+def _finish(page: ColumnPage, split: str, parquet: bool) -> tuple[CanonicalLines, dict[str, int], Any, int]:
+    """A page's hashed bytes, split counts, and its rows in ``split`` (a Parquet batch, or ``trace`` lines)."""
+    if parquet:
+        batch = page.parquet_batch(split)
+        return page.hashed(), page.splits(), batch, batch.num_rows
+    lines, n = page.lines(split)
+    return page.hashed(), page.splits(), lines, n
 
 
 class _Formatter:

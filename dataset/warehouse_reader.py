@@ -36,14 +36,23 @@ _WHERE = (
     "AND offset >= {start:UInt64} AND offset < {end:UInt64}"
 )
 
-_PAGE_SQL = (
-    "SELECT offset, trace_id, trace_version, prompt, "
+_RECORD_COLUMNS = (
+    "offset, trace_id, trace_version, prompt, "
     "CAST(arrayZip(step_index, step_type, step_content), "
     "'Array(Tuple(i Int32, type String, content String))') AS steps, "
-    "final_answer, meta, source, toUnixTimestamp64Milli(created_at) AS created_ms, score, model "
-    "FROM {db:Identifier}.traces FINAL "
+    "final_answer, meta, source, toUnixTimestamp64Milli(created_at) AS created_ms, score, model"
+)
+
+_PAGE_SQL = (
+    f"SELECT {_RECORD_COLUMNS} FROM {{db:Identifier}}.traces FINAL "
     f"WHERE {_WHERE} "
     "ORDER BY offset LIMIT {limit:UInt64}"
+)
+
+_OFFSETS_SQL = (
+    f"SELECT {_RECORD_COLUMNS} FROM {{db:Identifier}}.traces FINAL "
+    "WHERE topic = {topic:String} AND partition = {partition:UInt32} AND offset IN {offsets:Array(UInt64)} "
+    "ORDER BY offset"
 )
 
 _COUNT_SQL = f"SELECT count() FROM {{db:Identifier}}.traces FINAL WHERE {_WHERE}"
@@ -109,6 +118,12 @@ def read_range_pages_from_warehouse(
             if len(page) < batch_rows:
                 break
             cursor = page[-1]["offset"] + 1
+
+
+def read_offsets_from_warehouse(warehouse: Warehouse, topic: str, partition: int, offsets: Sequence[int]) -> list[dict]:
+    """The dataset records at these offsets of one partition, in offset order (an offset without a row: none)."""
+    parameters = {"db": warehouse.database, "topic": topic, "partition": partition, "offsets": list(offsets)}
+    return _records(warehouse.query_arrow(_OFFSETS_SQL, parameters), topic, partition)
 
 
 def read_ranges_from_warehouse(

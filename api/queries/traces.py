@@ -12,8 +12,8 @@ from typing import Any
 from api.cursor import Cursor
 from api.queries import keyset
 from dataset.filter import TraceFilter
+from dataset.select_sql import filter_sql
 from schemas.errors import InvalidDatasetRequest
-from schemas.timeutil import to_millis
 from schemas.trace_fields import TRACE_FIELDS
 from warehouse.client import Warehouse
 from warehouse.trace_index import TRACE_ANSWER_COLUMNS
@@ -27,32 +27,13 @@ _LIST_COLUMNS = ", ".join((
 
 
 def where_sql(where: TraceFilter) -> tuple[list[str], dict[str, Any]]:
-    """The one trace filter (``dataset.filter``) as SQL conditions and their parameters.
+    """The list's filter as SQL (``dataset.select_sql``): sources, versions, meta and the created window.
 
-    Parameter names never come from input. The list's query sets sources,
-    versions, meta and the created window; the dataset-only bounds (steps,
-    score) are refused rather than ignored.
+    The dataset-only bounds (steps, score) are refused rather than ignored.
     """
     if (where.min_steps, where.max_steps, where.min_score, where.max_score) != (None, None, None, None):
         raise InvalidDatasetRequest("the trace list filters by source, trace_version, meta and created time only")
-    conditions: list[str] = []
-    params: dict[str, Any] = {}
-    if where.sources:
-        conditions.append("source IN {sources:Array(String)}")
-        params["sources"] = list(where.sources)
-    if where.trace_versions:
-        conditions.append("trace_version IN {trace_versions:Array(Int32)}")
-        params["trace_versions"] = list(where.trace_versions)
-    for n, (key, value) in enumerate(where.meta):
-        conditions.append(f"mapContains(meta, {{mk{n}:String}}) AND meta[{{mk{n}:String}}] = {{mv{n}:String}}")
-        params[f"mk{n}"], params[f"mv{n}"] = key, value
-    if where.created_from is not None:
-        conditions.append("created_at >= fromUnixTimestamp64Milli({created_from:Int64}, 'UTC')")
-        params["created_from"] = to_millis(where.created_from)
-    if where.created_until is not None:
-        conditions.append("created_at < fromUnixTimestamp64Milli({created_until:Int64}, 'UTC')")
-        params["created_until"] = to_millis(where.created_until)
-    return conditions, params
+    return filter_sql(where)
 
 
 def list_page(warehouse: Warehouse, topic: str, after: Cursor, limit: int, where: TraceFilter) -> keyset.Run:
