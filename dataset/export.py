@@ -31,7 +31,13 @@ import pyarrow.parquet as pq
 from dataset.formats import FORMATS, line_writer
 from dataset.hashing import Canonical, CanonicalLines, LineCollector
 from dataset.manifest import Manifest
-from dataset.parquet import PARQUET, ROW_GROUP_ROWS, ParquetColumns
+from dataset.parquet import (
+    DICTIONARY_COLUMNS,
+    PARQUET,
+    ROW_GROUP_ROWS,
+    STATISTICS_COLUMNS,
+    ParquetColumns,
+)
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from dataset.reader import DatasetRead
 from dataset.warehouse_columns import ColumnPage, ColumnPages
@@ -50,6 +56,7 @@ EXPORT_FORMATS = (*FORMATS, PARQUET)
 COLUMN_FORMATS = ("trace", PARQUET)
 """Formats the warehouse writes as columns (``dataset.warehouse_columns``); the others go record by record."""
 _PAGE = 10_000
+_PAGES_AHEAD = 2
 _LINES_PER_WRITE = 128  # ~250 KB a write: few calls, and chunks the HTTP stream can pass on at once
 
 
@@ -190,10 +197,11 @@ async def _export_columns(
         raise InvalidDatasetRequest("an export from the warehouse needs a warehouse")
     pages, formatter = ColumnPages(manifest, lines=parquet is None), _Formatter("trace", split, read)
     written = 0
-    reading = asyncio.ensure_future(warehouse(pages.next))
+    # Two pages asked for ahead, so the warehouse thread (one call at a time, in order) never waits on this one.
+    ahead = deque(asyncio.ensure_future(warehouse(pages.next)) for _ in range(_PAGES_AHEAD))
     try:
-        while (page := await reading) is not None:
-            reading = asyncio.ensure_future(warehouse(pages.next))
+        while (page := await ahead.popleft()) is not None:
+            ahead.append(asyncio.ensure_future(warehouse(pages.next)))
             if page.records is not None:  # steps out of order: the per-record path puts them in order
                 columns = ParquetColumns() if parquet is not None else None
                 lines, n = formatter.run(page.records, columns.add if columns is not None else None)
@@ -210,8 +218,9 @@ async def _export_columns(
                 sink.write(out)
             written += n
     finally:
-        if not reading.cancel() and not reading.cancelled():
-            reading.exception()  # read ahead and not wanted: its error, if any, is the one already raised
+        for reading in ahead:
+            if not reading.cancel() and not reading.cancelled():
+                reading.exception()  # read ahead and not wanted: its error, if any, is the one already raised
     return written
 
 
@@ -258,7 +267,8 @@ class _ParquetRows:
         self.ready: list[pa.RecordBatch] = []
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
-        self.writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PARQUET_SCHEMA, compression="zstd")
+        self.writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PARQUET_SCHEMA, compression="zstd",
+                                       use_dictionary=DICTIONARY_COLUMNS, write_statistics=STATISTICS_COLUMNS)
 
     def add(self, c: Canonical, split: str) -> None:
         self.columns.add(c, split)

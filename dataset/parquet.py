@@ -46,6 +46,13 @@ SCHEMA = pa.schema([
     ("model", pa.string()),
 ])
 
+DICTIONARY_COLUMNS = ["split", "topic", "source", "model", "steps.list.element.type", "meta.key_value.key"]
+"""Columns with few distinct values, dictionary-encoded; text columns (prompts, step contents) are not:
+their dictionaries only grow until the writer gives up on them."""
+STATISTICS_COLUMNS = ["id", "split", "topic", "partition", "offset", "trace_id", "trace_version", "source",
+                      "created_at", "score", "model"]
+"""Columns with min/max statistics, for readers that skip row groups; none for long text."""
+
 
 def parquet_row(record: Mapping[str, Any], split: str) -> dict:
     """The ``trace`` export's record with ``created_at`` as an instant and ``meta`` as sorted pairs."""

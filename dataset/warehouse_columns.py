@@ -96,9 +96,12 @@ def _page_sql(conditions: list[str], split: str, lines: bool) -> str:
         "topic = {topic:String}", "partition = {partition:UInt32}", "offset >= {start:UInt64}",
         "offset < {end:UInt64}", *(f"({c})" for c in conditions),
     ])
+    # The page's rows first, then the JSON of those rows only: expressions beside an ORDER BY ... LIMIT
+    # are computed for every row of the granules read (8,192 each), most of them past the limit.
+    rows = f"SELECT * FROM {{db:Identifier}}.traces FINAL WHERE {where} ORDER BY offset LIMIT {{limit:UInt64}}"
     inner = (f"SELECT *, {split} AS split, {_HEAD} AS json_head, {_MIDDLE} AS json_middle, {_TAIL} AS json_tail, "
              "arrayAll((x, y) -> x < y, arrayPopBack(step_index), arrayPopFront(step_index)) AS steps_ordered "
-             f"FROM {{db:Identifier}}.traces FINAL WHERE {where} ORDER BY offset LIMIT {{limit:UInt64}}")
+             f"FROM ({rows})")
     if lines:
         record_id = _json("concat(topic, '/', toString(partition), '/', toString(offset))")
         columns = (f"offset, split, concat(json_head, ',\"id\":', {record_id}, json_middle, "
