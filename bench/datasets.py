@@ -13,8 +13,8 @@ them as one dataset, then time, each over the whole dataset:
    ``dataset_batches(..., workers=N)``: decoded in N processes, sent back pickled);
 3. replay from ClickHouse (``dataset.warehouse_reader``, on the warehouse thread);
 4. export of every format (JSON Lines and Parquet) from Kafka, in this process and (``--workers``, the CPU
-   count by default) decoding and formatting in worker processes, and ``trace`` and ``parquet`` from
-   ClickHouse, to /dev/null.
+   count by default) decoding and formatting in worker processes, and of every format from ClickHouse
+   (``dataset.warehouse_columns``: the engine writes the hashed bytes and the lines), to /dev/null.
 
 Each figure is records per second of wall time and per CPU second of this process (``time.process_time``:
 steadier than wall time when other jobs share the machine; the broker's JVM is not in it). Speeds are
@@ -64,8 +64,6 @@ from schemas.codec import AvroCodec
 from schemas.registry import default_registry
 from streams.catchup import wait_until_caught_up
 from streams.topics import ensure_pipeline_topics
-
-WAREHOUSE_FORMATS = ("trace", "parquet")
 
 
 async def bare_consume(kafka: KafkaClients, ranges) -> tuple[int, int, float]:
@@ -163,7 +161,7 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: 
                             runs.append(await timed(f"export_{fmt}_kafka_workers", export_dataset(
                                 manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec,
                                 workers=workers)))
-                    for fmt in WAREHOUSE_FORMATS:
+                    for fmt in EXPORT_FORMATS:
                         runs.append(await timed(f"export_{fmt}_warehouse", export_dataset(
                             manifest, fmt, "all", sink, source="warehouse", warehouse=processors.writer.run)))
                 for label, result, took in runs:
@@ -204,7 +202,7 @@ def print_report(f: dict[str, Any]) -> None:
         ]
         rows += [(f"export {fmt} from Kafka, {f['workers']} workers (CPU-s: this process only)",
                   _rate(f, f"export_{fmt}_kafka_workers")) for fmt in EXPORT_FORMATS]
-    rows += [(f"export {fmt} from ClickHouse", _rate(f, f"export_{fmt}_warehouse")) for fmt in WAREHOUSE_FORMATS]
+    rows += [(f"export {fmt} from ClickHouse", _rate(f, f"export_{fmt}_warehouse")) for fmt in EXPORT_FORMATS]
     rows.append(("load average at the end", ", ".join(f"{x:.2f}" for x in f["load_average_after"])))
     print_table(f"datasets: {f['records']:,} traces", rows)
     print(SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]))

@@ -1,11 +1,13 @@
 """Export a dataset as JSON Lines or Parquet, from Kafka (replay) or from the warehouse.
 
-Both sources yield the same records in (partition, offset) order and go
-through the same filter, split and formatter, so the bytes are the same.
-Each record is serialized once (``dataset.hashing.canonical``): those bytes
-are hashed to check the manifest's ``content_sha256``, and the JSON Lines line
-is cut from them (``dataset.formats.line_writer``) or the Parquet columns
-filled from the same values (``dataset.parquet.ParquetColumns``).
+Both sources give the same records in (partition, offset) order, the same
+selection and split, so the bytes are the same. From Kafka each record is
+decoded and serialized once (``dataset.hashing.canonical``): those bytes are
+hashed to check the manifest's ``content_sha256``, and the JSON Lines line is
+cut from them (``dataset.formats.line_writer``) or the Parquet columns filled
+from the same values (``dataset.parquet.ParquetColumns``). From the warehouse
+the engine selects the records and writes those bytes and lines itself, and
+Parquet columns come back as Arrow arrays (``dataset.warehouse_columns``).
 
 From Kafka, decoding and formatting can run in worker processes
 (``workers=N``): each worker turns a raw batch into bytes (the canonical lines
@@ -53,8 +55,6 @@ from warehouse.executor import WarehouseThread
 
 Source = Literal["kafka", "warehouse"]
 EXPORT_FORMATS = (*FORMATS, PARQUET)
-COLUMN_FORMATS = ("trace", PARQUET)
-"""Formats the warehouse writes as columns (``dataset.warehouse_columns``); the others go record by record."""
 _PAGE = 10_000
 _PAGES_AHEAD = 2
 _LINES_PER_WRITE = 128  # ~250 KB a write: few calls, and chunks the HTTP stream can pass on at once
@@ -170,8 +170,8 @@ async def export_dataset(
                 else:
                     sink.write(chunk.out)
                 records += chunk.written
-        elif source == "warehouse" and fmt in COLUMN_FORMATS:
-            records = await _export_columns(manifest, split, read, sink, parquet, warehouse)
+        elif source == "warehouse":
+            records = await _export_columns(manifest, fmt, split, read, sink, parquet, warehouse)
         else:
             formatter = _Formatter(fmt, split, read)
             add_row = parquet.add if parquet is not None else None
@@ -189,13 +189,13 @@ async def export_dataset(
 
 
 async def _export_columns(
-    manifest: Manifest, split: str, read: DatasetRead, sink: _CountingSink, parquet: _ParquetRows | None,
+    manifest: Manifest, fmt: str, split: str, read: DatasetRead, sink: _CountingSink, parquet: _ParquetRows | None,
     warehouse: WarehouseRunner | None,
 ) -> int:
     """From the warehouse as columns, the next page read while this one is hashed and written; records written."""
     if warehouse is None:
         raise InvalidDatasetRequest("an export from the warehouse needs a warehouse")
-    pages, formatter = ColumnPages(manifest, lines=parquet is None), _Formatter("trace", split, read)
+    pages, formatter = ColumnPages(manifest, fmt), _Formatter(fmt, split, read)
     written = 0
     # Two pages asked for ahead, so the warehouse thread (one call at a time, in order) never waits on this one.
     ahead = deque(asyncio.ensure_future(warehouse(pages.next)) for _ in range(_PAGES_AHEAD))

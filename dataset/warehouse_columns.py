@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 
 from dataset.formats import line_writer
 from dataset.hashing import CanonicalLines, canonical
+from dataset.parquet import PARQUET
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from dataset.select_sql import filter_sql, split_sql
 from dataset.warehouse_reader import (
@@ -78,6 +79,23 @@ _STEPS_JSON = _json("CAST(arrayZip(step_content, step_index, step_type), "
 _TAIL = (f"concat(',\"steps\":', {_STEPS_JSON}, ',\"topic\":', {_json('topic')}, "
          f"',\"trace_id\":', {_json('trace_id')}, ',\"trace_version\":', toString(trace_version), '}}\\n')")
 
+_ID_JSON = _json("concat(topic, '/', toString(partition), '/', toString(offset))")
+_COMPLETION_JSON = _json(  # dataset.formats.render_completion
+    "arrayStringConcat(arrayConcat(arrayMap((c, i, t) -> concat('<step i=\"', toString(i), '\" type=\"', t, '\">', c, "
+    "'</step>'), step_content, step_index, step_type), [concat('<answer>', final_answer, '</answer>')]), '\\n')")
+_LINES = {  # dataset.formats' lines, keys sorted
+    "trace": f"concat(json_head, ',\"id\":', {_ID_JSON}, json_middle, ',\"split\":\"', split, '\"', json_tail)",
+    "tunix_sft": (f"concat('{{\"completion\":', {_COMPLETION_JSON}, ',\"id\":', {_ID_JSON}, "
+                  f"',\"meta\":', {_json('mapSort(meta)')}, ',\"prompt\":', {_json('prompt')}, "
+                  f"',\"source\":', {_json('source')}, ',\"split\":\"', split, '\",\"steps\":', {_STEPS_JSON}, "
+                  "'}\\n')"),
+    "training_example": (f"concat('{{\"final_answer\":', {_json('final_answer')}, ',\"id\":', {_ID_JSON}, "
+                         f"',\"messages\":[{{\"content\":', {_json('prompt')}, ',\"role\":\"user\"}},"
+                         f"{{\"content\":', {_COMPLETION_JSON}, ',\"role\":\"assistant\"}}],\"metadata\":', "
+                         f"{_json('mapSort(meta)')}, ',\"source\":', {_json('source')}, ',\"split\":\"', split, "
+                         f"'\",\"steps\":', {_STEPS_JSON}, ',\"trace_id\":', {_json('trace_id')}, '}}\\n')"),
+}
+
 _PARQUET_COLUMNS = (
     "concat(topic, '/', toString(partition), '/', toString(offset)) AS id, toString(topic) AS topic, partition, "
     "trace_id, trace_version, prompt, CAST(arrayZip(step_index, step_type, step_content), "
@@ -91,23 +109,15 @@ PAGE_ROWS = 10_000
 _SETTINGS = "SETTINGS output_format_json_escape_forward_slashes = 0, output_format_json_named_tuples_as_objects = 1"
 
 
-def _page_sql(conditions: list[str], split: str, lines: bool) -> str:
+def _page_sql(conditions: list[str], split: str, fmt: str) -> str:
     where = " AND ".join([
         "topic = {topic:String}", "partition = {partition:UInt32}", "offset >= {start:UInt64}",
         "offset < {end:UInt64}", *(f"({c})" for c in conditions),
     ])
-    # The page's rows first, then the JSON of those rows only: expressions beside an ORDER BY ... LIMIT
-    # are computed for every row of the granules read (8,192 each), most of them past the limit.
-    rows = f"SELECT * FROM {{db:Identifier}}.traces FINAL WHERE {where} ORDER BY offset LIMIT {{limit:UInt64}}"
     inner = (f"SELECT *, {split} AS split, {_HEAD} AS json_head, {_MIDDLE} AS json_middle, {_TAIL} AS json_tail, "
              "arrayAll((x, y) -> x < y, arrayPopBack(step_index), arrayPopFront(step_index)) AS steps_ordered "
-             f"FROM ({rows})")
-    if lines:
-        record_id = _json("concat(topic, '/', toString(partition), '/', toString(offset))")
-        columns = (f"offset, split, concat(json_head, ',\"id\":', {record_id}, json_middle, "
-                   "',\"split\":\"', split, '\"', json_tail) AS line")
-    else:
-        columns = f"offset, split, {_PARQUET_COLUMNS}"
+             f"FROM {{db:Identifier}}.traces FINAL WHERE {where} ORDER BY offset LIMIT {{limit:UInt64}}")
+    columns = f"offset, split, {_PARQUET_COLUMNS}" if fmt == PARQUET else f"offset, split, {_LINES[fmt]} AS line"
     return (f"SELECT {columns}, concat(json_head, json_middle, json_tail) AS canonical, steps_ordered, "
             f"NOT ({_SCORE_AS_PYTHON}) OR match(canonical, '{_ESCAPES_UNLIKE_PYTHON}') AS python_json "
             f"FROM ({inner}) ORDER BY offset {_SETTINGS}")
@@ -146,7 +156,7 @@ class ColumnPage:
         return table if split == "all" else table.filter(pc.equal(table.column("split"), split))  # type: ignore[union-attr]
 
     def lines(self, split: str) -> tuple[bytes, int]:
-        """The ``trace`` lines of the rows in ``split`` (``all``: every row), and how many."""
+        """The JSON Lines of the rows in ``split`` (``all``: every row), and how many."""
         if split == "all":
             table, fixed = self.table, {i: line for i, (_, line) in self.fixed.items()}
         else:
@@ -187,12 +197,12 @@ def _joined(strings: pa.ChunkedArray, fixed: dict[int, bytes]) -> bytes:
 class ColumnPages:
     """The manifest's records from the warehouse, a page at a time, in (partition, offset) order."""
 
-    def __init__(self, manifest: Manifest, *, lines: bool) -> None:
+    def __init__(self, manifest: Manifest, fmt: str) -> None:
         conditions, self._params = filter_sql(manifest.filter)
         split, split_params = split_sql(manifest.split)
         self._params.update(split_params)
-        self._sql = _page_sql(conditions, split, lines)
-        self._lines = lines
+        self._sql = _page_sql(conditions, split, fmt)
+        self._line = None if fmt == PARQUET else line_writer(fmt)
         self._batch_rows = PAGE_ROWS
         self._pages: Iterator[ColumnPage] | None = None
         self._ranges = ordered_ranges(manifest.ranges)
@@ -230,8 +240,8 @@ class ColumnPages:
             offsets = table.column("offset").to_numpy()
             splits = table.column("split").to_pylist()
             records = read_offsets_from_warehouse(warehouse, r.topic, r.partition, [int(offsets[i]) for i in flagged])
-            line = line_writer("trace")
+            line = self._line
             for i, record in zip(flagged, records, strict=True):
                 c = canonical(record)
-                page.fixed[int(i)] = (c.data + b"\n", line(splits[i], c) if self._lines else b"")
+                page.fixed[int(i)] = (c.data + b"\n", line(splits[i], c) if line is not None else b"")
         return page

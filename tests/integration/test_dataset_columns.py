@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import dataset.warehouse_columns as columns
-from dataset.export import export_dataset, own_thread
+from dataset.export import EXPORT_FORMATS, export_dataset, own_thread
 from dataset.filter import parse_filter
 from dataset.formats import export_line
 from dataset.hashing import content_sha256, float_json
@@ -131,7 +131,7 @@ async def test_column_exports_of_hostile_records_equal_the_kafka_exports(setting
             CODEC)
         assert plain.record_count == len(events) and 0 < picky.record_count < len(events) and picky.eval_count > 0
         for manifest in (plain, picky):
-            for fmt in ("trace", "parquet"):
+            for fmt in EXPORT_FORMATS:
                 for split in ("all", "eval", "train"):
                     assert await _export(manifest, fmt, "warehouse", processors, split) == \
                         await _export(manifest, fmt, "kafka", processors, split), (manifest.name, fmt, split)
@@ -168,3 +168,6 @@ async def test_rows_with_steps_out_of_order_are_exported_in_step_order(settings:
     assert summary.content_sha256 == content_sha256(expected)
     assert all([s["i"] for s in json.loads(line)["steps"]] == sorted(s["i"] for s in json.loads(line)["steps"])
                for line in sink.getvalue().splitlines())
+    sink = io.BytesIO()
+    await export_dataset(manifest, "tunix_sft", "all", sink, source="warehouse", warehouse=own_thread(warehouse))
+    assert sink.getvalue() == b"".join(export_line("tunix_sft", "train", record) for record in expected)
