@@ -127,7 +127,7 @@ async def test_column_exports_of_hostile_records_equal_the_kafka_exports(setting
         await wait_until_caught_up(settings, kafka_of(settings))
         plain = await create_dataset(settings, kafka_of(settings), DatasetRequest("hostile"), CODEC)
         picky = await create_dataset(settings, kafka_of(settings), DatasetRequest(
-            "hostile-picky", filter=parse_filter(["score>=0", "steps>=2"]), split=Split(eval_share=0.3, salt="s")),
+            "hostile-picky", filter=parse_filter(["score>=0", "steps>=2"]), split=Split(eval_share=0.3, salt="sält ☃")),
             CODEC)
         assert plain.record_count == len(events) and 0 < picky.record_count < len(events) and picky.eval_count > 0
         for manifest in (plain, picky):
