@@ -36,19 +36,14 @@ def filter_sql(where: TraceFilter) -> tuple[list[str], dict[str, Any]]:
     if where.created_until is not None:
         conditions.append("created_at < fromUnixTimestamp64Milli({created_until:Int64}, 'UTC')")
         params["created_until"] = to_millis(where.created_until)
-    if where.min_steps is not None:
-        conditions.append("length(step_index) >= {min_steps:Int64}")
-        params["min_steps"] = where.min_steps
-    if where.max_steps is not None:
-        conditions.append("length(step_index) <= {max_steps:Int64}")
-        params["max_steps"] = where.max_steps
-    # A record without a score never passes a bound (NULL compares as not true); NaN never does either.
-    if where.min_score is not None:
-        conditions.append("score >= {min_score:Float64}")
-        params["min_score"] = where.min_score
-    if where.max_score is not None:
-        conditions.append("score <= {max_score:Float64}")
-        params["max_score"] = where.max_score
+    # A record without a score never passes a score bound (NULL compares as not true), nor does NaN.
+    for name, condition in (("min_steps", "length(step_index) >= {min_steps:Int64}"),
+                            ("max_steps", "length(step_index) <= {max_steps:Int64}"),
+                            ("min_score", "score >= {min_score:Float64}"),
+                            ("max_score", "score <= {max_score:Float64}")):
+        if getattr(where, name) is not None:
+            conditions.append(condition)
+            params[name] = getattr(where, name)
     return conditions, params
 
 

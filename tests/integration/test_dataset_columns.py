@@ -129,8 +129,12 @@ async def test_column_exports_of_hostile_records_equal_the_kafka_exports(setting
         picky = await create_dataset(settings, kafka_of(settings), DatasetRequest(
             "hostile-picky", filter=parse_filter(["score>=0", "steps>=2"]), split=Split(eval_share=0.3, salt="sält ☃")),
             CODEC)
+        narrow = await create_dataset(settings, kafka_of(settings), DatasetRequest("hostile-narrow", filter=parse_filter([
+            "trace_version=1", "meta.difficulty=medium", "created_from=2025-01-01T00:01:00Z",
+            "created_until=2025-01-01T00:05:00Z", "steps<=8", "score<=0.9"]), split=Split(eval_share=0.5)), CODEC)
         assert plain.record_count == len(events) and 0 < picky.record_count < len(events) and picky.eval_count > 0
-        for manifest in (plain, picky):
+        assert 0 < narrow.record_count < picky.record_count
+        for manifest in (plain, picky, narrow):
             for fmt in EXPORT_FORMATS:
                 for split in ("all", "eval", "train"):
                     assert await _export(manifest, fmt, "warehouse", processors, split) == \
