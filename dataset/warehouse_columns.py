@@ -4,8 +4,8 @@ Built record by record in Python, an export from the warehouse costs ~60 µs a
 record (dicts, canonical JSON, columns). Here one query per page has
 ClickHouse select the records (``dataset.select_sql``), assign their split,
 and write each record's canonical JSON (what hash format 1 hashes,
-``dataset.hashing.canonical_json`` plus a newline) and, for the ``trace``
-format, its JSON Lines line; Parquet columns come back as Arrow arrays. Python
+``dataset.hashing.canonical_json`` plus a newline) and, for a JSON Lines
+format, its line (``dataset.formats``); Parquet columns come back as Arrow arrays. Python
 then hashes a page's bytes in one call and hands whole arrays to the writer.
 
 The engine's JSON equals ``json.dumps(..., sort_keys=True, ensure_ascii=False,
@@ -47,6 +47,7 @@ from dataset.warehouse_reader import (
     read_range_pages_from_warehouse,
 )
 from kafkalog.ranges import ordered_ranges
+from schemas.errors import DatasetIntegrityError
 
 if TYPE_CHECKING:
     from dataset.manifest import Manifest
@@ -129,43 +130,44 @@ class ColumnPage:
 
     topic: str
     partition: int
-    table: pa.Table | None
-    """The page's columns (one chunk); None when ``records`` holds it instead."""
+    table: pa.Table
+    """The page's columns, one chunk."""
     records: list[dict] | None = None
-    """Dataset records of the page's offset span (not yet filtered), for the per-record path."""
+    """Set when a row's steps are out of order: the dataset records of the page's offset span (not yet
+    filtered), for the per-record path, which sorts them."""
     fixed: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
-    """Row number → (canonical JSON, ``trace`` line) made by Python, for the rows flagged ``python_json``."""
+    """Row number → (canonical JSON, JSON Lines line) made by Python, for the rows flagged ``python_json``."""
 
     def positions(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        offsets = self.table.column("offset")  # type: ignore[union-attr]
+        offsets = self.table.column("offset")
         return (self.partition, offsets[0].as_py()), (self.partition, offsets[-1].as_py())
 
     def hashed(self) -> CanonicalLines:
         """What ``ContentHasher.add_lines`` takes: every row's canonical JSON and newline, in order."""
         first, last = self.positions()
-        data = _joined(self.table.column("canonical"), {i: c for i, (c, _) in self.fixed.items()})  # type: ignore[union-attr]
-        return CanonicalLines(data, self.table.num_rows, first, last)  # type: ignore[union-attr]
+        data = _joined(self.table.column("canonical"), {i: c for i, (c, _) in self.fixed.items()})
+        return CanonicalLines(data, self.table.num_rows, first, last)
 
     def splits(self) -> dict[str, int]:
         """How many rows are in each split."""
-        eval_rows = pc.sum(pc.equal(self.table.column("split"), "eval")).as_py() or 0  # type: ignore[union-attr]
-        return {"train": self.table.num_rows - eval_rows, "eval": eval_rows}  # type: ignore[union-attr]
+        eval_rows = pc.sum(pc.equal(self.table.column("split"), "eval")).as_py() or 0
+        return {"train": self.table.num_rows - eval_rows, "eval": eval_rows}
 
     def _in(self, split: str) -> pa.Table:
         table = self.table
-        return table if split == "all" else table.filter(pc.equal(table.column("split"), split))  # type: ignore[union-attr]
+        return table if split == "all" else table.filter(pc.equal(table.column("split"), split))
 
     def lines(self, split: str) -> tuple[bytes, int]:
         """The JSON Lines of the rows in ``split`` (``all``: every row), and how many."""
         if split == "all":
             table, fixed = self.table, {i: line for i, (_, line) in self.fixed.items()}
         else:
-            keep = pc.equal(self.table.column("split"), split)  # type: ignore[union-attr]
+            keep = pc.equal(self.table.column("split"), split)
             rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
             renumber = {int(old): new for new, old in enumerate(rows)}
-            table = self.table.filter(keep)  # type: ignore[union-attr]
+            table = self.table.filter(keep)
             fixed = {renumber[i]: line for i, (_, line) in self.fixed.items() if i in renumber}
-        return _joined(table.column("line"), fixed), table.num_rows  # type: ignore[union-attr]
+        return _joined(table.column("line"), fixed), table.num_rows
 
     def parquet_batch(self, split: str) -> pa.RecordBatch:
         """The rows in ``split`` as a batch of the Parquet export's schema."""
@@ -233,15 +235,20 @@ class ColumnPages:
         if not pc.all(table.column("steps_ordered").cast(pa.bool_())).as_py():
             span = r._replace(start=first, end=last + 1)
             records = [record for page in read_range_pages_from_warehouse(warehouse, [span]) for record in page]
-            return ColumnPage(r.topic, r.partition, None, records)
+            return ColumnPage(r.topic, r.partition, table, records)
         page = ColumnPage(r.topic, r.partition, table)
         flagged = np.flatnonzero(table.column("python_json").to_numpy())
         if len(flagged):
             offsets = table.column("offset").to_numpy()
             splits = table.column("split").to_pylist()
-            records = read_offsets_from_warehouse(warehouse, r.topic, r.partition, [int(offsets[i]) for i in flagged])
+            wanted = [int(offsets[i]) for i in flagged]
+            records = read_offsets_from_warehouse(warehouse, r.topic, r.partition, wanted)
+            if [record["offset"] for record in records] != wanted:
+                raise DatasetIntegrityError(
+                    f"{r.topic}[{r.partition}]: rows at offsets {wanted} changed while they were read "
+                    "(a rebuild?); export again")
             line = self._line
-            for i, record in zip(flagged, records, strict=True):
+            for i, record in zip(flagged, records):
                 c = canonical(record)
                 page.fixed[int(i)] = (c.data + b"\n", line(splits[i], c) if line is not None else b"")
         return page
