@@ -106,6 +106,10 @@ _PARQUET_COLUMNS = (
 
 PAGE_ROWS = 10_000
 """Rows a page holds at most (one query each)."""
+PAGE_BYTES = 64 << 20
+"""About how much a page's columns may take: traces run up to 1 MB each, and an Arrow string column to 2 GB.
+The first page reads ``_FIRST_PAGE_ROWS`` rows to learn their size."""
+_FIRST_PAGE_ROWS = 256
 
 _SETTINGS = "SETTINGS output_format_json_escape_forward_slashes = 0, output_format_json_named_tuples_as_objects = 1"
 
@@ -205,8 +209,8 @@ class ColumnPages:
         self._params.update(split_params)
         self._sql = _page_sql(conditions, split, fmt)
         self._line = None if fmt == PARQUET else line_writer(fmt)
-        self._batch_rows = PAGE_ROWS
         self._pages: Iterator[ColumnPage] | None = None
+        self._rows = min(_FIRST_PAGE_ROWS, PAGE_ROWS)
         self._ranges = ordered_ranges(manifest.ranges)
 
     def next(self, warehouse: Warehouse) -> ColumnPage | None:
@@ -219,15 +223,17 @@ class ColumnPages:
         for r in self._ranges:
             cursor = r.start
             while cursor < r.end:
+                limit = self._rows
                 params = {**self._params, "db": warehouse.database, "topic": r.topic, "partition": r.partition,
-                          "start": cursor, "end": r.end, "limit": self._batch_rows}
+                          "start": cursor, "end": r.end, "limit": limit}
                 table = warehouse.query_arrow(self._sql, params).combine_chunks()
                 if table.num_rows == 0:
                     break
+                self._rows = max(1, min(PAGE_ROWS, PAGE_BYTES * table.num_rows // max(1, table.nbytes)))
                 offsets = table.column("offset")
                 last = offsets[-1].as_py()
                 yield self._page(warehouse, r, table, offsets[0].as_py(), last)
-                if table.num_rows < self._batch_rows:
+                if table.num_rows < limit:
                     break
                 cursor = last + 1
 

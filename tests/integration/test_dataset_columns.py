@@ -152,7 +152,7 @@ async def test_column_exports_of_hostile_records_equal_the_kafka_exports(setting
 
 
 @pytest.mark.asyncio
-async def test_rows_with_steps_out_of_order_are_exported_in_step_order(settings: Settings, monkeypatch):
+async def test_steps_out_of_order_export_in_order_and_pages_stay_bounded_by_size(settings: Settings, monkeypatch):
     """Validation sorts steps into traces.valid; rows of another topic may hold them in any order."""
     monkeypatch.setattr(columns, "PAGE_ROWS", 4)
     topic = f"unsorted-{random.randrange(10**9)}"
@@ -175,3 +175,10 @@ async def test_rows_with_steps_out_of_order_are_exported_in_step_order(settings:
     sink = io.BytesIO()
     await export_dataset(manifest, "tunix_sft", "all", sink, source="warehouse", warehouse=own_thread(warehouse))
     assert sink.getvalue() == b"".join(export_line("tunix_sft", "train", record) for record in expected)
+
+    monkeypatch.setattr(columns, "PAGE_BYTES", 1)  # a page of one row after the first: they are bounded by size
+    pages = columns.ColumnPages(manifest, "parquet")
+    sizes = []
+    while (page := pages.next(warehouse)) is not None:
+        sizes.append(page.table.num_rows)
+    assert sizes == [4, 1, 1, 1, 1, 1, 1]
