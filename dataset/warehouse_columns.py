@@ -43,6 +43,8 @@ from dataset.parquet import PARQUET
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from dataset.select_sql import filter_sql, split_sql
 from dataset.warehouse_reader import (
+    FIRST_PAGE_ROWS,
+    next_page_rows,
     read_offsets_from_warehouse,
     read_range_pages_from_warehouse,
 )
@@ -106,10 +108,6 @@ _PARQUET_COLUMNS = (
 
 PAGE_ROWS = 10_000
 """Rows a page holds at most (one query each)."""
-PAGE_BYTES = 64 << 20
-"""About how much a page's columns may take: traces run up to 1 MB each, and an Arrow string column to 2 GB.
-The first page reads ``_FIRST_PAGE_ROWS`` rows to learn their size."""
-_FIRST_PAGE_ROWS = 256
 
 _SETTINGS = "SETTINGS output_format_json_escape_forward_slashes = 0, output_format_json_named_tuples_as_objects = 1"
 
@@ -210,7 +208,7 @@ class ColumnPages:
         self._sql = _page_sql(conditions, split, fmt)
         self._line = None if fmt == PARQUET else line_writer(fmt)
         self._pages: Iterator[ColumnPage] | None = None
-        self._rows = min(_FIRST_PAGE_ROWS, PAGE_ROWS)
+        self._rows = min(FIRST_PAGE_ROWS, PAGE_ROWS)
         self._ranges = ordered_ranges(manifest.ranges)
 
     def next(self, warehouse: Warehouse) -> ColumnPage | None:
@@ -229,7 +227,7 @@ class ColumnPages:
                 table = warehouse.query_arrow(self._sql, params).combine_chunks()
                 if table.num_rows == 0:
                     break
-                self._rows = max(1, min(PAGE_ROWS, PAGE_BYTES * table.num_rows // max(1, table.nbytes)))
+                self._rows = next_page_rows(table, PAGE_ROWS)  # bounded by size too (``PAGE_BYTES``)
                 offsets = table.column("offset")
                 last = offsets[-1].as_py()
                 yield self._page(warehouse, r, table, offsets[0].as_py(), last)

@@ -99,23 +99,36 @@ def _records(table: Any, topic: str, partition: int) -> list[dict]:
     ]
 
 
+PAGE_BYTES = 64 << 20
+"""About how much one page's Arrow table may take: traces run up to 1 MB each (an Arrow string column
+stops at 2 GB), so a page holds fewer rows when they are big. The first page reads ``FIRST_PAGE_ROWS``."""
+FIRST_PAGE_ROWS = 256
+
+
+def next_page_rows(table: Any, most: int) -> int:
+    """Rows for the page after ``table``: as many as fit ``PAGE_BYTES`` at its rows' size, at most ``most``."""
+    return max(1, min(most, PAGE_BYTES * table.num_rows // max(1, table.nbytes)))
+
+
 def read_range_pages_from_warehouse(
     warehouse: Warehouse, ranges: Sequence[OffsetRange], *, batch_rows: int = 10000
 ) -> Iterator[list[dict]]:
-    """Like ``read_ranges_from_warehouse``, a page (at most ``batch_rows`` records) at a time."""
+    """Like ``read_ranges_from_warehouse``, a page (at most ``batch_rows`` records, ~``PAGE_BYTES``) at a time."""
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    rows = min(FIRST_PAGE_ROWS, batch_rows)
     for r in ordered_ranges(ranges):
         cursor = r.start
         while cursor < r.end:
             parameters = _parameters(warehouse, r)
-            parameters.update(start=cursor, limit=batch_rows)
+            parameters.update(start=cursor, limit=rows)
             table = warehouse.query_arrow(_PAGE_SQL, parameters)
             if table.num_rows == 0:
                 break
+            limit, rows = rows, next_page_rows(table, batch_rows)
             page = _records(table, r.topic, r.partition)
             yield page
-            if len(page) < batch_rows:
+            if len(page) < limit:
                 break
             cursor = page[-1]["offset"] + 1
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import dataset.warehouse_columns as columns
+from dataset import warehouse_reader
 from dataset.export import EXPORT_FORMATS, export_dataset, own_thread
 from dataset.filter import parse_filter
 from dataset.formats import export_line
@@ -176,9 +177,12 @@ async def test_steps_out_of_order_export_in_order_and_pages_stay_bounded_by_size
     await export_dataset(manifest, "tunix_sft", "all", sink, source="warehouse", warehouse=own_thread(warehouse))
     assert sink.getvalue() == b"".join(export_line("tunix_sft", "train", record) for record in expected)
 
-    monkeypatch.setattr(columns, "PAGE_BYTES", 1)  # a page of one row after the first: they are bounded by size
+    monkeypatch.setattr(warehouse_reader, "PAGE_BYTES", 1)  # a page of one row after the first: they are bounded by size
     pages = columns.ColumnPages(manifest, "parquet")
     sizes = []
     while (page := pages.next(warehouse)) is not None:
         sizes.append(page.table.num_rows)
     assert sizes == [4, 1, 1, 1, 1, 1, 1]
+    monkeypatch.setattr(warehouse_reader, "FIRST_PAGE_ROWS", 3)  # the record path's pages too
+    pages = warehouse_reader.read_range_pages_from_warehouse(warehouse, manifest.ranges)
+    assert [len(page) for page in pages] == [3, 1, 1, 1, 1, 1, 1, 1]
