@@ -225,7 +225,7 @@ async def _export_columns(
 
 
 def _finish(page: ColumnPage, split: str, parquet: bool) -> tuple[CanonicalLines, dict[str, int], Any, int]:
-    """A page's hashed bytes, split counts, and its rows in ``split`` (a Parquet batch, or ``trace`` lines)."""
+    """A page's hashed bytes, split counts, and its rows in ``split`` (a Parquet batch, or JSON Lines)."""
     if parquet:
         batch = page.parquet_batch(split)
         return page.hashed(), page.splits(), batch, batch.num_rows
