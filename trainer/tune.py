@@ -291,6 +291,28 @@ def _on_sigint(cancelled: threading.Event) -> Any:
     return previous
 
 
+def _fit_off_the_main_thread(tuner: tune.Tuner) -> None:
+    """``tuner.fit()`` on a thread of its own, this one waiting (a Ctrl-C still reaches ``_on_sigint``'s handler).
+
+    On the main thread Tune replaces the Ctrl-C handler with its own, which stops the trials as if the
+    scheduler had; ours tells them why first. Tune's only other switch is an environment variable, which
+    is process-wide; off the main thread Tune installs no handler at all.
+    """
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            tuner.fit()
+        except BaseException as exc:  # noqa: BLE001 - raised again on the waiting thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=fit, name="tune-fit", daemon=True)  # a second Ctrl-C need not wait for it
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
              cancelled: threading.Event | None = None) -> TuneOutcome:
     """Run the tune on Ray (``settings.ray_address``, or a local Ray) and fold its trials from runs.events.
@@ -311,11 +333,7 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
     watcher.start()
     previous = _on_sigint(cancelled)
     control = _Control.remote()
-    # Tune's own Ctrl-C handler would stop the trials as if the scheduler had: ours tells them why first.
-    # Tune reads this knob only from the environment; it is set for this tune and restored after it.
-    sigint_knob = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     try:
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         horizon = request.space.largest_total_steps()
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric="loss", mode="min", max_t=horizon + 1,
@@ -337,14 +355,10 @@ def run_tune(settings: Settings, kafka: KafkaClients, request: TuneRequest, *,
                 verbose=0, log_to_file=False,
             ),
         )
-        tuner.fit()
+        _fit_off_the_main_thread(tuner)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        if sigint_knob is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = sigint_knob
         watcher.stop()
         ray.kill(control)
     trials = asyncio.run(_close_trials(settings, kafka, codec, request.tune_id))
