@@ -43,12 +43,11 @@ from dataset.parquet import PARQUET
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from dataset.select_sql import filter_sql, split_sql
 from dataset.warehouse_reader import (
-    FIRST_PAGE_ROWS,
-    next_page_rows,
+    RANGE_WHERE,
+    range_pages,
     read_offsets_from_warehouse,
     read_range_pages_from_warehouse,
 )
-from kafkalog.ranges import ordered_ranges
 from schemas.errors import DatasetIntegrityError
 
 if TYPE_CHECKING:
@@ -113,10 +112,7 @@ _SETTINGS = "SETTINGS output_format_json_escape_forward_slashes = 0, output_form
 
 
 def _page_sql(conditions: list[str], split: str, fmt: str) -> str:
-    where = " AND ".join([
-        "topic = {topic:String}", "partition = {partition:UInt32}", "offset >= {start:UInt64}",
-        "offset < {end:UInt64}", *(f"({c})" for c in conditions),
-    ])
+    where = " AND ".join([RANGE_WHERE, *(f"({c})" for c in conditions)])
     inner = (f"SELECT *, {split} AS split, {_HEAD} AS json_head, {_MIDDLE} AS json_middle, {_TAIL} AS json_tail, "
              "arrayAll((x, y) -> x < y, arrayPopBack(step_index), arrayPopFront(step_index)) AS steps_ordered "
              f"FROM {{db:Identifier}}.traces FINAL WHERE {where} ORDER BY offset LIMIT {{limit:UInt64}}")
@@ -208,36 +204,19 @@ class ColumnPages:
         self._sql = _page_sql(conditions, split, fmt)
         self._line = None if fmt == PARQUET else line_writer(fmt)
         self._pages: Iterator[ColumnPage] | None = None
-        self._rows = min(FIRST_PAGE_ROWS, PAGE_ROWS)
-        self._ranges = ordered_ranges(manifest.ranges)
+        self._ranges = manifest.ranges
 
     def next(self, warehouse: Warehouse) -> ColumnPage | None:
         """The next page (None at the end)."""
         if self._pages is None:
-            self._pages = self._read(warehouse)
+            self._pages = (self._page(warehouse, r, table.combine_chunks()) for r, table in range_pages(
+                warehouse, self._ranges, self._sql, self._params, most=PAGE_ROWS))
         return next(self._pages, None)
 
-    def _read(self, warehouse: Warehouse) -> Iterator[ColumnPage]:
-        for r in self._ranges:
-            cursor = r.start
-            while cursor < r.end:
-                limit = self._rows
-                params = {**self._params, "db": warehouse.database, "topic": r.topic, "partition": r.partition,
-                          "start": cursor, "end": r.end, "limit": limit}
-                table = warehouse.query_arrow(self._sql, params).combine_chunks()
-                if table.num_rows == 0:
-                    break
-                self._rows = next_page_rows(table, PAGE_ROWS)  # bounded by size too (``PAGE_BYTES``)
-                offsets = table.column("offset")
-                last = offsets[-1].as_py()
-                yield self._page(warehouse, r, table, offsets[0].as_py(), last)
-                if table.num_rows < limit:
-                    break
-                cursor = last + 1
-
-    def _page(self, warehouse: Warehouse, r: OffsetRange, table: pa.Table, first: int, last: int) -> ColumnPage:
+    def _page(self, warehouse: Warehouse, r: OffsetRange, table: pa.Table) -> ColumnPage:
         if not pc.all(table.column("steps_ordered").cast(pa.bool_())).as_py():
-            span = r._replace(start=first, end=last + 1)
+            offsets = table.column("offset")
+            span = r._replace(start=offsets[0].as_py(), end=offsets[-1].as_py() + 1)
             records = [record for page in read_range_pages_from_warehouse(warehouse, [span]) for record in page]
             return ColumnPage(r.topic, r.partition, table, records)
         page = ColumnPage(r.topic, r.partition, table)

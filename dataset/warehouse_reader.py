@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-_WHERE = (
+RANGE_WHERE = (
     "topic = {topic:String} AND partition = {partition:UInt32} "
     "AND offset >= {start:UInt64} AND offset < {end:UInt64}"
 )
+"""The rows of one offset range; ``range_pages`` fills its parameters."""
 
 _RECORD_COLUMNS = (
     "offset, trace_id, trace_version, prompt, "
@@ -45,7 +46,7 @@ _RECORD_COLUMNS = (
 
 _PAGE_SQL = (
     f"SELECT {_RECORD_COLUMNS} FROM {{db:Identifier}}.traces FINAL "
-    f"WHERE {_WHERE} "
+    f"WHERE {RANGE_WHERE} "
     "ORDER BY offset LIMIT {limit:UInt64}"
 )
 
@@ -55,7 +56,7 @@ _OFFSETS_SQL = (
     "ORDER BY offset"
 )
 
-_COUNT_SQL = f"SELECT count() FROM {{db:Identifier}}.traces FINAL WHERE {_WHERE}"
+_COUNT_SQL = f"SELECT count() FROM {{db:Identifier}}.traces FINAL WHERE {RANGE_WHERE}"
 
 
 def _parameters(warehouse: Warehouse, r: OffsetRange) -> dict[str, Any]:
@@ -105,9 +106,32 @@ stops at 2 GB), so a page holds fewer rows when they are big. The first page rea
 FIRST_PAGE_ROWS = 256
 
 
-def next_page_rows(table: Any, most: int) -> int:
+def _next_page_rows(table: Any, most: int) -> int:
     """Rows for the page after ``table``: as many as fit ``PAGE_BYTES`` at its rows' size, at most ``most``."""
     return max(1, min(most, PAGE_BYTES * table.num_rows // max(1, table.nbytes)))
+
+
+def range_pages(
+    warehouse: Warehouse, ranges: Sequence[OffsetRange], sql: str, params: dict[str, Any], *, most: int
+) -> Iterator[tuple[OffsetRange, Any]]:
+    """``(range, Arrow table)`` pages of ``sql`` over ``ranges``, in (partition, offset) order.
+
+    ``sql`` selects ``offset`` from rows meeting ``RANGE_WHERE`` in ``ORDER BY offset LIMIT {limit:UInt64}``;
+    pages go on from the last offset read (keyset), at most ``most`` rows and about ``PAGE_BYTES`` each.
+    """
+    rows = min(FIRST_PAGE_ROWS, most)
+    for r in ordered_ranges(ranges):
+        cursor = r.start
+        while cursor < r.end:
+            limit = rows
+            table = warehouse.query_arrow(sql, {**params, **_parameters(warehouse, r), "start": cursor, "limit": limit})
+            if table.num_rows == 0:
+                break
+            rows = _next_page_rows(table, most)
+            yield r, table
+            if table.num_rows < limit:
+                break
+            cursor = table.column("offset")[-1].as_py() + 1
 
 
 def read_range_pages_from_warehouse(
@@ -116,21 +140,8 @@ def read_range_pages_from_warehouse(
     """Like ``read_ranges_from_warehouse``, a page (at most ``batch_rows`` records, ~``PAGE_BYTES``) at a time."""
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
-    rows = min(FIRST_PAGE_ROWS, batch_rows)
-    for r in ordered_ranges(ranges):
-        cursor = r.start
-        while cursor < r.end:
-            parameters = _parameters(warehouse, r)
-            parameters.update(start=cursor, limit=rows)
-            table = warehouse.query_arrow(_PAGE_SQL, parameters)
-            if table.num_rows == 0:
-                break
-            limit, rows = rows, next_page_rows(table, batch_rows)
-            page = _records(table, r.topic, r.partition)
-            yield page
-            if len(page) < limit:
-                break
-            cursor = page[-1]["offset"] + 1
+    for r, table in range_pages(warehouse, ranges, _PAGE_SQL, {}, most=batch_rows):
+        yield _records(table, r.topic, r.partition)
 
 
 def read_offsets_from_warehouse(warehouse: Warehouse, topic: str, partition: int, offsets: Sequence[int]) -> list[dict]:
