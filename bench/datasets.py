@@ -10,8 +10,9 @@ them as one dataset, then time, each over the whole dataset:
    log start to the snapshot's ends, doing nothing with the records;
 2. replay from Kafka: raw (``read_ranges_raw``: the records' bytes in order, ranges
    checked) and decoded (``read_ranges``: dataset records, Avro decoded; and with ``--workers``,
-   ``dataset_batches(..., workers=N)``: decoded in N processes, sent back pickled);
-3. replay from ClickHouse (``dataset.warehouse_reader``, on the warehouse thread);
+   ``dataset_batches(..., workers=N)``: decoded in N processes, sent back pickled, and
+   ``dataset_tables(..., workers=N)``: decoded into Arrow columns by ClickHouse's Avro reader in N processes);
+3. replay from ClickHouse (``dataset.warehouse_reader``, on the warehouse thread), as records and as columns;
 4. export of every format (JSON Lines and Parquet) from Kafka, in this process and (``--workers``, the CPU
    count by default) decoding and formatting in worker processes, and of every format from ClickHouse
    (``dataset.warehouse_columns``: the engine writes the hashed bytes and the lines), to /dev/null.
@@ -53,10 +54,11 @@ from dataset.export import (
     EXPORT_FORMATS,
     dataset_batches,
     dataset_records,
+    dataset_tables,
     export_dataset,
-    start_workers,
 )
 from dataset.snapshot import DatasetRequest, create_dataset
+from dataset.worker_pool import start_workers
 from deploy.kafka_clients import KafkaClients
 from deploy.settings import Settings
 from kafkalog.ranges import read_ranges, read_ranges_raw
@@ -114,6 +116,13 @@ async def count_batches(iterator) -> int:
     return n
 
 
+async def count_tables(iterator) -> int:
+    n = 0
+    async for table in iterator:
+        n += table.num_rows
+    return n
+
+
 async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: int) -> dict[str, Any]:
     figures: dict[str, Any] = {"count": count, "seed": seed, "workers": workers, "machine": machine()}
     codec = AvroCodec(default_registry())
@@ -148,14 +157,18 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: 
                     await timed("replay_kafka", count_async(read_ranges(target.kafka, manifest.ranges, codec=codec))),
                     await timed("replay_warehouse", count_async(dataset_records(
                         manifest, source="warehouse", warehouse=processors.writer.run))),
+                    await timed("replay_warehouse_columns", count_tables(dataset_tables(
+                        manifest, source="warehouse", warehouse=processors.writer.run))),
                 ]
                 with open(os.devnull, "wb") as sink:
                     for fmt in EXPORT_FORMATS:
                         runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
                             manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
                     if workers:
-                        await start_workers(codec, workers)
+                        await start_workers(codec, workers, columns=True)
                         runs.append(await timed("replay_kafka_workers", count_batches(dataset_batches(
+                            manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
+                        runs.append(await timed("replay_kafka_columns", count_tables(dataset_tables(
                             manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
                         for fmt in EXPORT_FORMATS:
                             runs.append(await timed(f"export_{fmt}_kafka_workers", export_dataset(
@@ -169,7 +182,8 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: 
                     assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
                     figures[f"{label}_per_s"] = round(n / took)
                     figures[f"{label}_per_cpu_s"] = round(n / CPU_SECONDS[label])
-                for kind in ("replay_kafka_raw", "replay_kafka", "replay_kafka_workers")[:3 if workers else 2]:
+                for kind in ("replay_kafka_raw", "replay_kafka", "replay_kafka_workers",
+                             "replay_kafka_columns")[:4 if workers else 2]:
                     figures[f"ratio_{kind}_over_bare"] = round(figures[f"{kind}_per_s"] / figures["bare_consume_per_s"], 3)
                 figures["load_average_after"] = load_average()
                 await drop_run_database(settings, processors.writer)
@@ -192,6 +206,7 @@ def print_report(f: dict[str, Any]) -> None:
         ("replay from Kafka, decoded records", _rate(f, "replay_kafka")),
         ("  ratio decoded replay / bare", f"{f['ratio_replay_kafka_over_bare']}"),
         ("replay from ClickHouse", _rate(f, "replay_warehouse")),
+        ("replay from ClickHouse, Arrow columns", _rate(f, "replay_warehouse_columns")),
     ]
     rows += [(f"export {fmt} from Kafka", _rate(f, f"export_{fmt}_kafka")) for fmt in EXPORT_FORMATS]
     if f["workers"]:
@@ -199,6 +214,9 @@ def print_report(f: dict[str, Any]) -> None:
             (f"replay from Kafka, decoded in {f['workers']} workers (CPU-s: this process only)",
              _rate(f, "replay_kafka_workers")),
             ("  ratio decoded replay in workers / bare", f"{f['ratio_replay_kafka_workers_over_bare']}"),
+            (f"replay from Kafka, decoded into Arrow columns in {f['workers']} workers (CPU-s: this process only)",
+             _rate(f, "replay_kafka_columns")),
+            ("  ratio decoded replay into columns / bare", f"{f['ratio_replay_kafka_columns_over_bare']}"),
         ]
         rows += [(f"export {fmt} from Kafka, {f['workers']} workers (CPU-s: this process only)",
                   _rate(f, f"export_{fmt}_kafka_workers")) for fmt in EXPORT_FORMATS]

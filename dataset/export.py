@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import multiprocessing
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataset import worker_pool
 from dataset.formats import FORMATS, line_writer
 from dataset.hashing import Canonical, CanonicalLines, LineCollector
+from dataset.kafka_tables import kafka_tables
 from dataset.manifest import Manifest
 from dataset.parquet import (
     DICTIONARY_COLUMNS,
@@ -42,14 +42,18 @@ from dataset.parquet import (
 )
 from dataset.parquet import SCHEMA as PARQUET_SCHEMA
 from dataset.reader import DatasetRead
+from dataset.record_table import records_table
 from dataset.warehouse_columns import ColumnPage, ColumnPages
-from dataset.warehouse_reader import read_range_pages_from_warehouse
+from dataset.warehouse_reader import (
+    read_range_pages_from_warehouse,
+    read_range_tables_from_warehouse,
+)
 from deploy.kafka_clients import KafkaClients
 from kafkalog.log import paused_gc
 from kafkalog.ranges import decode_batch, read_range_batches, read_range_batches_raw
 from schemas.codec import AvroCodec
 from schemas.errors import DecodeError, InvalidDatasetRequest
-from schemas.registry import SchemaRegistry, default_registry
+from schemas.registry import default_registry
 from warehouse.client import Warehouse
 from warehouse.executor import WarehouseThread
 
@@ -105,6 +109,34 @@ async def dataset_batches(
         return next(pages, [])
 
     while page := await warehouse(next_page):
+        yield page
+
+
+async def dataset_tables(
+    manifest: Manifest, *, source: Source, kafka: KafkaClients | None = None, codec: AvroCodec | None = None,
+    warehouse: WarehouseRunner | None = None, workers: int = 0,
+) -> AsyncIterator[pa.Table]:
+    """The manifest's records, unfiltered, in (partition, offset) order, as tables of ``RECORD_SCHEMA``.
+
+    From Kafka with ``workers``, those processes read and decode the log (``dataset.kafka_tables``);
+    without, batches are decoded here record by record.
+    """
+    if source == "kafka" and workers > 0:
+        async for table in kafka_tables(kafka, manifest.ranges, codec=codec, workers=workers):
+            yield table
+        return
+    if source == "kafka":
+        async for batch in read_range_batches(kafka, manifest.ranges, codec=codec):
+            yield records_table(batch)
+        return
+    pages: Iterator[pa.Table] | None = None
+
+    def next_page(w: Warehouse) -> pa.Table | None:
+        nonlocal pages
+        pages = pages or read_range_tables_from_warehouse(w, manifest.ranges, batch_rows=_PAGE)
+        return next(pages, None)
+
+    while (page := await warehouse(next_page)) is not None:
         yield page
 
 
@@ -338,19 +370,6 @@ class _Chunk:
     written: int
 
 
-_WORKER_CODEC: AvroCodec | None = None
-_POOLS: dict[tuple, ProcessPoolExecutor] = {}
-
-
-def _start_worker(schemas: list[tuple[str, list[dict]]]) -> None:
-    global _WORKER_CODEC
-    registry = SchemaRegistry()
-    for name, definitions in schemas:
-        for definition in definitions:
-            registry.register(name, definition)
-    _WORKER_CODEC = AvroCodec(registry)
-
-
 def _work(job: _Job) -> _Chunk | None:
     """Decode, select, serialize and format one batch; None when a record does not decode.
 
@@ -359,7 +378,7 @@ def _work(job: _Job) -> _Chunk | None:
     """
     messages = [_Message(job.topic, job.partition, o, v) for o, v in zip(job.offsets, job.values)]
     try:
-        records = decode_batch(messages, _WORKER_CODEC)  # type: ignore[arg-type]
+        records = decode_batch(messages, worker_pool.worker_codec())
     except DecodeError:
         return None
     collector = LineCollector()
@@ -376,39 +395,11 @@ def _work(job: _Job) -> _Chunk | None:
     return _Chunk(collector.lines(), stream.getvalue().to_pybytes(), written)
 
 
-def _pool(codec: AvroCodec, workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` processes that decode with ``codec``'s schemas; kept for the next export."""
-    registry = codec.registry
-    schemas = [(name, [s.definition for s in registry.versions(name)]) for name in registry.names()]
-    key = (workers, tuple((name, tuple(s.fingerprint for s in registry.versions(name))) for name, _ in schemas))
-    pool = _POOLS.get(key)
-    if pool is None:
-        # spawn, not fork: the reading process has threads (the event loop's, the warehouse's).
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(schemas,))
-        _POOLS[key] = pool
-    return pool
-
-
-def _ready() -> bool:
-    return _WORKER_CODEC is not None
-
-
-async def start_workers(codec: AvroCodec, workers: int) -> None:
-    """Start (or find) the pool ``export_dataset(..., workers=workers)`` uses, and wait until each process is up.
-
-    Spawning imports the decoding stack in every worker (about a second each here); a caller that
-    times exports starts them first.
-    """
-    pool, loop = _pool(codec, workers), asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(workers)))
-
-
 def _decode(job: _Job) -> list[dict] | None:
     """Decode one batch into dataset records (sent back pickled); None when a record does not decode."""
     messages = [_Message(job.topic, job.partition, o, v) for o, v in zip(job.offsets, job.values)]
     try:
-        return decode_batch(messages, _WORKER_CODEC)  # type: ignore[arg-type]
+        return decode_batch(messages, worker_pool.worker_codec())
     except DecodeError:
         return None
 
@@ -420,7 +411,7 @@ async def _pooled(
     """``work(job)`` of each raw batch, in order; up to ``workers + 1`` batches in the pool while the next is read."""
     if codec is None:
         codec = AvroCodec(default_registry())
-    pool, loop = _pool(codec, workers), asyncio.get_running_loop()
+    pool, loop = worker_pool.pool(codec, workers), asyncio.get_running_loop()
     pending: deque = deque()
 
     async def finished() -> Any:

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from dataset.record_table import RECORD_SCHEMA
 from kafkalog.ranges import ordered_ranges
 
 if TYPE_CHECKING:
@@ -49,6 +50,14 @@ _PAGE_SQL = (
     f"WHERE {RANGE_WHERE} "
     "ORDER BY offset LIMIT {limit:UInt64}"
 )
+
+_TABLE_SQL = (
+    "SELECT trace_id, trace_version, prompt, CAST(arrayZip(step_index, step_type, step_content), "
+    "'Array(Tuple(i Int32, type String, content String))') AS steps, final_answer, meta, toString(source) AS source, "
+    "created_at, score, model, toString(topic) AS topic, toInt32(partition) AS partition, toInt64(offset) AS offset "
+    f"FROM {{db:Identifier}}.traces FINAL WHERE {RANGE_WHERE} ORDER BY offset LIMIT {{limit:UInt64}}"
+)
+"""A page of dataset records as ``dataset.record_table.RECORD_SCHEMA`` columns."""
 
 _OFFSETS_SQL = (
     f"SELECT {_RECORD_COLUMNS} FROM {{db:Identifier}}.traces FINAL "
@@ -142,6 +151,16 @@ def read_range_pages_from_warehouse(
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     for r, table in range_pages(warehouse, ranges, _PAGE_SQL, {}, most=batch_rows):
         yield _records(table, r.topic, r.partition)
+
+
+def read_range_tables_from_warehouse(
+    warehouse: Warehouse, ranges: Sequence[OffsetRange], *, batch_rows: int = 10000
+) -> Iterator[Any]:
+    """Like ``read_range_pages_from_warehouse``, each page a table of ``RECORD_SCHEMA`` (no Python object per row)."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    for _, table in range_pages(warehouse, ranges, _TABLE_SQL, {}, most=batch_rows):
+        yield table.cast(RECORD_SCHEMA)
 
 
 def read_offsets_from_warehouse(warehouse: Warehouse, topic: str, partition: int, offsets: Sequence[int]) -> list[dict]:

@@ -56,7 +56,7 @@ def _aware_timestamp_fields(schema: RegisteredSchema) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _appended_defaults(writer: dict, reader: dict) -> dict | None:
+def appended_defaults(writer: dict, reader: dict) -> dict | None:
     """Fields to add when ``reader`` is ``writer`` plus trailing plain-default fields.
 
     Then resolution is "decode with the writer, add defaults", about twice as
@@ -171,7 +171,7 @@ class AvroCodec:
                 return schemaless_reader(fo, w, None)
 
         else:
-            added = _appended_defaults(writer.definition, reader.definition)
+            added = appended_defaults(writer.definition, reader.definition)
             if added is not None:
 
                 def read(fo: BytesIO) -> dict:

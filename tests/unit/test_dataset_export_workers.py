@@ -113,3 +113,15 @@ def test_batches_decoded_in_workers_are_the_records_decoded_here(monkeypatch):
     pooled = asyncio.run(collect())
     assert pooled == [decode_batch(batch, CODEC) for batch in batches]
     assert all(r["created_at"].tzinfo is __import__("datetime").timezone.utc for b in pooled for r in b)
+
+
+def test_stretches_cut_ranges_in_reading_order_and_cover_each_offset_once():
+    from dataset.kafka_tables import stretches
+    from deploy.kafka_clients import KafkaClients
+
+    kafka = KafkaClients("localhost:9092")
+    ranges = [OffsetRange("t", 1, 5, 25), OffsetRange("t", 0, 0, 7), OffsetRange("t", 2, 9, 9)]
+    cut = stretches(kafka, ranges, size=8)
+    assert [(s.partition, s.start, s.end) for s in cut] == [(0, 0, 7), (1, 5, 13), (1, 13, 21), (1, 21, 25)]
+    with pytest.raises(ValueError, match="overlap"):
+        stretches(kafka, [OffsetRange("t", 0, 0, 10), OffsetRange("t", 0, 5, 12)], size=8)

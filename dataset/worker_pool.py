@@ -1,0 +1,76 @@
+"""The processes a dataset read decodes in: one pool per (size, schemas), kept for the next read.
+
+Workers are spawned, not forked (the reading process has threads: the event
+loop's, the warehouse's), and each rebuilds the reader's schema registry, so
+a schema registered at run time decodes there too. What a worker keeps
+between jobs (its codec, its ClickHouse engine, its Kafka consumers) lives
+here, one of each per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+from dataset.kafka_columns import ColumnDecoder
+from schemas.codec import AvroCodec
+from schemas.registry import SchemaRegistry
+
+_POOLS: dict[tuple, ProcessPoolExecutor] = {}
+_codec: AvroCodec | None = None
+_decoder: ColumnDecoder | None = None
+
+
+def _start_worker(schemas: list[tuple[str, list[dict]]]) -> None:
+    global _codec
+    registry = SchemaRegistry()
+    for name, definitions in schemas:
+        for definition in definitions:
+            registry.register(name, definition)
+    _codec = AvroCodec(registry)
+
+
+def worker_codec() -> AvroCodec:
+    """In a worker: the codec of the reading process's schemas."""
+    if _codec is None:
+        raise RuntimeError("worker_codec() is for the pool's worker processes")
+    return _codec
+
+
+def column_decoder() -> ColumnDecoder:
+    """In a worker: its ClickHouse Avro decoder, opened on first use (``dataset.kafka_columns``)."""
+    global _decoder
+    if _decoder is None:
+        _decoder = ColumnDecoder(worker_codec().registry)
+        atexit.register(_decoder.close)
+    return _decoder
+
+
+def pool(codec: AvroCodec, workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes that decode with ``codec``'s schemas; kept for the next read."""
+    registry = codec.registry
+    schemas = [(name, [s.definition for s in registry.versions(name)]) for name in registry.names()]
+    key = (workers, tuple((name, tuple(s.fingerprint for s in registry.versions(name))) for name, _ in schemas))
+    found = _POOLS.get(key)
+    if found is None:
+        found = _POOLS[key] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_start_worker, initargs=(schemas,))
+    return found
+
+
+def _ready(columns: bool) -> bool:
+    if columns:
+        column_decoder()
+    return _codec is not None
+
+
+async def start_workers(codec: AvroCodec, workers: int, *, columns: bool = False) -> None:
+    """Start (or find) the pool of ``workers`` processes for ``codec``, and wait until each is up.
+
+    Spawning imports the decoding stack in every worker (about a second each here); a caller that
+    times reads starts them first. ``columns``: also start the engine ``dataset_tables`` decodes with.
+    """
+    found, loop = pool(codec, workers), asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(found, _ready, columns) for _ in range(workers)))
