@@ -1,8 +1,8 @@
 """Dataset replay and export throughput, against a bare aiokafka consume of the same bytes.
 
-    python -m bench.datasets [--count 50000] [--seed 9] [--timeout 900] [--workers N]
+    python -m bench.datasets [--count 50000[,1000000...]] [--seed 9] [--timeout 900] [--workers N]
 
-One run, one process: publish ``--count`` valid traces, materialize them with
+One run per size, one process: publish ``--count`` valid traces, materialize them with
 the processors (in this process, which owns the embedded warehouse), snapshot
 them as one dataset, then time, each over the whole dataset:
 
@@ -16,6 +16,9 @@ them as one dataset, then time, each over the whole dataset:
 4. export of every format (JSON Lines and Parquet) from Kafka, in this process and (``--workers``, the CPU
    count by default) decoding and formatting in worker processes, and of every format from ClickHouse
    (``dataset.warehouse_columns``: the engine writes the hashed bytes and the lines), to /dev/null.
+
+With several sizes, each runs in turn on a broker and warehouse of its own,
+and a last table shows how each figure changes with size.
 
 Each figure is records per second of wall time and per CPU second of this process (``time.process_time``:
 steadier than wall time when other jobs share the machine; the broker's JVM is not in it). Speeds are
@@ -143,6 +146,7 @@ async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: 
                 _, manifest, took = await timed("snapshot", create_dataset(
                     settings, target.kafka, DatasetRequest("bench"), codec, wait_timeout_s=timeout_s))
                 figures["snapshot_s"] = round(took, 2)
+                figures["snapshot_per_s"] = round(manifest.record_count / took)
                 figures["records"] = manifest.record_count
                 print(f"snapshot of {manifest.record_count:,} records (hashed by replay) in {took:.1f} s", flush=True)
 
@@ -226,18 +230,48 @@ def print_report(f: dict[str, Any]) -> None:
     print(SHARED_MACHINE_NOTE.format(cpus=f["machine"]["cpus"]))
 
 
+SCALING = ("snapshot", "bare_consume", "replay_kafka_raw", "replay_kafka", "replay_kafka_columns",
+           "replay_warehouse", "replay_warehouse_columns",
+           *(f"export_{fmt}_{source}" for source in ("kafka", "kafka_workers", "warehouse") for fmt in EXPORT_FORMATS))
+
+
+def print_scaling(runs: list[dict[str, Any]]) -> None:
+    """Records per second of each phase at each size, and last size / first size."""
+    if len(runs) < 2:
+        return
+    counts = [f["records"] for f in runs]
+    print("\nhow each figure changes with size (records/s; ratio = last size / first size):")
+    print("  " + " " * 34 + "".join(f"{n:>14,}" for n in counts) + "     ratio")
+    for label in SCALING:
+        key = "snapshot_per_s" if label == "snapshot" else f"{label}_per_s"
+        if all(key in f for f in runs):
+            rates = [f[key] for f in runs]
+            print(f"  {label:<34}" + "".join(f"{rate:>14,}" for rate in rates) + f"   {rates[-1] / max(rates[0], 1):>6.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.datasets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=50_000, help="traces in the dataset (default 50000)")
+    parser.add_argument("--count", default="50000",
+                        help="traces in the dataset; several sizes comma-separated, run in turn (default 50000)")
     parser.add_argument("--seed", type=int, default=9, help="generator seed (default 9)")
     parser.add_argument("--timeout", type=float, default=900.0, help="upper bound on each phase, seconds")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="also export from Kafka decoding in this many processes (0: not; default: the CPU count)")
     args = parser.parse_args(argv)
+    try:
+        counts = [int(part) for part in args.count.split(",")]
+    except ValueError:
+        parser.error(f"--count takes whole numbers separated by commas, got {args.count!r}")
+    if any(n < 1 for n in counts):
+        parser.error("--count: each size must be at least 1")
     quiet_logging()
-    figures = asyncio.run(run(Settings(), args.count, args.seed, args.timeout, args.workers))
-    print_report(figures)
-    emit_json("datasets", figures)
+    runs = []
+    for count in counts:
+        figures = asyncio.run(run(Settings(), count, args.seed, args.timeout, args.workers))
+        print_report(figures)
+        emit_json("datasets", figures)
+        runs.append(figures)
+    print_scaling(runs)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ record; one that does not decode at all is read again here, so the
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import itertools
+import multiprocessing.util
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -140,7 +140,7 @@ def _read_stretch(stretch: Stretch) -> str | None:
     global _loop
     if _loop is None:
         _loop = asyncio.new_event_loop()
-        atexit.register(_close)
+        multiprocessing.util.Finalize(None, _close, exitpriority=20)  # before the decoder's folder goes
     messages = _loop.run_until_complete(_read(stretch))
     table = worker_pool.column_decoder().decode(
         stretch.topic, stretch.partition, [m.offset for m in messages], [m.value for m in messages])
@@ -158,6 +158,7 @@ def _read_stretch(stretch: Stretch) -> str | None:
 async def _read(stretch: Stretch) -> list:
     consumer = _consumers.get(stretch.kafka)
     if consumer is None:
+        await _stop_consumers()  # another cluster than the last read's: one reader per worker, kept for the next
         consumer = _consumers[stretch.kafka] = await start_range_consumer(stretch.kafka)
     messages: list = []
     try:
@@ -170,9 +171,14 @@ async def _read(stretch: Stretch) -> list:
     return messages
 
 
+async def _stop_consumers() -> None:
+    for consumer in _consumers.values():
+        with contextlib.suppress(Exception):  # its broker may be gone by now
+            await consumer.stop()
+    _consumers.clear()
+
+
 def _close() -> None:
     if _loop is not None:
-        for consumer in _consumers.values():
-            with contextlib.suppress(Exception):  # the broker may be gone by now; the process is ending anyway
-                _loop.run_until_complete(consumer.stop())
+        _loop.run_until_complete(_stop_consumers())
         _loop.close()

@@ -10,8 +10,8 @@ here, one of each per process.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import multiprocessing
+import multiprocessing.util
 from concurrent.futures import ProcessPoolExecutor
 
 from dataset.kafka_columns import ColumnDecoder
@@ -44,7 +44,8 @@ def column_decoder() -> ColumnDecoder:
     global _decoder
     if _decoder is None:
         _decoder = ColumnDecoder(worker_codec().registry)
-        atexit.register(_decoder.close)
+        # A pool's worker leaves through os._exit, which skips atexit; multiprocessing runs its finalizers.
+        multiprocessing.util.Finalize(None, _decoder.close, exitpriority=10)
     return _decoder
 
 
