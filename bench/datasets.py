@@ -37,6 +37,7 @@ from aiokafka import TopicPartition
 
 from bench.common import (
     SHARED_MACHINE_NOTE,
+    KafkaTarget,
     drop_run_database,
     drop_run_topics,
     emit_json,
@@ -126,72 +127,71 @@ async def count_tables(iterator) -> int:
     return n
 
 
-async def run(base: Settings, count: int, seed: int, timeout_s: float, workers: int) -> dict[str, Any]:
+async def run(base: Settings, target: KafkaTarget, count: int, seed: int, timeout_s: float,
+              workers: int) -> dict[str, Any]:
+    """One size on ``target``'s broker and ``base``'s home, in topics and a database of its own (dropped after)."""
     figures: dict[str, Any] = {"count": count, "seed": seed, "workers": workers, "machine": machine()}
     codec = AvroCodec(default_registry())
-    with temp_workdir() as workdir:
-        base = base.model_copy(update={"home": workdir / "home"})
-        with kafka(base, workdir) as target:
-            settings = run_settings(base, home=workdir / "home", bootstrap=target.bootstrap, tag="datasets")
-            print_machine(figures["machine"], target.description, warehouse_kind(settings))
-            print(f"\ngenerating and publishing {count:,} traces ...", flush=True)
-            events = encode_events(count, seed)
-            figures["mean_event_bytes"] = round(events.mean_bytes)
-            await ensure_pipeline_topics(settings, target.kafka)
-            await publish(settings, target.kafka, events.items, timeout_s, target.broker_pid)
-            async with running_processors(settings, target.kafka) as processors:
-                await processors.app.start()
-                print("materializing ...", flush=True)
-                await asyncio.wait_for(wait_until_caught_up(settings, target.kafka), timeout_s)
-                _, manifest, took = await timed("snapshot", create_dataset(
-                    settings, target.kafka, DatasetRequest("bench"), codec, wait_timeout_s=timeout_s))
-                figures["snapshot_s"] = round(took, 2)
-                figures["snapshot_per_s"] = round(manifest.record_count / took)
-                figures["records"] = manifest.record_count
-                print(f"snapshot of {manifest.record_count:,} records (hashed by replay) in {took:.1f} s", flush=True)
+    settings = run_settings(base, home=base.home, bootstrap=target.bootstrap, tag="datasets")
+    print_machine(figures["machine"], target.description, warehouse_kind(settings))
+    print(f"\ngenerating and publishing {count:,} traces ...", flush=True)
+    events = encode_events(count, seed)
+    figures["mean_event_bytes"] = round(events.mean_bytes)
+    await ensure_pipeline_topics(settings, target.kafka)
+    await publish(settings, target.kafka, events.items, timeout_s, target.broker_pid)
+    async with running_processors(settings, target.kafka) as processors:
+        await processors.app.start()
+        print("materializing ...", flush=True)
+        await asyncio.wait_for(wait_until_caught_up(settings, target.kafka), timeout_s)
+        _, manifest, took = await timed("snapshot", create_dataset(
+            settings, target.kafka, DatasetRequest("bench"), codec, wait_timeout_s=timeout_s))
+        figures["snapshot_s"] = round(took, 2)
+        figures["snapshot_per_s"] = round(manifest.record_count / took)
+        figures["records"] = manifest.record_count
+        print(f"snapshot of {manifest.record_count:,} records (hashed by replay) in {took:.1f} s", flush=True)
 
-                cpu = time.process_time()
-                n, size, took = await bare_consume(target.kafka, manifest.ranges)
-                CPU_SECONDS["bare_consume"] = time.process_time() - cpu
-                figures["bare_consume_per_cpu_s"] = round(n / CPU_SECONDS["bare_consume"])
-                figures["bare_consume_per_s"] = round(n / took)
-                figures["bare_consume_mb_per_s"] = round(size / took / 1e6, 1)
-                runs = [
-                    await timed("replay_kafka_raw", count_async(read_ranges_raw(target.kafka, manifest.ranges))),
-                    await timed("replay_kafka", count_async(read_ranges(target.kafka, manifest.ranges, codec=codec))),
-                    await timed("replay_warehouse", count_async(dataset_records(
-                        manifest, source="warehouse", warehouse=processors.writer.run))),
-                    await timed("replay_warehouse_columns", count_tables(dataset_tables(
-                        manifest, source="warehouse", warehouse=processors.writer.run))),
-                ]
-                with open(os.devnull, "wb") as sink:
-                    for fmt in EXPORT_FORMATS:
-                        runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
-                            manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
-                    if workers:
-                        await start_workers(codec, workers, columns=True)
-                        runs.append(await timed("replay_kafka_workers", count_batches(dataset_batches(
-                            manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
-                        runs.append(await timed("replay_kafka_columns", count_tables(dataset_tables(
-                            manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
-                        for fmt in EXPORT_FORMATS:
-                            runs.append(await timed(f"export_{fmt}_kafka_workers", export_dataset(
-                                manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec,
-                                workers=workers)))
-                    for fmt in EXPORT_FORMATS:
-                        runs.append(await timed(f"export_{fmt}_warehouse", export_dataset(
-                            manifest, fmt, "all", sink, source="warehouse", warehouse=processors.writer.run)))
-                for label, result, took in runs:
-                    n = result if isinstance(result, int) else result.records
-                    assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
-                    figures[f"{label}_per_s"] = round(n / took)
-                    figures[f"{label}_per_cpu_s"] = round(n / CPU_SECONDS[label])
-                for kind in ("replay_kafka_raw", "replay_kafka", "replay_kafka_workers",
-                             "replay_kafka_columns")[:4 if workers else 2]:
-                    figures[f"ratio_{kind}_over_bare"] = round(figures[f"{kind}_per_s"] / figures["bare_consume_per_s"], 3)
-                figures["load_average_after"] = load_average()
-                await drop_run_database(settings, processors.writer)
-            await drop_run_topics(settings, target)
+        cpu = time.process_time()
+        n, size, took = await bare_consume(target.kafka, manifest.ranges)
+        CPU_SECONDS["bare_consume"] = time.process_time() - cpu
+        figures["bare_consume_per_cpu_s"] = round(n / CPU_SECONDS["bare_consume"])
+        figures["bare_consume_per_s"] = round(n / took)
+        figures["bare_consume_mb_per_s"] = round(size / took / 1e6, 1)
+        runs = [
+            await timed("replay_kafka_raw", count_async(read_ranges_raw(target.kafka, manifest.ranges))),
+            await timed("replay_kafka", count_async(read_ranges(target.kafka, manifest.ranges, codec=codec))),
+            await timed("replay_warehouse", count_async(dataset_records(
+                manifest, source="warehouse", warehouse=processors.writer.run))),
+            await timed("replay_warehouse_columns", count_tables(dataset_tables(
+                manifest, source="warehouse", warehouse=processors.writer.run))),
+        ]
+        with open(os.devnull, "wb") as sink:
+            for fmt in EXPORT_FORMATS:
+                runs.append(await timed(f"export_{fmt}_kafka", export_dataset(
+                    manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec)))
+            if workers:
+                await start_workers(codec, workers, columns=True)
+                runs.append(await timed("replay_kafka_workers", count_batches(dataset_batches(
+                    manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
+                runs.append(await timed("replay_kafka_columns", count_tables(dataset_tables(
+                    manifest, source="kafka", kafka=target.kafka, codec=codec, workers=workers))))
+                for fmt in EXPORT_FORMATS:
+                    runs.append(await timed(f"export_{fmt}_kafka_workers", export_dataset(
+                        manifest, fmt, "all", sink, source="kafka", kafka=target.kafka, codec=codec,
+                        workers=workers)))
+            for fmt in EXPORT_FORMATS:
+                runs.append(await timed(f"export_{fmt}_warehouse", export_dataset(
+                    manifest, fmt, "all", sink, source="warehouse", warehouse=processors.writer.run)))
+        for label, result, took in runs:
+            n = result if isinstance(result, int) else result.records
+            assert n == manifest.record_count, f"{label} read {n} of {manifest.record_count} records"
+            figures[f"{label}_per_s"] = round(n / took)
+            figures[f"{label}_per_cpu_s"] = round(n / CPU_SECONDS[label])
+        for kind in ("replay_kafka_raw", "replay_kafka", "replay_kafka_workers",
+                     "replay_kafka_columns")[:4 if workers else 2]:
+            figures[f"ratio_{kind}_over_bare"] = round(figures[f"{kind}_per_s"] / figures["bare_consume_per_s"], 3)
+        figures["load_average_after"] = load_average()
+        await drop_run_database(settings, processors.writer)
+    await drop_run_topics(settings, target)
     return figures
 
 
@@ -266,11 +266,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--count: each size must be at least 1")
     quiet_logging()
     runs = []
-    for count in counts:
-        figures = asyncio.run(run(Settings(), count, args.seed, args.timeout, args.workers))
-        print_report(figures)
-        emit_json("datasets", figures)
-        runs.append(figures)
+    with temp_workdir() as workdir:  # one home for every size: chDB lets a process open one warehouse folder
+        base = Settings().model_copy(update={"home": workdir / "home"})
+        with kafka(base, workdir) as target:
+            for count in counts:
+                figures = asyncio.run(run(base, target, count, args.seed, args.timeout, args.workers))
+                print_report(figures)
+                emit_json("datasets", figures)
+                runs.append(figures)
     print_scaling(runs)
 
 

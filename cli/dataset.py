@@ -139,11 +139,16 @@ def export(
     split: str = typer.Option("all", "--split", help="train, eval or all."),
     out_file: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: stdout)."),
     source: str = typer.Option("kafka", "--source", help="kafka (replay the log) or warehouse (ClickHouse)."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, max=64, help="From Kafka: decode and format in this "
+                                "many processes (0: in this one); worth it on a machine with cores to spare."),
 ) -> None:
     """Write a dataset as JSON Lines or Parquet; the same manifest always gives the same bytes, from either source."""
     if split not in ("all", "train", "eval") or source not in ("kafka", "warehouse") or fmt not in EXPORT_FORMATS:
         console.print(f"[red]error:[/red] --split is train|eval|all, --source kafka|warehouse, "
                       f"--format {'|'.join(EXPORT_FORMATS)}")
+        raise typer.Exit(2)
+    if workers and source != "kafka":
+        console.print("[red]error:[/red] --workers is for --source kafka (the warehouse writes the export itself)")
         raise typer.Exit(2)
     settings = load_settings()
     kafka = require_kafka(settings)
@@ -156,7 +161,8 @@ def export(
         sink = out_file.open("wb") if out_file else sys.stdout.buffer
         try:
             summary = asyncio.run(export_dataset(
-                manifest, fmt, split, sink, source=source, kafka=kafka, codec=codec, warehouse=warehouse))
+                manifest, fmt, split, sink, source=source, kafka=kafka, codec=codec, warehouse=warehouse,
+                workers=workers))
         finally:
             if out_file:
                 sink.close()

@@ -10,10 +10,14 @@ the engine selects the records and writes those bytes and lines itself, and
 Parquet columns come back as Arrow arrays (``dataset.warehouse_columns``).
 
 From Kafka, decoding and formatting can run in worker processes
-(``workers=N``): each worker turns a raw batch into bytes (the canonical lines
-to hash, the JSON Lines, or an Arrow IPC batch of Parquet rows), and this
-process hashes and writes them in order, regrouping Parquet rows into the same
-whole row groups, so the file is byte for byte the one-process file.
+(``workers=N``, ``dataset.worker_pool``): each worker turns a raw batch into
+bytes (the canonical lines to hash, the JSON Lines, or an Arrow IPC batch of
+Parquet rows), and this process hashes and writes them in order, regrouping
+Parquet rows into the same whole row groups, so the file is byte for byte the
+one-process file.
+
+The records themselves come as dicts (``dataset_records``) or as Arrow tables
+(``dataset_tables``; from Kafka with workers, ``dataset.kafka_tables``).
 """
 
 from __future__ import annotations

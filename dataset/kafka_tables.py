@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing.util
+import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -133,14 +134,15 @@ async def _raise_decode_error(stretch: Stretch, codec: AvroCodec | None) -> None
 _loop: asyncio.AbstractEventLoop | None = None
 _consumers: dict[KafkaClients, AIOKafkaConsumer] = {}
 _written = itertools.count()
+_last_used = 0.0
+_IDLE_S = 60.0
 
 
 def _read_stretch(stretch: Stretch) -> str | None:
     """One stretch read and decoded, written as an Arrow IPC file: its path, or None when a record does not decode."""
     global _loop
     if _loop is None:
-        _loop = asyncio.new_event_loop()
-        multiprocessing.util.Finalize(None, _close, exitpriority=20)  # before the decoder's folder goes
+        _loop = asyncio.new_event_loop()  # its consumers are not stopped at exit: the sockets close with the process
     messages = _loop.run_until_complete(_read(stretch))
     table = worker_pool.column_decoder().decode(
         stretch.topic, stretch.partition, [m.offset for m in messages], [m.value for m in messages])
@@ -156,9 +158,12 @@ def _read_stretch(stretch: Stretch) -> str | None:
 
 
 async def _read(stretch: Stretch) -> list:
+    global _last_used
     consumer = _consumers.get(stretch.kafka)
-    if consumer is None:
-        await _stop_consumers()  # another cluster than the last read's: one reader per worker, kept for the next
+    if consumer is None or time.monotonic() - _last_used > _IDLE_S:
+        # One reader per worker, kept for the next stretch; a new one for another cluster, or after a pause
+        # long enough for the broker to have closed the connection (its reconnection logs errors).
+        await _stop_consumers()
         consumer = _consumers[stretch.kafka] = await start_range_consumer(stretch.kafka)
     messages: list = []
     try:
@@ -168,17 +173,17 @@ async def _read(stretch: Stretch) -> list:
             messages += batch
     finally:
         consumer.unsubscribe()  # no fetching past the stretch while the worker waits for its next job
+        _last_used = time.monotonic()
     return messages
 
 
 async def _stop_consumers() -> None:
-    for consumer in _consumers.values():
-        with contextlib.suppress(Exception):  # its broker may be gone by now
-            await consumer.stop()
+    quiet = logging.getLogger("aiokafka")
+    level, quiet.level = quiet.level, logging.CRITICAL  # its broker may be gone: nothing to report
+    try:
+        for consumer in _consumers.values():
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+    finally:
+        quiet.setLevel(level)
     _consumers.clear()
-
-
-def _close() -> None:
-    if _loop is not None:
-        _loop.run_until_complete(_stop_consumers())
-        _loop.close()

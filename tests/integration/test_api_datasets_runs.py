@@ -65,9 +65,12 @@ async def test_dataset_export_over_http_is_byte_identical_to_the_cli(settings: S
                 parquet_over_http = b"".join([chunk async for chunk in r.aiter_bytes()])
             out = settings.home / f"gsm-{settings.app_id}.parquet"
             done = await asyncio.to_thread(cli, settings, "dataset", "export", "gsm@1", "--format", "parquet",
-                                           "--out", str(out))
+                                           "--out", str(out), "--workers", "2")  # replayed, decoded in 2 processes
             assert done.returncode == 0, done.stderr
             assert parquet_over_http == out.read_bytes() and parquet_over_http[:4] == b"PAR1"
+            refused = await asyncio.to_thread(cli, settings, "dataset", "export", "gsm@1", "--source", "warehouse",
+                                              "--workers", "2")
+            assert refused.returncode == 2 and "--workers is for --source kafka" in refused.stdout
 
             unknown = await client.get("/api/datasets/nope/export")
             assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]

@@ -7,6 +7,8 @@ records the in-process replay decodes with fastavro and the warehouse holds.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pyarrow as pa
 import pytest
 
@@ -18,6 +20,7 @@ from dataset.record_table import RECORD_SCHEMA, records_table
 from dataset.snapshot import DatasetRequest, create_dataset
 from deploy.kafka_admin import ensure_topics_async
 from devtools.generator import generate_events
+from kafkalog.ranges import read_ranges
 from schemas.codec import AvroCodec
 from schemas.errors import CorruptAvroError, NotAvroError
 from schemas.registry import default_registry
@@ -64,10 +67,13 @@ async def test_columns_decoded_in_workers_are_the_records_of_replay_and_of_the_w
 
 @pytest.mark.asyncio
 async def test_a_record_that_does_not_decode_is_named_by_its_offset(settings, monkeypatch):
+    """A topic of its own, written around validation: corrupt bodies, and instants the warehouse cannot hold."""
     monkeypatch.setattr(kafka_tables_module, "STRETCH_OFFSETS", 10)
     topic = f"{settings.topic_prefix}columns-corrupt"
     await ensure_topics_async(kafka_of(settings), {topic: 1})
     events = list(generate_events(30, seed=92, broken_share=0.0))
+    for event, year in zip(events, (1, 1800, 2300, 9999)):
+        event.record["created_at"] = datetime(year, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
     values = [CODEC.encode(e.record, "Trace", e.schema_version) for e in events]
     values[13] = values[13][:-4]  # truncated body
     values[22] = b"plain text, not Avro"
@@ -82,6 +88,8 @@ async def test_a_record_that_does_not_decode_is_named_by_its_offset(settings, mo
     kafka = kafka_of(settings)
     whole = await _concat(kafka_tables(kafka, [OffsetRange(topic, 0, 0, 13)], codec=CODEC, workers=1))
     assert whole.column("trace_id").to_pylist() == [e.trace_id for e in events[:13]]
+    assert whole.equals(records_table([r async for r in read_ranges(kafka, [OffsetRange(topic, 0, 0, 13)], codec=CODEC)]))
+    assert whole.column("created_at")[0].as_py().year == 1 and whole.column("created_at")[3].as_py().year == 9999
     with pytest.raises(CorruptAvroError, match=rf"{topic}\[0\]@13"):
         await _concat(kafka_tables(kafka, [OffsetRange(topic, 0, 0, 20)], codec=CODEC, workers=1))
     with pytest.raises(NotAvroError, match=rf"{topic}\[0\]@22"):
