@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import multiprocessing.util
 import os
 import time
 from collections import deque
@@ -142,7 +143,8 @@ def _read_stretch(stretch: Stretch) -> str | None:
     """One stretch read and decoded, written as an Arrow IPC file: its path, or None when a record does not decode."""
     global _loop
     if _loop is None:
-        _loop = asyncio.new_event_loop()  # its consumers are not stopped at exit: the sockets close with the process
+        _loop = asyncio.new_event_loop()
+        multiprocessing.util.Finalize(None, _close, exitpriority=20)  # a pool's worker skips atexit
     messages = _loop.run_until_complete(_read(stretch))
     table = worker_pool.column_decoder().decode(
         stretch.topic, stretch.partition, [m.offset for m in messages], [m.value for m in messages])
@@ -187,3 +189,10 @@ async def _stop_consumers() -> None:
     finally:
         quiet.setLevel(level)
     _consumers.clear()
+
+
+def _close() -> None:
+    """At the worker's exit: stop its consumer (unstopped, asyncio reports its pending tasks), close the loop."""
+    if _loop is not None:
+        _loop.run_until_complete(_stop_consumers())
+        _loop.close()

@@ -70,7 +70,7 @@ async def test_dataset_export_over_http_is_byte_identical_to_the_cli(settings: S
             assert parquet_over_http == out.read_bytes() and parquet_over_http[:4] == b"PAR1"
             refused = await asyncio.to_thread(cli, settings, "dataset", "export", "gsm@1", "--source", "warehouse",
                                               "--workers", "2")
-            assert refused.returncode == 2 and "--workers is for --source kafka" in refused.stdout
+            assert refused.returncode == 2 and "--workers is for --source kafka" in refused.stderr
 
             unknown = await client.get("/api/datasets/nope/export")
             assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
