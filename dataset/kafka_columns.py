@@ -102,7 +102,8 @@ def container_blocks(values: Sequence[bytes]) -> bytes:
 class ColumnDecoder:
     """Decodes batches of one registry's Trace messages into ``RECORD_SCHEMA`` tables; one per process."""
 
-    def __init__(self, registry: SchemaRegistry) -> None:
+    def __init__(self, registry: SchemaRegistry, parent: str | None = None) -> None:
+        """``parent``: where to make this decoder's folder (default: ``scratch_parent()``)."""
         import chdb  # here, not at import: it loads the engine (a 500 MB library)
 
         self._engine = chdb.connect(":memory:")
@@ -110,7 +111,7 @@ class ColumnDecoder:
         self._failures = (chdb.ChdbError, RuntimeError, OSError)
         self._registry = registry
         self._latest = registry.latest(TRACE)
-        self.folder = tempfile.mkdtemp(prefix="tracestream-decode-", dir=_scratch_parent())
+        self.folder = tempfile.mkdtemp(prefix="tracestream-decode-", dir=parent or scratch_parent())
         """Where this decoder's files are (removed by ``close``)."""
         self._headers: dict[bytes, bytes | None] = {}
         self._warm_up()
@@ -186,7 +187,7 @@ class ColumnDecoder:
         return table.append_column("offset", pa.array(offsets, pa.int64())).cast(RECORD_SCHEMA)
 
 
-def _scratch_parent() -> str | None:
+def scratch_parent() -> str | None:
     """/dev/shm when it has room for a few batches (a container's is often 64 MB), else the temp folder."""
     try:
         return "/dev/shm" if shutil.disk_usage("/dev/shm").free > _SHM_NEEDED and os.access("/dev/shm", os.W_OK) else None

@@ -61,9 +61,10 @@ class Stretch:
     stall_timeout_s: float
 
 
-def stretches(kafka: KafkaClients, ranges: Sequence[OffsetRange], size: int = STRETCH_OFFSETS,
+def stretches(kafka: KafkaClients, ranges: Sequence[OffsetRange], size: int | None = None,
               stall_timeout_s: float = 60.0) -> list[Stretch]:
-    """``ranges`` in reading order, cut into stretches of at most ``size`` offsets."""
+    """``ranges`` in reading order, cut into stretches of at most ``size`` (``STRETCH_OFFSETS``) offsets."""
+    size = size or STRETCH_OFFSETS
     out = []
     for r in ordered_ranges(ranges):
         for start in range(r.start, r.end, size):
@@ -181,7 +182,8 @@ async def _read(stretch: Stretch) -> list:
 
 async def _stop_consumers() -> None:
     quiet = logging.getLogger("aiokafka")
-    level, quiet.level = quiet.level, logging.CRITICAL  # its broker may be gone: nothing to report
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its broker may be gone: nothing to report
     try:
         for consumer in _consumers.values():
             with contextlib.suppress(Exception):

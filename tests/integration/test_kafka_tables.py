@@ -7,12 +7,16 @@ records the in-process replay decodes with fastavro and the warehouse holds.
 
 from __future__ import annotations
 
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
 
 import dataset.kafka_tables as kafka_tables_module
+from dataset import worker_pool
 from dataset.export import dataset_records, dataset_tables
 from dataset.kafka_tables import kafka_tables
 from dataset.ranges import OffsetRange
@@ -97,3 +101,30 @@ async def test_a_record_that_does_not_decode_is_named_by_its_offset(settings, mo
     # The readers in workers are still there for the next read, and stop nothing else.
     tail = await _concat(kafka_tables(kafka, [OffsetRange(topic, 0, 23, 30)], codec=CODEC, workers=1))
     assert tail.column("offset").to_pylist() == list(range(23, 30))
+
+
+@pytest.mark.asyncio
+async def test_a_worker_killed_mid_read_fails_that_read_and_the_next_read_starts_new_workers(settings, monkeypatch):
+    monkeypatch.setattr(kafka_tables_module, "STRETCH_OFFSETS", 1)  # a job per record: the kill lands mid-read
+    topic = f"{settings.topic_prefix}columns-killed"
+    await ensure_topics_async(kafka_of(settings), {topic: 1})
+    events = list(generate_events(40, seed=93, broken_share=0.0))
+    producer = kafka_of(settings).producer(acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send(topic, CODEC.encode(event.record, "Trace", event.schema_version))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    kafka, ranges = kafka_of(settings), [OffsetRange(topic, 0, 0, len(events))]
+
+    tables = kafka_tables(kafka, ranges, codec=CODEC, workers=1)
+    assert (await anext(tables)).column("offset").to_pylist() == [0]
+    for process in list(worker_pool.pool(CODEC, 1)._processes.values()):
+        os.kill(process.pid, signal.SIGKILL)
+    with pytest.raises(BrokenProcessPool):
+        async for _ in tables:
+            pass
+    again = await _concat(kafka_tables(kafka, ranges, codec=CODEC, workers=1))
+    assert again.column("trace_id").to_pylist() == [e.trace_id for e in events]
