@@ -142,8 +142,10 @@ class _Trial(FunctionTrainable):
 
     def setup(self, config: dict[str, Any], job: _Job | None = None) -> None:
         self._job = job
-        if 0 < job.gpu_share < 1:  # trials share a GPU: JAX must not take most of its memory, as it does alone
-            os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 * job.gpu_share:.2f}")
+        if 0 < job.gpu_share < 1:
+            # Trials share a GPU: JAX must not take most of its memory, as it does alone. XLA reads this knob only
+            # from the environment; the trial's own Ray worker process is the one it applies to, so it is set, not read.
+            os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * job.gpu_share:.2f}"
         self._ended = threading.Event()
         self._stopped_by_tune = False
         super().setup(config)
