@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from api.app import create_app
 from api.deps import SESSION_COOKIE, SESSION_MAX_AGE_S
@@ -93,8 +94,9 @@ class Page:
         def type_and_submit() -> None:
             box = self.driver.find_element(By.ID, "trace-id")
             box.clear()
-            box.send_keys(trace_id)
-            self.driver.find_element(By.CSS_SELECTOR, "#trace-open button[type=submit]").click()
+            # Enter submits the form as a user would; a click can land on a panel that the live
+            # page has just grown over the button.
+            box.send_keys(trace_id, Keys.ENTER)
 
         await self.call(type_and_submit)
 
@@ -339,8 +341,7 @@ async def test_with_reads_behind_the_token_the_dashboard_signs_in_and_reads_with
 def _sign_in(driver: Any, token: str) -> None:
     box = driver.find_element(By.ID, "sign-in-token")
     box.clear()
-    box.send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
+    box.send_keys(token, Keys.ENTER)
 
 
 async def _points_if(page: Page, div_id: str, count: int) -> dict | None:
