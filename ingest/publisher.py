@@ -21,12 +21,15 @@ from deploy.settings import Settings
 from ingest.producer import DeliveryFailure, DeliveryReport, TraceProducer
 from schemas.errors import TracestreamError
 
-LINGER_MS = 2
-"""How long a batch waits for other requests' events. Measured 2026-11-30 on the shared 2-core dev machine
-(load average 6-8, so single runs vary 2x), 16 concurrent single-trace clients against GET /healthz in the
-same run, two interleaved rounds: 0 ms gave 0.25/0.49x healthz, 1 ms 0.43/0.49x, 2 ms 0.63/0.99x (earlier,
-before batches coalesced while a hand-over waits: 1 ms 0.42-0.51x, 2 ms 0.26-0.60x, 5 ms 0.26-0.50x).
-Longer lingers only add latency: under load a batch fills while the previous produce request is in flight."""
+LINGER_MS = 0
+"""How long a batch waits for other requests' events before it may go out: not at all. Batches of one broker
+still go out one round trip at a time (``TraceProducer`` holds a lingered batch while the broker's last one is
+unacknowledged), so under load each produce request carries every event since the last, and a lone request is
+sent at once. Measured 2026-11-30/12-01 on the shared 2-core dev machine with ``bench.api_load`` (16 concurrent
+single-trace clients against GET /healthz in the same run, 20,000 traces, quiet machine): before the per-broker
+hold, 2 ms gave 0.53-0.54x healthz at 4.7-5.8 events per produce request; with it, 0 ms 0.54-0.63x and 2 ms
+0.49-0.59x at 7.4 events per request, broker round trip p50 1.05 -> 0.55 ms. Two producers (two requests in
+flight) measured worse (0.42-0.51x): more, smaller produce requests cost the broker more CPU on the same cores."""
 
 
 class Publisher:

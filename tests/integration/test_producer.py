@@ -322,6 +322,45 @@ async def test_linger_sends_a_lone_event_without_flush(kafka):
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
+async def test_lingered_batches_wait_for_their_brokers_last_acknowledgement_and_go_out_together(kafka):
+    """One round trip at a time per broker: what arrives meanwhile goes out in the next, not in a queue of batches.
+
+    Events arrive one per turn of the event loop with no linger, as single-trace requests do under load.
+    """
+    settings = _settings()
+    await _create_raw_topic(kafka, settings, {})
+    payloads = [f"{n:05d}".encode() * 40 for n in range(600)]
+    async with TraceProducer(settings, kafka, linger_ms=0) as producer:
+        client = producer._producer  # the one Kafka client; spied on, as a reader of the log cannot see batches
+        send_batch = client.send_batch
+        handed: list[tuple[int, int, int]] = []  # (partition, events, batches of that partition unacknowledged)
+        futures: dict[int, list[asyncio.Future]] = defaultdict(list)
+
+        async def spy(batch, topic, *, partition):
+            handed.append((partition, batch.record_count(), sum(not f.done() for f in futures[partition])))
+            future = await send_batch(batch, topic, partition=partition)
+            futures[partition].append(future)
+            return future
+
+        client.send_batch = spy
+        deliveries = []
+        for n, payload in enumerate(payloads):
+            deliveries.append(await producer.publish_bytes(payload, f"key-{n}".encode()))
+            await asyncio.sleep(0)
+        async with asyncio.timeout(30):
+            placed = [await delivery for delivery in deliveries]
+        report = await producer.flush()
+    assert (report.delivered, report.failed) == (len(payloads), 0)
+    assert [unacknowledged for _, _, unacknowledged in handed] == [0] * len(handed)
+    assert sum(events for _, events, _ in handed) == len(payloads)
+    assert len(handed) < len(payloads) / 4, f"{len(handed)} batches for {len(payloads)} events"
+    records = await _read_all(kafka, settings.topics.raw, len(payloads))
+    at = {(r.partition, r.offset): r.value for r in records}
+    assert [at[m.partition, m.offset] for m in placed] == payloads
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
 async def test_publish_jsonl_publishes_good_lines_and_reports_bad_ones(kafka, tmp_path):
     settings = _settings()
     await _create_raw_topic(kafka, settings, BIG_TOPIC_CONFIG)
