@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import subprocess
@@ -51,7 +52,7 @@ import sys
 import time
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from bench.common import (
     SHARED_MACHINE_NOTE,
@@ -352,17 +353,41 @@ def merge(settings: Settings) -> float:
     return time.perf_counter() - started
 
 
-async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
-    import gc
+class CollectionTimes:
+    """The garbage collector's pauses in this process while the load runs (``gc.callbacks``): full collections
+    stop the event loop that serves every request."""
 
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self._started = 0.0
+
+    def __enter__(self) -> Self:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for generation in (0, 1, 2):
+            pauses = [s for g, s in self.pauses if g == generation]
+            out[f"gen{generation}"] = {"collections": len(pauses), "total_ms": round(sum(pauses) * 1000),
+                                       "max_ms": round(max(pauses, default=0) * 1000, 1),
+                                       "over_10ms": sum(p > 0.01 for p in pauses)}
+        return out
+
+
+async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
     from api.app import create_app
     from api.server import serving
     from bench.common import free_port
-    gcs = []
-    def cb(phase, info, t=[0]):
-        if phase == "start": t[0] = time.perf_counter()
-        else: gcs.append((info["generation"], time.perf_counter() - t[0]))
-    gc.callbacks.append(cb)
     cached_port, uncached_port = free_port(), free_port()
     cached = create_app(settings)
     uncached = create_app(settings.model_copy(update={"api_cache_entries": 0}), ingest=False)
@@ -394,17 +419,16 @@ async def serve_and_load(settings: Settings, args: argparse.Namespace, ids: list
     spec_file = Path(args.workdir) / "client.json"
     spec_file.write_text(json.dumps(spec))
     async with serving(cached, "127.0.0.1", cached_port), serving(uncached, "127.0.0.1", uncached_port):
-        client = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.api_load", "--client", str(spec_file),
-            stdout=subprocess.PIPE, env=settings.child_environment(), cwd=Path(__file__).resolve().parents[1])
-        stdout, _ = await client.communicate()
+        with CollectionTimes() as collections:
+            client = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.api_load", "--client", str(spec_file),
+                stdout=subprocess.PIPE, env=settings.child_environment(), cwd=Path(__file__).resolve().parents[1])
+            stdout, _ = await client.communicate()
         if client.returncode != 0:
             raise SystemExit(f"the load client failed ({client.returncode})")
         reader = cached.state.api.reader
         figures = json.loads(stdout.decode().strip().splitlines()[-1])
-        for g in (0, 1, 2):
-            d = sorted(x[1] for x in gcs if x[0] == g)
-            print("GC gen", g, len(d), "total ms %.0f" % (sum(d) * 1000), "max ms %.1f" % (max(d, default=0) * 1000), "n>10ms", sum(x > 0.01 for x in d))
+        figures["gc"] = collections.summary()
         pages = cached.state.api.pages
         figures["cache"] = {"hits": reader.hits, "misses": reader.misses,
                             "list_pages": pages.pages, "list_queries": pages.queries}
@@ -438,6 +462,9 @@ def report(size: int, figures: dict[str, Any], args: argparse.Namespace) -> None
         f"{name} p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms" for name, o in figures["uncached_pages"].items()))
     print(f"  list pages served {figures['cache']['list_pages']:,} with {figures['cache']['list_queries']:,} "
           f"warehouse queries; by-id warehouse fallbacks {figures['cache']['misses']:,}")
+    print("  garbage collections in the serving process over all phases: " + "; ".join(
+        f"{name} {g['collections']:,} ({g['total_ms']:,} ms, longest {g['max_ms']} ms)"
+        for name, g in figures["gc"].items()))
 
 
 def report_scaling(runs: dict[int, dict[str, Any]]) -> None:
