@@ -49,6 +49,7 @@ from dataset.warehouse_reader import (
     read_range_pages_from_warehouse,
 )
 from schemas.errors import DatasetIntegrityError
+from schemas.trace_fields import STEPS_SQL
 
 if TYPE_CHECKING:
     from dataset.manifest import Manifest
@@ -100,8 +101,7 @@ _LINES = {  # dataset.formats' lines, keys sorted
 
 _PARQUET_COLUMNS = (
     "concat(topic, '/', toString(partition), '/', toString(offset)) AS id, toString(topic) AS topic, partition, "
-    "trace_id, trace_version, prompt, CAST(arrayZip(step_index, step_type, step_content), "
-    "'Array(Tuple(i Int32, type String, content String))') AS steps, final_answer, mapSort(meta) AS meta, "
+    f"trace_id, trace_version, prompt, {STEPS_SQL} AS steps, final_answer, mapSort(meta) AS meta, "
     "toString(source) AS source, toUnixTimestamp64Milli(created_at) AS created_ms, score, model"
 )
 

@@ -20,17 +20,18 @@ Calls block: run them on the warehouse's own thread (``BatchWriter.run``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dataset.record_table import RECORD_SCHEMA
 from kafkalog.ranges import ordered_ranges
+from schemas.trace_fields import STEPS_SQL
 
 if TYPE_CHECKING:
     from dataset.ranges import OffsetRange
     from warehouse.client import Warehouse
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 RANGE_WHERE = (
     "topic = {topic:String} AND partition = {partition:UInt32} "
@@ -39,9 +40,7 @@ RANGE_WHERE = (
 """The rows of one offset range; ``range_pages`` fills its parameters."""
 
 _RECORD_COLUMNS = (
-    "offset, trace_id, trace_version, prompt, "
-    "CAST(arrayZip(step_index, step_type, step_content), "
-    "'Array(Tuple(i Int32, type String, content String))') AS steps, "
+    f"offset, trace_id, trace_version, prompt, {STEPS_SQL} AS steps, "
     "final_answer, meta, source, toUnixTimestamp64Milli(created_at) AS created_ms, score, model"
 )
 
@@ -52,8 +51,7 @@ _PAGE_SQL = (
 )
 
 _TABLE_SQL = (
-    "SELECT trace_id, trace_version, prompt, CAST(arrayZip(step_index, step_type, step_content), "
-    "'Array(Tuple(i Int32, type String, content String))') AS steps, final_answer, meta, toString(source) AS source, "
+    f"SELECT trace_id, trace_version, prompt, {STEPS_SQL} AS steps, final_answer, meta, toString(source) AS source, "
     "created_at, score, model, toString(topic) AS topic, toInt32(partition) AS partition, toInt64(offset) AS offset "
     f"FROM {{db:Identifier}}.traces FINAL WHERE {RANGE_WHERE} ORDER BY offset LIMIT {{limit:UInt64}}"
 )

@@ -47,6 +47,11 @@ def _plain(name: str, type_: str, *, since: int = 1, listed: bool = True, option
                       since=since)
 
 
+STEPS_SQL = ("CAST(arrayZip(step_index, step_type, step_content), "
+             "'Array(Tuple(i Int32, type String, content String))')")
+"""A trace's steps, as structs (i, type, content), from the three array columns that hold them."""
+
+
 TRACE_FIELDS: tuple[TraceField, ...] = (
     _plain("trace_id", "String"),
     _plain("trace_version", "Int32"),
@@ -56,8 +61,7 @@ TRACE_FIELDS: tuple[TraceField, ...] = (
         (TraceColumn("step_index", "Array(Int32)", lambda record: [s["i"] for s in record["steps"]]),
          TraceColumn("step_type", "Array(LowCardinality(String))", lambda record: [s["type"] for s in record["steps"]]),
          TraceColumn("step_content", "Array(String)", lambda record: [s["content"] for s in record["steps"]])),
-        answer="CAST(arrayZip(step_index, step_type, step_content), "
-               "'Array(Tuple(i Int32, type String, content String))') AS steps",
+        answer=f"{STEPS_SQL} AS steps",
         listed="length(step_index) AS steps",
     ),
     _plain("final_answer", "String", listed=False),
