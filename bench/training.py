@@ -71,15 +71,11 @@ def measured_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     import jax
     import jax.numpy as jnp
 
+    from trainer.mesh import best_seconds
+
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - started)
-    return 2.0 * n**3 / best
+    return 2.0 * n**3 / best_seconds(lambda: matmul(a).block_until_ready(), repeats)
 
 
 QWEN3_SHAPES = {
@@ -196,7 +192,7 @@ def model_under_test(args: argparse.Namespace, train: list[Any], workdir: Any) -
         return preset, model_flops_per_token(preset.model, params), f"{param_count(params):,} parameters"
     import json
 
-    from tests.hf_checkpoints import write_checkpoint
+    from devtools.hf_checkpoints import write_checkpoint
 
     shape = dict(QWEN3_SHAPES[args.qwen3])
     path = write_checkpoint(workdir / "qwen3", "qwen3", texts=[e.prompt + e.completion for e in train],

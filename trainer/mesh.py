@@ -17,6 +17,7 @@ weights and optimizer state do not fit one device.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -141,8 +142,6 @@ def global_batch(arrays: dict[str, np.ndarray], indices: np.ndarray, mesh: Mesh)
 
 def time_all_reduce(tree: Any, mesh: Mesh, repeats: int = 5) -> float:
     """Seconds for one all-reduce over ``data`` of as many float32 values as ``tree`` holds (best of ``repeats``)."""
-    import time
-
     size = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(tree))
     n = mesh.shape[AXIS]
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
@@ -150,14 +149,33 @@ def time_all_reduce(tree: Any, mesh: Mesh, repeats: int = 5) -> float:
     x = jax.make_array_from_process_local_data(sharding, np.ones((rows.stop - rows.start, size), np.float32),
                                                (n, size))
     reduce = jax.jit(lambda a: a.sum(0), out_shardings=NamedSharding(mesh, PartitionSpec()))
-    reduce(x).block_until_ready()
+    return best_seconds(lambda: reduce(x).block_until_ready(), repeats)
+
+
+def best_seconds(run: Callable[[], Any], repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``run``, after one untimed call that compiles and warms it."""
+    import time
+
+    run()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        reduce(x).block_until_ready()
+        run()
         best = min(best, time.perf_counter() - started)
     return best
 
 
-__all__ = ["AXIS", "free_address", "global_batch", "is_primary", "join", "layout", "needs_fsdp", "place", "run_mesh",
-           "time_all_reduce", "to_host"]
+__all__ = [
+    "AXIS",
+    "best_seconds",
+    "free_address",
+    "global_batch",
+    "is_primary",
+    "join",
+    "layout",
+    "needs_fsdp",
+    "place",
+    "run_mesh",
+    "time_all_reduce",
+    "to_host",
+]

@@ -19,7 +19,7 @@ from dataset.snapshot import DatasetRequest
 from dataset.split import Split
 from deploy.settings import Settings
 from devtools.generator import generate_events
-from tests.hf_checkpoints import read_tensors, write_checkpoint
+from devtools.hf_checkpoints import read_tensors, write_checkpoint
 from tests.integration.support import (
     cli,
     dataset_of,

@@ -79,7 +79,7 @@ async def test_a_qwen3_shaped_model_from_random_init_learns_arithmetic_through_t
     fully fine-tuned by the ``tracestream train`` command, reaches exact match >= 0.9 (1.000 on 317 items here)."""
     import json
 
-    from tests.hf_checkpoints import write_checkpoint
+    from devtools.hf_checkpoints import write_checkpoint
     from tests.integration.support import cli
     from tests.integration.test_train_run import run_events
     from trainer.data import example_from_record

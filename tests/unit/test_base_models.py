@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from devtools.generator import generate_events
-from tests.hf_checkpoints import (
+from devtools.hf_checkpoints import (
     gemma3_reference_logits,
     read_tensors,
     reference_logits,

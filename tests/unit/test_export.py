@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from devtools.generator import generate_events
-from tests.hf_checkpoints import read_tensors, write_checkpoint
+from devtools.hf_checkpoints import read_tensors, write_checkpoint
 from trainer.checkpoint import sha256_dir
 from trainer.config import DEFAULT_LORA_TARGETS, from_mapping
 from trainer.data import examples_from_records

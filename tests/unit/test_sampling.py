@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.hf_checkpoints import write_checkpoint
+from devtools.hf_checkpoints import write_checkpoint
 from trainer.config import from_mapping
 from trainer.lm import build_lm
 

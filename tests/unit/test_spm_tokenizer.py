@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from devtools.generator import generate_events
-from tests.hf_checkpoints import write_checkpoint
+from devtools.hf_checkpoints import write_checkpoint
 from trainer.config import from_mapping
 from trainer.data import examples_from_records
 from trainer.hf import CheckpointError, inspect_checkpoint

@@ -1,4 +1,4 @@
-"""Tiny Hugging Face-format checkpoints written by the tests: random weights, a BPE tokenizer trained here.
+"""Tiny Hugging Face-format checkpoints for tests and benches: random weights, a BPE tokenizer trained here.
 
 The files are what a real Qwen3 / Qwen2.5 / Llama 3 directory holds
 (``config.json``, ``model.safetensors``, ``tokenizer.json``,
