@@ -228,8 +228,10 @@ async def test_dashboard_shows_every_panel_with_data_and_follows_a_live_run(
             outcome = await live
             assert live_loss["x"] == list(range(1, LIVE_STEPS + 1))
             assert live_loss["y"][-1] == pytest.approx(outcome.final_loss)
+            # Drawn part-way before the run ended, then whole: it grew live. (How many partial states a
+            # 0.25 s poll catches depends on the machine's speed: one clean-clone run saw 0, 70, 100.)
             partial = {n for n in seen_counts if 0 < n < LIVE_STEPS}
-            assert len(partial) >= 2, f"the curve did not grow while the run trained (seen: {sorted(seen_counts)})"
+            assert partial, f"the curve did not grow while the run trained (seen: {sorted(seen_counts)})"
 
             await page.open_trace(pick)  # the screenshot shows a trace, not the error
             await page.wait("the picked trace again", lambda: _view_of(page, pick))
